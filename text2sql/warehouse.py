@@ -271,6 +271,9 @@ def open_connection(spec: WarehouseSpec, memory_limit: str = "2GB", threads: int
               "allow_community_extensions": False, "memory_limit": memory_limit, "threads": threads}
     if spec.database != ":memory:":
         con = duckdb.connect(spec.database, read_only=True, config=config)
+        # DuckDB shares one instance per file within a process: a second connection finds it locked already.
+        if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+            return con
     else:
         con = duckdb.connect(":memory:", config={**config, "allow_unsigned_extensions": False})
     for statement in spec.setup_sql:
