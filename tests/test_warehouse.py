@@ -143,3 +143,10 @@ def test_snapshot_from_duckdb_file(tmp_path):
     assert "name VARCHAR NOT NULL" in snap.tables["a"].ddl
     with QueryRunner(WarehouseSpec.from_duckdb_file(db), snapshot=snap) as runner:
         assert runner.run("SELECT count(*) FROM a").rows == [(0,)]
+
+
+def test_time_zone_is_utc_whatever_the_host_says(cfg, monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    with QueryRunner.from_config(cfg) as runner:
+        result = runner.run("SELECT extract(hour FROM TIMESTAMPTZ '2024-01-31 23:30:00+00')")
+    assert result.rows == [(23,)]

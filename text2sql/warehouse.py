@@ -283,6 +283,8 @@ def open_connection(spec: WarehouseSpec, memory_limit: str = "2GB", threads: int
     if spec.allowed_directories:
         dirs = ", ".join(f"'{d}'" for d in spec.allowed_directories)
         con.execute(f"SET allowed_directories = [{dirs}]")
+    # Timestamps are stored in UTC and gold answers assume it: never inherit the host's time zone.
+    con.execute("SET TimeZone = 'UTC'")
     # After this nothing can read or write files outside allowed_directories, load extensions, or undo it.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
