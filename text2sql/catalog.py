@@ -402,6 +402,7 @@ def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; these are ordinary project files
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -200,15 +200,309 @@ def query(sql, config_path, overrides, as_json, max_rows):
 
 
 # ---------------------------------------------------------------- data (data helper's block)
+@main.group()
+def data() -> None:
+    """Curated NL/SQL pairs: add, validate, dedup, stats, split, import benchmarks."""
+
+
+@data.command("add")
+@config_option
+@set_option
+@click.option("--question", "-q", default=None, help="The natural-language question.")
+@click.option("--sql", "-s", default=None, help="The DuckDB query that answers it.")
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Add many: a JSONL file, or a YAML/JSON list of records.")
+@click.option("--tags", default="", help="Comma-separated tags.")
+@click.option("--difficulty", type=click.Choice(["easy", "medium", "hard", "extra"]), default=None,
+              help="Default: computed from the SQL.")
+@click.option("--author", default=None, help="Default: the OS user.")
+@click.option("--notes", default="", help="Anything a reviewer should know.")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default=None, help="Default: unassigned.")
+@click.option("--db", default=None, help="Database id of a benchmark dataset (default: the lakehouse).")
+@click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
+@click.option("--force", is_flag=True, help="Add pairs that fail validation anyway (recorded as forced).")
+def data_add(config_path, overrides, question, sql, from_file, tags, difficulty, author, notes, split, db, dataset,
+             force):
+    """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers)."""
+    from text2sql.data.store import add_pairs, new_pair, read_pair_file
+
+    if bool(from_file) == bool(question or sql) or (not from_file and not (question and sql)):
+        raise click.UsageError("give --question and --sql, or --from FILE")
+    cfg = load(config_path, overrides)
+    records = read_pair_file(from_file) if from_file else [{
+        "question": question, "sql": sql, "tags": [t for t in tags.split(",") if t.strip()], "difficulty": difficulty,
+        "notes": notes, "split": split, "db": db}]
+    result = add_pairs(cfg, [new_pair(r, author) for r in records], dataset=dataset, force=force)
+    for pair, checked in zip(result.added, result.report.pairs if result.report else []):
+        for problem in checked.problems:
+            click.echo(f"{'forced' if problem.severity == 'error' else 'warning'} {pair.id}: {problem}", err=True)
+    for pair in result.added:
+        click.echo(f"added {pair.id} ({pair.difficulty}){' [forced]' if pair.forced else ''}")
+
+
+@data.command("validate")
+@click.argument("dataset", required=False)
+@config_option
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the per-pair report as JSON.")
+@click.option("--strict", is_flag=True, help="Warnings fail too.")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default=None, help="Only this split.")
+@click.option("--timeout-s", type=float, default=None, help="Per query (default warehouse.timeout_s).")
+@click.option("--verbose", "-v", is_flag=True, help="List the pairs that pass too.")
+def data_validate(dataset, config_path, overrides, as_json, strict, split, timeout_s, verbose):
+    """Check, run and probe every pair; exit 1 on errors (CI on pull requests)."""
+    from text2sql.data import load_pairs, validate_pairs
+
+    cfg = load(config_path, overrides)
+    report = validate_pairs(cfg, load_pairs(cfg, dataset, split), dataset=dataset, timeout_s=timeout_s)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        for r in report.pairs:
+            if r.status != "ok" or verbose:
+                click.echo(f"{r.status:7s} {r.id}" + "".join(f"\n        {p}" for p in r.problems))
+        click.echo(report.summary())
+    if not report.passed(strict):
+        sys.exit(1)
+
+
+@data.command("dedup")
+@click.argument("dataset", required=False)
+@config_option
+@set_option
+@click.option("--threshold", type=float, default=None, help="Cosine similarity (default data.dedup_threshold).")
+@click.option("--apply", "apply_", is_flag=True, help="Keep one pair per group (the earliest) and remove the rest.")
+@click.option("--exact-only", is_flag=True, help="Skip the embedding model: exact duplicates only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_dedup(dataset, config_path, overrides, threshold, apply_, exact_only, as_json):
+    """Report exact and near-duplicate pairs; with --apply, remove all but one of each group."""
+    from text2sql.data import dedup_pairs
+
+    cfg = load(config_path, overrides)
+    report = dedup_pairs(cfg, dataset, threshold=threshold, apply=apply_, semantic=not exact_only)
+    if as_json:
+        echo_json(report.to_json())
+        return
+    for group in report.exact:
+        click.echo(f"exact   {', '.join(group)}: {report.questions[group[0]]!r}")
+    for a, b, score in report.near:
+        click.echo(f"near    {a} ~ {b} ({score:.3f}): {report.questions[a]!r} ~ {report.questions[b]!r}")
+    outcome = f"; removed {len(report.removed)}" if apply_ else "; --apply keeps one per group" if report.groups else ""
+    click.echo(f"{len(report.exact)} exact group(s), {len(report.near)} near-duplicate pair(s), "
+               f"{len(report.groups)} group(s) at threshold {report.threshold:g}{outcome}")
+
+
+@data.command("stats")
+@click.argument("dataset", required=False)
+@config_option
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_stats(dataset, config_path, overrides, as_json):
+    """Coverage: tables, columns, join paths, SQL features, difficulty, question length."""
+    from text2sql.data.stats import dataset_stats, render_stats
+
+    stats = dataset_stats(load(config_path, overrides), dataset)
+    if as_json:
+        echo_json(stats.to_json())
+    else:
+        click.echo(render_stats(stats))
+
+
+@data.command("split")
+@click.argument("dataset", required=False)
+@config_option
+@set_option
+@click.option("--seed", type=int, default=None, help="Default data.seed.")
+@click.option("--ratios", default=None, metavar="train=0.6,dev=0.1,test=0.3", help="Default data.split_ratios.")
+@click.option("--reassign", is_flag=True, help="Redo every assignment (default: pairs keep the split they have).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_split(dataset, config_path, overrides, seed, ratios, reassign, as_json):
+    """Assign train/dev/test: seeded, stratified by difficulty, SQL templates never straddle splits."""
+    from text2sql.data.split import parse_ratios, split_pairs
+
+    cfg = load(config_path, overrides)
+    report = split_pairs(cfg, dataset, seed=seed, ratios=parse_ratios(ratios) if ratios else None, reassign=reassign)
+    if as_json:
+        echo_json(report.to_json())
+        return
+    difficulties = ["easy", "medium", "hard", "extra"]
+    click.echo(f"{'split':6s} " + " ".join(f"{d:>6s}" for d in difficulties) + "  total")
+    for split, counts in report.counts.items():
+        click.echo(f"{split:6s} " + " ".join(f"{counts[d]:6d}" for d in difficulties) + f"  {sum(counts.values()):5d}")
+    click.echo(f"{report.groups} SQL templates; {report.changed} pair(s) assigned or moved (seed {report.seed})")
+    if report.straddling:
+        click.echo(f"warning: {len(report.straddling)} template group(s) already straddle splits; "
+                   "--reassign fixes them", err=True)
+
+
+@data.group("import")
+def data_import() -> None:
+    """Import a benchmark as a dataset."""
+
+
+@data_import.command("spider")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@config_option
+@set_option
+@click.option("--name", default="spider-sample", help="Dataset name to create (replaced if it exists).")
+@click.option("--split", default="dev", help="Which <split>.json to import.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def data_import_spider(path, config_path, overrides, name, split, as_json):
+    """Spider format (dev.json, tables.json, database/*/*.sqlite) -> pairs + DuckDB files; keeps golds that agree."""
+    from text2sql.data import import_spider
+
+    report = import_spider(load(config_path, overrides), path, name=name, split=split)
+    if as_json:
+        echo_json(report.to_json())
+        return
+    for d in report.dropped:
+        click.echo(f"dropped {d['db']}[{d['index']}] {d['reason']}")
+    for db, info in report.databases.items():
+        click.echo(f"database {db}: {info['tables']} tables, {info['rows']} rows" +
+                   "".join(f"\n  {note}" for note in info["notes"]))
+    reasons = ", ".join(f"{k} {n}" for k, n in report.reasons().items())
+    click.echo(f"kept {report.kept} of {report.questions} questions whose SQLite and DuckDB results agree"
+               + (f" (dropped: {reasons})" if reasons else "") + f" in {report.seconds:.1f}s")
+
 # ---------------------------------------------------------------- end data
 
 # ---------------------------------------------------------------- model/train/merge/predict (train helper's block)
+
+
+@main.group("model")
+def model_group() -> None:
+    """Base models as local Hugging Face model dirs."""
+
+
+@model_group.command("pull")
+@click.argument("name", required=False)
+@config_option
+@set_option
+def model_pull(name, config_path, overrides):
+    """Make the local model dir of NAME (default model.base): a known name, a .gguf file or a hub id."""
+    from text2sql.models import pull_model
+
+    click.echo(pull_model(load(config_path, overrides), name))
+
+
+@main.command("train")
+@config_option
+@set_option
+@click.option("--resume", is_flag=True, help="Continue the latest run (or train.run_name) from its last complete checkpoint.")
+def train_cmd(config_path, overrides, resume):
+    """Fine-tune model.base on the dataset's train split (qlora on a GPU, lora on CPU); prints the run dir."""
+    from text2sql.train import train
+
+    click.echo(train(load(config_path, overrides), resume=resume))
+
+
+@main.command("merge")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Merged model dir (default RUN/merged).")
+def merge_cmd(run, out):
+    """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir."""
+    from text2sql.train import PARITY_FILE, merge_run
+
+    merged = merge_run(run, out)
+    parity = json.loads((merged / PARITY_FILE).read_text())
+    if parity["prompts"]:
+        same = sum(item["same"] for item in parity["items"])
+        click.echo(f"parity: adapter and merged model agree on {same}/{parity['prompts']} held prompts", err=True)
+    click.echo(merged)
+
+
+@main.command("predict")
+@config_option
+@set_option
+@click.option("--model", "model_dir", required=True,
+              help="A base model dir or name, an adapter run (or checkpoint) dir, or a merged dir.")
+@click.option("--split", default="test", show_default=True, help="Split to predict.")
+@click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl).")
+def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
+    """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
+    from text2sql.generate import predict
+
+    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset))
+
 # ---------------------------------------------------------------- end train
 
 # ---------------------------------------------------------------- eval (eval helper's block)
+
+
+@main.group("eval", invoke_without_command=True)
+@config_option
+@set_option
+@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help='JSONL file, one {"id": ..., "sql": ...} per line.')
+@click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
+@click.option("--split", default=None, help="Split to score, or 'all' (default eval.split).")
+@click.option("--mode", type=click.Choice(["strict", "lenient", "set"]), default=None,
+              help="How results are compared (default eval.mode).")
+@click.option("--release", default=None, help="Report directory under eval.reports_dir (default: a timestamp).")
+@click.option("--model", "model_name", default=None, help="Name of what produced the predictions, for the report.")
+@click.pass_context
+@catch_errors
+def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name):
+    """Score predictions by execution accuracy and write eval/reports/<release>/ (or: eval compare A B)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    # Hook for generating first (`eval --model RUN_DIR` without --predictions): write the run's predictions to a
+    # JSONL file here, then score that file with evaluate() below, passing model=the run dir.
+    if predictions is None:
+        raise click.UsageError("give --predictions FILE (or a subcommand: eval compare A B)")
+    from text2sql.evaluate import evaluate, format_summary
+
+    cfg = load(config_path, overrides)
+    report = evaluate(cfg, predictions, dataset=dataset, split=split, mode=mode, release=release, model=model_name)
+    click.echo(format_summary(report))
+
+
+@eval_.command("compare")
+@click.argument("a")
+@click.argument("b")
+@config_option
+@set_option
+@click.option("--threshold", type=float, default=None,
+              help="Exit 1 when EX drops by more than this fraction (default eval.regression_threshold).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def eval_compare(a, b, config_path, overrides, threshold, as_json):
+    """List regressions and fixes from release A to release B (names under eval.reports_dir, or paths)."""
+    from text2sql.evaluate import compare_reports, find_report, format_comparison
+
+    cfg = load(config_path, overrides)
+    reports_dir = cfg.path(cfg.eval.reports_dir)
+    threshold = cfg.eval.regression_threshold if threshold is None else threshold
+    result = compare_reports(find_report(reports_dir, a), find_report(reports_dir, b), threshold)
+    click.echo(json.dumps(result, indent=2) if as_json else format_comparison(result))
+    if result["failed"]:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- end eval
 
 # ---------------------------------------------------------------- serve (serve helper's block)
+
+
+@main.command("serve")
+@config_option
+@set_option
+@click.option("--model", "model_dir", default=None,
+              help="Model dir (merged, adapter run or base) to generate with; with --upstream only its tokenizer "
+                   "and prompt.json are used.")
+@click.option("--host", default=None, help="Bind address (default serve.host).")
+@click.option("--port", type=int, default=None, help="Bind port (default serve.port).")
+@click.option("--upstream", default=None, metavar="URL",
+              help="OpenAI-compatible engine (vLLM, TGI) to generate with instead (default serve.upstream).")
+def serve(config_path, overrides, model_dir, host, port, upstream):
+    """Serve question -> checked SQL over HTTP: /v1/sql and OpenAI-compatible /v1/chat/completions."""
+    from text2sql.serve import run
+
+    run(load(config_path, overrides), model_dir, host=host, port=port, upstream=upstream)
+
+
 # ---------------------------------------------------------------- end serve
 
 

@@ -187,6 +187,16 @@ class ServeConfig:
     """Self-correction attempts after a validation or execution error."""
     upstream: str = ""
     """OpenAI-compatible engine URL (vLLM, TGI) to generate with instead of a local model."""
+    upstream_model: str = ""
+    """Model name sent to the upstream engine; empty = the first one its /v1/models lists that is not a text2sql pipeline."""
+    upstream_token_env: str = "TEXT2SQL_UPSTREAM_TOKEN"
+    """Environment variable holding the upstream engine's bearer token; unset = send none."""
+    upstream_timeout_s: float = 60.0
+    """Limit per upstream call, in seconds; past it the request gets 504."""
+    query_workers: int = 2
+    """Sandboxed DuckDB worker processes for `execute: true` requests; further queries wait for a free one."""
+    torch_threads: int = 0
+    """CPU threads torch uses for local generation; 0 = one less than the cores (at least 1), which leaves one to the HTTP loop."""
 
 
 @dataclass

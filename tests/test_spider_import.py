@@ -1,0 +1,173 @@
+"""`data import spider`: the shared Spider slice and hand-made SQLite databases, imported into real DuckDB files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from text2sql.catalog import SchemaSnapshot
+from text2sql.cli import main
+from text2sql.config import load_config
+from text2sql.data import import_spider, load_dataset, load_pairs, validate_pairs
+from text2sql.data.spider import compare_rows, transpile_gold
+from text2sql.errors import DataError
+
+SPIDER_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "spider-sample"
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A project with no lakehouse: a Spider import needs none."""
+    (tmp_path / "text2sql.yaml").write_text("data:\n  dataset: spider-sample\n")
+    return load_config(tmp_path / "text2sql.yaml")
+
+
+@pytest.mark.skipif(not SPIDER_SAMPLE.is_dir(), reason="the shared Spider sample is not here")
+def test_import_the_shared_spider_sample(cfg):
+    config = str(cfg.root / "text2sql.yaml")
+    result = CliRunner().invoke(main, ["data", "import", "spider", str(SPIDER_SAMPLE), "--config", config])
+    assert result.exit_code == 0, result.output
+    assert "questions whose SQLite and DuckDB results agree" in result.output
+    report = json.loads((cfg.root / "datasets" / "spider-sample" / "import-report.json").read_text())
+    assert report["questions"] == 127 and report["kept"] >= 120
+    assert report["kept"] + len(report["dropped"]) == 127
+    # What is left are golds that are ambiguous themselves: ORDER BY ... LIMIT cutting through a tie.
+    assert set(report["dropped_by_reason"]) <= {"ambiguous_gold"}
+
+    ds = load_dataset(cfg)
+    assert sorted(ds.databases) == ["concert_singer", "pets_1", "poker_player"]
+    assert all(p.is_file() for p in ds.databases.values())
+    assert "*/databases/" in (cfg.root / "datasets" / ".gitignore").read_text()
+    pairs = load_pairs(cfg, split="dev")
+    assert len(pairs) == report["kept"] and {p.db for p in pairs} == set(ds.databases)
+    assert all("SQLite gold:" in p.notes and p.tags == ["spider"] for p in pairs)
+    assert not any('"' in p.sql and "'" not in p.sql for p in pairs if "= \"" in p.sql)  # no "string" identifiers left
+
+    # Types follow SQLite's affinities, corrected by the data; foreign keys survive where the data allows.
+    concert = SchemaSnapshot.from_duckdb(ds.databases["concert_singer"])
+    types = {c.name: c.type for c in concert.tables["concert"].columns}
+    assert types["Year"] == "BIGINT" and types["Theme"] == "VARCHAR"  # declared text, holds years
+    singer = {c.name: c.type for c in concert.tables["singer"].columns}
+    assert singer["Is_male"] == "VARCHAR" and singer["Age"] == "BIGINT"
+    assert ("Stadium_ID", "stadium", "Stadium_ID") in concert.tables["concert"].references
+
+    # Every kept gold passes validation on its database.
+    validation = validate_pairs(cfg)
+    assert validation.count("error") == 0, [r.to_json() for r in validation.pairs if r.status == "error"]
+
+
+def _make_benchmark(root: Path) -> Path:
+    """A tiny Spider-format benchmark with dirty data and golds that agree, differ, or fail."""
+    db_dir = root / "database" / "shop"
+    db_dir.mkdir(parents=True)
+    con = sqlite3.connect(db_dir / "shop.sqlite")
+    con.executescript("""
+        CREATE TABLE maker (id int PRIMARY KEY, name text, founded text);
+        CREATE TABLE item (id INTEGER PRIMARY KEY, maker_id text REFERENCES maker(id), name varchar(20),
+                           price real, stock int, flag bool, code);
+        INSERT INTO maker VALUES (1, 'Acme', '1990'), (2, 'Brightline', '2005'), (3, 'Copper', '2011');
+        INSERT INTO item VALUES (1, '1', 'pen', 1.5, 10, 'T', 'A1'), (2, '1', 'ink', 3, 'n/a', 'F', 7),
+                                (3, '2', 'Pad', 2.25, 5, 'T', 'B2'), (4, '3', 'cup', NULL, 0, 'F', 'C3');
+    """)
+    con.commit()
+    con.close()
+    join = "FROM maker AS T1 JOIN item AS T2 ON T1.id = T2.maker_id"
+    golds = [
+        ("How many items?", "SELECT count(*) FROM item"),
+        ("Items whose name has a P?", 'SELECT name FROM item WHERE name LIKE "%p%"'),
+        ("Makers founded after 2000?", "SELECT name FROM maker WHERE founded > 2000"),
+        ("Half the number of items?", "SELECT count(*) / 2 FROM item"),
+        ("Most expensive item's maker?", f"SELECT T1.name, max(T2.price) {join}"),
+        ("Items per maker?", f"SELECT T1.name, count(*) {join} GROUP BY T1.id"),
+        ("Cheapest first?", "SELECT name FROM item ORDER BY price"),
+        ("Type of the price?", "SELECT typeof(price) FROM item WHERE id = 1"),
+        ("Items by stock?", "SELECT name FROM item ORDER BY stock"),
+        ("Nonsense?", "SELECT name FROM item WHERE colour = 'red'"),
+        ("How many items?", "SELECT count(*) FROM item"),
+    ]
+    (root / "dev.json").write_text(json.dumps([{"db_id": "shop", "question": q, "query": s} for q, s in golds]))
+    (root / "tables.json").write_text(json.dumps([{
+        "db_id": "shop", "table_names_original": ["maker", "item"],
+        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "founded"], [1, "id"], [1, "maker_id"]],
+        "foreign_keys": [[5, 1]], "primary_keys": [1, 4]}]))
+    return root
+
+
+def test_import_checks_each_gold_on_both_engines(cfg, tmp_path):
+    report = import_spider(cfg, _make_benchmark(tmp_path / "bench"), name="shop")
+    reasons = {d["index"]: d["reason"] for d in report.dropped}
+    assert report.kept == 7, reasons
+    assert reasons[7].startswith("results_differ") and "'real'" in reasons[7]  # SQLite's typeof is not DuckDB's
+    assert reasons[8].startswith("results_differ: order differs")  # SQLite sorts 5 before 10; in VARCHAR '10' < '5'
+
+    assert reasons[9].startswith("unknown_column")
+    assert reasons[10].startswith("duplicate")
+    sqls = [p.sql for p in load_pairs(cfg, "shop")]
+    assert "SELECT name FROM item WHERE name ILIKE '%p%'" in sqls
+    assert "SELECT COUNT(*) // 2 FROM item" in sqls
+    assert any("ARG_MAX(T1.name, T2.price)" in s for s in sqls)
+    assert any("GROUP BY T1.id, T1.name" in s for s in sqls)
+    # SQLite puts NULL first under ASC, DuckDB last: kept only in the form that agrees.
+    assert "SELECT name FROM item ORDER BY price NULLS FIRST" in sqls
+
+    con = duckdb.connect(str(load_dataset(cfg, "shop").database("shop")), read_only=True)
+    types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'item'").fetchall())
+    assert types == {"id": "BIGINT", "maker_id": "BIGINT", "name": "VARCHAR", "price": "DOUBLE", "stock": "VARCHAR",
+                     "flag": "VARCHAR", "code": "VARCHAR"}
+    assert con.execute("SELECT stock FROM item WHERE id = 2").fetchone() == ("n/a",)
+    fks = con.execute("SELECT referenced_table FROM duckdb_constraints() WHERE constraint_type = 'FOREIGN KEY'").fetchall()
+    assert fks == [("maker",)]
+    con.close()
+
+
+def test_reimport_replaces_the_dataset(cfg, tmp_path):
+    bench = _make_benchmark(tmp_path / "bench")
+    first = import_spider(cfg, bench, name="shop")
+    one = [{"db_id": "shop", "question": "Count?", "query": "SELECT count(*) FROM maker"}]
+    (bench / "dev.json").write_text(json.dumps(one))
+    second = import_spider(cfg, bench, name="shop")
+    assert first.kept == 7 and second.kept == 1 and len(load_pairs(cfg, "shop")) == 1
+
+
+def test_import_errors(cfg, tmp_path):
+    with pytest.raises(DataError, match="dev.json not found"):
+        import_spider(cfg, tmp_path)
+    (tmp_path / "dev.json").write_text('[{"question": "q"}]')
+    with pytest.raises(DataError, match="expected a list of"):
+        import_spider(cfg, tmp_path)
+    (tmp_path / "dev.json").write_text(json.dumps([{"db_id": "gone", "question": "q", "query": "SELECT 1"}]))
+    report = import_spider(cfg, tmp_path, name="gone")
+    assert report.kept == 0 and report.dropped[0]["reason"].startswith("missing_database")
+
+
+def test_transpile_gold_rewrites_sqlite_idioms():
+    cols = {"singer": {"name": "VARCHAR", "age": "BIGINT", "country": "VARCHAR"}}
+    assert transpile_gold('SELECT name FROM singer WHERE country = "France"', cols) == \
+        "SELECT name FROM singer WHERE country = 'France'"
+    assert transpile_gold('SELECT "name" FROM singer', cols) == 'SELECT "name" FROM singer'  # a real column stays
+    assert transpile_gold("SELECT age / 2, age / 2.0 FROM singer", cols) == "SELECT age // 2, age / 2.0 FROM singer"
+    assert transpile_gold("SELECT avg(age) / 2 FROM singer", cols) == "SELECT AVG(age) / 2 FROM singer"
+    assert transpile_gold("SELECT country, name, min(age) FROM singer GROUP BY country", cols) == \
+        "SELECT country, ARG_MIN(name, age), MIN(age) FROM singer GROUP BY country"
+    assert transpile_gold("SELECT name, count(*) FROM singer", cols) == "SELECT ANY_VALUE(name), COUNT(*) FROM singer"
+    assert transpile_gold("SELECT country, count(*) AS n FROM singer GROUP BY country ORDER BY n DESC", cols) == \
+        "SELECT country, COUNT(*) AS n FROM singer GROUP BY country ORDER BY n DESC"
+
+
+@pytest.mark.parametrize("expected, actual, keys, agree", [
+    ([(1, "a"), (2, "b")], [(2.0, "b"), (1, "a")], None, True),
+    ([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], (0,), False),  # ordered by the first column
+    ([(1, "a"), (1, "b")], [(1, "b"), (1, "a")], (0,), True),  # a tie may come in either order
+    ([(0.1 + 0.2,)], [(0.3,)], None, True),
+    ([("2016",)], [(2016,)], None, True),  # a text column of years became BIGINT
+    ([("x",)], [("X",)], None, False),
+    ([(None,)], [(None,)], None, True),
+    ([(1,)], [(1,), (1,)], None, False),
+])
+def test_compare_rows(expected, actual, keys, agree):
+    assert (compare_rows(expected, actual, keys) == "") is agree

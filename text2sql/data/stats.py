@@ -1,0 +1,176 @@
+"""`data stats`: what a dataset covers, and what it misses.
+
+Counts pairs per split and difficulty, per table and column of the schema, per join key (declared join keys
+from schemas/ that no pair uses are listed), per SQL feature (`analysis.FEATURES`) and question length.
+Tables and features with fewer than `FEW` pairs are highlighted.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from text2sql.data.analysis import DIFFICULTIES, FEATURES, query_refs, sql_features
+from text2sql.data.store import SPLITS
+
+if TYPE_CHECKING:
+    from text2sql.catalog import SchemaSnapshot
+    from text2sql.config import Config
+    from text2sql.data.store import Pair
+
+FEW = 5
+"""Fewer pairs than this using a table or feature is 'few'."""
+
+
+@dataclass
+class DatasetStats:
+    dataset: str
+    pairs: int
+    splits: dict[str, dict[str, int]]
+    """split ('none' when unassigned) -> difficulty -> pairs."""
+    tables: dict[str, int]
+    """Every schema table (`db:table` for benchmark databases) -> pairs using it."""
+    columns: dict[str, int]
+    """Every schema column -> pairs referencing it."""
+    joins: dict[str, int]
+    """`a.col = b.col` -> pairs joining on it."""
+    unused_join_keys: list[str]
+    """Join keys declared in the schema that no pair uses."""
+    features: dict[str, int]
+    question_words: dict[str, float]
+    """min, median, mean, max words per question."""
+    tags: dict[str, int] = field(default_factory=dict)
+    forced: int = 0
+
+    @property
+    def sparse_tables(self) -> dict[str, int]:
+        return {t: n for t, n in self.tables.items() if n < FEW}
+
+    @property
+    def sparse_features(self) -> dict[str, int]:
+        return {f: n for f, n in self.features.items() if n < FEW}
+
+    @property
+    def unused_columns(self) -> list[str]:
+        return [c for c, n in self.columns.items() if n == 0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "pairs": self.pairs, "forced": self.forced, "splits": self.splits,
+                "tables": self.tables, "columns": self.columns, "joins": self.joins,
+                "unused_join_keys": self.unused_join_keys, "features": self.features,
+                "question_words": self.question_words, "tags": self.tags,
+                "highlights": {"sparse_tables": self.sparse_tables, "sparse_features": self.sparse_features,
+                               "unused_columns": self.unused_columns}}
+
+
+def dataset_stats(cfg: Config, dataset: str | None = None, pairs: list[Pair] | None = None) -> DatasetStats:
+    """Coverage statistics of a dataset (default data.dataset)."""
+    from text2sql.data.store import load_dataset, load_pairs
+
+    ds = load_dataset(cfg, dataset)
+    pairs = load_pairs(cfg, dataset) if pairs is None else pairs
+    snapshots = {db: _snapshot(cfg, ds, db) for db in sorted({p.db for p in pairs}, key=lambda d: d or "")}
+    if not pairs:
+        from text2sql.catalog import load_snapshot
+
+        snapshots[None] = load_snapshot(cfg)
+    tables: Counter = Counter()
+    columns: Counter = Counter()
+    joins: Counter = Counter()
+    declared: set[str] = set()
+    for db, snapshot in snapshots.items():
+        if snapshot is None:
+            continue
+        for name, t in snapshot.tables.items():
+            tables[_key(db, name)] += 0
+            columns.update({_key(db, f"{name}.{c.name}"): 0 for c in t.columns})
+            for col, other, other_col in t.references:
+                other = snapshot.resolve(other) or other
+                declared.add(_join_key(_key(db, f"{name}.{col}"), _key(db, f"{other}.{other_col}")))
+    features: Counter = Counter({f: 0 for f in FEATURES})
+    splits = {s: {d: 0 for d in DIFFICULTIES} for s in (*SPLITS, "none")}
+    tags: Counter = Counter()
+    for p in pairs:
+        snapshot = snapshots.get(p.db)
+        splits[p.split or "none"][p.difficulty] += 1
+        features.update(sql_features(p.sql, snapshot))
+        tags.update(p.tags)
+        if snapshot is None:
+            continue
+        refs = query_refs(p.sql, snapshot)
+        tables.update(_key(p.db, t) for t in refs.tables)
+        columns.update(_key(p.db, c) for c in refs.columns)
+        joins.update(_join_key(_key(p.db, a), _key(p.db, b)) for a, b in refs.joins)
+    words = [len(p.question.split()) for p in pairs] or [0]
+    return DatasetStats(
+        dataset=ds.name, pairs=len(pairs),
+        splits={s: c for s, c in splits.items() if s != "none" or sum(c.values())},
+        tables=dict(sorted(tables.items())), columns=dict(sorted(columns.items())),
+        joins=dict(joins.most_common()), unused_join_keys=sorted(declared - set(joins)),
+        features={f: features[f] for f in FEATURES},
+        question_words={"min": min(words), "median": statistics.median(words),
+                        "mean": round(statistics.fmean(words), 1), "max": max(words)},
+        tags=dict(tags.most_common()), forced=sum(p.forced for p in pairs),
+    )
+
+
+def _snapshot(cfg: Config, ds, db: str | None) -> SchemaSnapshot | None:
+    from text2sql.catalog import SchemaSnapshot, load_snapshot
+    from text2sql.errors import Text2SQLError
+
+    try:
+        return load_snapshot(cfg) if db is None else SchemaSnapshot.from_duckdb(ds.database(db))
+    except Text2SQLError:
+        return None  # stats still count features; `data validate` reports the missing schema
+
+
+def _key(db: str | None, name: str) -> str:
+    return name if db is None else f"{db}:{name}"
+
+
+def _join_key(a: str, b: str) -> str:
+    return " = ".join(sorted((a, b)))
+
+
+def render_stats(stats: DatasetStats) -> str:
+    """Terminal tables: splits x difficulty, features, tables, joins, highlights."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(record=True, width=120)
+    with console.capture() as capture:
+        console.print(f"[bold]{stats.dataset}[/]: {stats.pairs} pairs"
+                      + (f", {stats.forced} forced" if stats.forced else "")
+                      + f"; question words min {stats.question_words['min']}, median {stats.question_words['median']}, "
+                        f"mean {stats.question_words['mean']}, max {stats.question_words['max']}")
+        t = Table("split", *DIFFICULTIES, "total", title="pairs per split and difficulty")
+        for split, counts in stats.splits.items():
+            t.add_row(split, *(str(counts[d]) for d in DIFFICULTIES), str(sum(counts.values())))
+        console.print(t)
+        t = Table("feature", "pairs", "share", title="SQL features")
+        for name, n in stats.features.items():
+            t.add_row(_flag(name, n), str(n), f"{n / stats.pairs:.0%}" if stats.pairs else "-")
+        console.print(t)
+        t = Table("table", "pairs", "columns used", title="tables")
+        for name, n in stats.tables.items():
+            cols = [c for c in stats.columns if c.startswith(name + ".")]
+            used = sum(1 for c in cols if stats.columns[c])
+            t.add_row(_flag(name, n), str(n), f"{used}/{len(cols)}")
+        console.print(t)
+        if stats.joins or stats.unused_join_keys:
+            t = Table("join", "pairs", title="join paths")
+            for name, n in stats.joins.items():
+                t.add_row(name, str(n))
+            for name in stats.unused_join_keys:
+                t.add_row(f"[red]{name}[/]", "0")
+            console.print(t)
+        sparse = [*stats.sparse_tables, *stats.sparse_features]
+        if sparse:
+            console.print(f"[yellow]fewer than {FEW} pairs:[/] {', '.join(sparse)}")
+    return capture.get().rstrip()
+
+
+def _flag(name: str, n: int) -> str:
+    return f"[red]{name}[/]" if n == 0 else f"[yellow]{name}[/]" if n < FEW else name

@@ -1,0 +1,1299 @@
+"""Execution accuracy (EX): run gold and predicted SQL on the warehouse and compare the results.
+
+Published evaluators get EX wrong in known ways (BIRD scores timeout-vs-timeout as correct, Spider counts
+empty == empty and strips DISTINCT, sql-eval lets a 1x1 gold "equal" an n x m result). This one says exactly
+what it counts, and every report names its comparison mode:
+
+- ``strict`` (default): same row and column counts; column names ignored, a one-to-one column permutation
+  allowed; rows as a multiset; order enforced only when the gold's top-level query has ORDER BY, and then only
+  across ORDER BY key groups (rows with equal sort keys may come in any order; under ORDER BY ... LIMIT the
+  last group may hold any rows tied with it). NULL = NULL, NaN = NaN, numbers compared by value whatever their
+  type (DECIMAL, integer, float; 1.0 = 1), with a relative tolerance when a float is involved (integers on
+  both sides compare exactly), timestamps with a time zone compared in UTC.
+- ``lenient``: set semantics, order ignored, extra predicted columns allowed (whole rows are projected onto
+  the predicted columns that match the gold's, never columns sorted one by one), numeric strings equal numbers.
+- ``set``: BIRD's rule, ``set(pred_rows) == set(gold_rows)`` on the raw values, for comparability only.
+
+A gold query that fails is excluded from the score and counted; a prediction that fails or times out scores 0
+(error results are never compared). Empty gold results are flagged, and EX without them is reported too.
+
+Pipeline of `evaluate`: load pairs -> read predictions -> for each database: check predicted SQL, run gold
+(cached on disk) and predictions in parallel through `text2sql.warehouse.QueryRunner` -> judge each example
+-> metrics -> report.json, report.md, report.html under ``eval/reports/<release>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import html
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import sqlglot
+from sqlglot import exp
+
+from text2sql.errors import DataError
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
+
+MODES = ("strict", "lenient", "set")
+VERDICTS = (
+    "correct", "wrong_result", "no_sql", "parse_error", "unknown_table", "unknown_column",
+    "refused", "runtime_error", "timeout",
+)
+VALID_SQL_VERDICTS = ("correct", "wrong_result")
+"""Predictions that ran to a result: what the valid-SQL rate counts."""
+DEFAULT_REL_TOL = 1e-6
+ABS_TOL = 1e-9
+"""Numbers this close to each other (near zero, where a relative tolerance means nothing) are equal."""
+GOLD_CACHE_DIR = ".cache/gold"
+GOLD_CACHE_FORMAT = 1
+MAX_MAPPING_STEPS = 20_000
+"""Column-permutation search gives up (not equal) after this many partial assignments."""
+MAX_FUZZY_MATCH = 64
+"""Above this many leftover rows, tolerance matching only pairs rows in sorted order."""
+DIFF_ROWS = 3
+"""Differing rows shown per side in a wrong_result diff."""
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DIALECT = "duckdb"
+DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "hard": 2, "extra": 3}
+"""Slices are listed in this order (then by name)."""
+
+
+# ---------------------------------------------------------------- comparing results (pure)
+
+
+class ResultSet(NamedTuple):
+    """Columns and rows of a query result (QueryResult has the same two attributes)."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of comparing one predicted result with its gold result."""
+
+    equal: bool
+    reason: str = ""
+    """Why they differ (empty when equal)."""
+    diff: dict | None = None
+    """Row/column counts and a few rows only in gold or only in the prediction (when they differ)."""
+
+
+class _Sentinel:
+    """A value that equals only itself, for NaN (which Python's NaN never does)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_NAN = _Sentinel("NaN")
+_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def compare_results(
+    gold,
+    pred,
+    *,
+    gold_sql: str | None = None,
+    mode: str = "strict",
+    rel_tol: float = DEFAULT_REL_TOL,
+    tie_rows: list[tuple] | None = None,
+) -> Comparison:
+    """Compare a predicted result with the gold result under one of MODES.
+
+    Args:
+        gold: the gold result: anything with `columns` and `rows` (a ResultSet, a warehouse QueryResult).
+            A gold that failed must be excluded before comparing: passing one raises ValueError.
+        pred: the predicted result; one with an `error_kind` (refused, runtime_error, timeout) is never equal.
+        gold_sql: the gold query, parsed for a top-level ORDER BY (strict mode enforces order only then).
+        mode: strict | lenient | set (see the module docstring).
+        rel_tol: relative tolerance between numbers (strict and lenient).
+        tie_rows: the gold query's rows without its LIMIT (see `tie_query`): under ORDER BY ... LIMIT, the
+            last key group of the prediction may hold any of these rows that tie with the gold's last group.
+
+    >>> gold = ResultSet(["n", "total"], [(1, Decimal("2.50")), (2, None)])
+    >>> compare_results(gold, ResultSet(["total", "n"], [(None, 2), (2.5, 1)])).equal
+    True
+    >>> compare_results(gold, ResultSet(["n"], [(1,), (2,)])).reason
+    'column count 1 differs from the gold 2'
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if getattr(gold, "error_kind", None):
+        raise ValueError("the gold query failed: exclude the example instead of comparing")
+    if getattr(pred, "error_kind", None):
+        return Comparison(False, f"prediction failed ({pred.error_kind})")
+    if mode == "set":
+        equal = {_hashable(r) for r in gold.rows} == {_hashable(r) for r in pred.rows}
+        return Comparison(True) if equal else _differs("the sets of rows differ", gold, pred)
+    lenient = mode == "lenient"
+    g_rows = [_normalize_row(r, lenient) for r in gold.rows]
+    p_rows = [_normalize_row(r, lenient) for r in pred.rows]
+    k, m = len(gold.columns), len(pred.columns)
+    if lenient:
+        if m < k:
+            return _differs(f"column count {m} is less than the gold {k}", gold, pred)
+        return _search_mapping(_LenientCheck(g_rows, p_rows, rel_tol), k, m, gold, pred)
+    if m != k:
+        return _differs(f"column count {m} differs from the gold {k}", gold, pred)
+    if len(p_rows) != len(g_rows):
+        return _differs(f"row count {len(p_rows)} differs from the gold {len(g_rows)}", gold, pred)
+    keys = order_key_columns(gold_sql, gold.columns) if gold_sql else None
+    check = _StrictCheck(g_rows, p_rows, rel_tol, keys, tie_rows)
+    return _search_mapping(check, k, m, gold, pred)
+
+
+def order_key_columns(gold_sql: str, columns: list[str]) -> tuple[int, ...] | None:
+    """Output columns holding the gold's top-level ORDER BY keys, or None when its top-level query has no ORDER BY.
+
+    An ORDER BY only inside a subquery or CTE does not order the result, so it gives None. A key that is not
+    an output column (or cannot be matched to one) makes every column a key: rows must then come in the gold's
+    exact order, except identical rows.
+
+    >>> order_key_columns("SELECT name, n AS total FROM t ORDER BY total DESC, 1", ["name", "total"])
+    (1, 0)
+    >>> order_key_columns("SELECT name FROM (SELECT * FROM t ORDER BY n)", ["name"]) is None
+    True
+    >>> order_key_columns("SELECT name FROM t ORDER BY n", ["name"])
+    (0,)
+    """
+    top = _top_query(gold_sql)
+    order = top.args.get("order") if top is not None else None
+    if order is None or not order.expressions:
+        return None
+    everything = tuple(range(len(columns)))
+    selects = [] if any(isinstance(e, exp.Star) for e in top.selects) else top.selects
+    if len(selects) != len(columns):
+        selects = []
+    keys = []
+    for ordered in order.expressions:
+        index = _output_index(ordered.this, selects, columns)
+        if index is None:
+            return everything
+        keys.append(index)
+    return tuple(dict.fromkeys(keys))
+
+
+def tie_query(gold_sql: str) -> str | None:
+    """The gold query without its top-level LIMIT when it orders and limits (and has no OFFSET), else None.
+
+    Its rows tell which rows tie with the last ones the LIMIT kept, which a correct prediction may return instead.
+
+    >>> tie_query("SELECT a FROM t ORDER BY b DESC LIMIT 3")
+    'SELECT a FROM t ORDER BY b DESC'
+    >>> tie_query("SELECT a FROM t LIMIT 3") is None
+    True
+    """
+    tree = _parse(gold_sql)
+    tree = tree.copy() if tree is not None else None
+    top = _top_query(gold_sql, tree)
+    if top is None or top.args.get("order") is None or top.args.get("limit") is None or top.args.get("offset"):
+        return None
+    top.set("limit", None)
+    return tree.sql(dialect=DIALECT)
+
+
+def exact_match(gold_sql: str, pred_sql: str | None) -> bool:
+    """Whether two queries are the same after sqlglot normalization (case, spacing, quoting).
+
+    >>> exact_match("select A from T  where x=1", "SELECT a FROM t WHERE x = 1")
+    True
+    """
+    if not pred_sql:
+        return False
+    a, b = _normalized_sql(gold_sql), _normalized_sql(pred_sql)
+    return a is not None and a == b
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_sql(sql: str) -> str | None:
+    try:  # a fresh tree, not _parse's cached one: normalize_identifiers changes it in place
+        tree = sqlglot.parse_one(sql, read=DIALECT)
+    except Exception:
+        return None
+    from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+    return normalize_identifiers(tree, dialect=DIALECT).sql(dialect=DIALECT, comments=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(sql: str):
+    """The one statement in `sql` as a sqlglot tree, or None. Cached: callers copy before changing it."""
+    try:
+        trees = [t for t in sqlglot.parse(sql, read=DIALECT) if t is not None]
+    except Exception:  # sqlglot raises ParseError, TokenError and, on odd input, others
+        return None
+    return trees[0] if len(trees) == 1 else None
+
+
+def _top_query(sql: str, tree=None):
+    """The query node whose ORDER BY orders the result (parentheses around the whole query unwrapped)."""
+    node = tree if tree is not None else _parse(sql)
+    while isinstance(node, (exp.Subquery, exp.Paren)):
+        node = node.this
+    return node if isinstance(node, exp.Query) else None
+
+
+def _output_index(key, selects: list, columns: list[str]) -> int | None:
+    """Which output column an ORDER BY key is: a position, an alias, a select expression or a result name."""
+    if isinstance(key, exp.Literal) and key.is_int:
+        index = int(key.this) - 1
+        return index if 0 <= index < len(columns) else None
+    if isinstance(key, exp.Column) and not key.table:
+        name = key.name.lower()
+        aliases = [i for i, e in enumerate(selects) if isinstance(e, exp.Alias) and e.alias.lower() == name]
+        if aliases:
+            return aliases[0]
+    text = key.sql(dialect=DIALECT).lower()
+    for i, e in enumerate(selects):
+        if e.unalias().sql(dialect=DIALECT).lower() == text:
+            return i
+    if isinstance(key, exp.Column):
+        names = [c.lower() for c in columns]
+        if names.count(key.name.lower()) == 1:
+            return names.index(key.name.lower())
+    return None
+
+
+def _normalize(value: Any, lenient: bool) -> Any:
+    """A hashable value that equals another exactly when the two mean the same under the mode."""
+    if value is None or isinstance(value, (bool, int, str)) and not (lenient and isinstance(value, str)):
+        return value
+    if isinstance(value, float):
+        return _NAN if math.isnan(value) else _round(value)
+    if isinstance(value, Decimal):
+        if value.is_nan():
+            return _NAN
+        # Whole numbers stay exact integers; huge exponents (a hostile "1e999999999" string) go through float.
+        if value.is_finite() and value.adjusted() < 40 and value == value.to_integral_value():
+            return int(value)
+        return _round(float(value))
+    if isinstance(value, str):  # lenient only
+        return _normalize(Decimal(value.strip()), True) if _NUMBER.match(value) else value
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalize(v, lenient) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _normalize(v, lenient)) for k, v in value.items())
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _round(x: float) -> float:
+    # 12 significant digits make float noise (sums in another order) hash alike; the tolerance does the rest.
+    return float(f"{x:.12g}") if math.isfinite(x) else x
+
+
+def _normalize_row(row, lenient: bool) -> tuple:
+    return tuple(_normalize(v, lenient) for v in row)
+
+
+def _hashable(value: Any) -> Any:
+    """BIRD's comparison works on raw Python values; lists and dicts become tuples so they can be hashed."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _hashable(v)) for k, v in value.items())
+    return value
+
+
+def _close(a: Any, b: Any, rel_tol: float) -> bool:
+    if a is b or a == b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_close(x, y, rel_tol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(a, int) and isinstance(b, float):
+        # Integers on both sides (counts, exact sums) are compared exactly: only floats carry rounding noise.
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=ABS_TOL)
+    return False
+
+
+_TYPE_RANK = {type(None): 0, bool: 1, int: 1, float: 1, _Sentinel: 2, str: 3, dt.date: 4, dt.datetime: 5}
+
+
+def _sort_key(value: Any) -> tuple:
+    """A total order over normalized values of mixed types."""
+    rank = _TYPE_RANK.get(type(value))
+    if rank is None:
+        if isinstance(value, tuple):
+            return (6, tuple(_sort_key(v) for v in value))
+        return (7, type(value).__name__, repr(value))
+    return (rank, value) if rank not in (0, 2) else (rank,)
+
+
+def _same_multiset(a: list[tuple], b: list[tuple], rel_tol: float) -> bool:
+    if len(a) != len(b):
+        return False
+    ca, cb = Counter(a), Counter(b)
+    if ca == cb:
+        return True
+    return _match_all(list((ca - cb).elements()), list((cb - ca).elements()), rel_tol)
+
+
+def _sub_multiset(a: list[tuple], pool: list[tuple], rel_tol: float) -> bool:
+    """Whether every row of `a` can take a distinct row of `pool` that equals it."""
+    ca, cp = Counter(a), Counter(pool)
+    left = list((ca - cp).elements())
+    return not left or _match_all(left, list((cp - ca).elements()), rel_tol)
+
+
+def _same_set(a: list[tuple], b: list[tuple], rel_tol: float) -> bool:
+    sa, sb = set(a), set(b)
+    if sa == sb:
+        return True
+    only_a, only_b = sa - sb, sb - sa
+    if len(only_a) + len(only_b) > MAX_FUZZY_MATCH:
+        return False
+    return all(any(_close(x, y, rel_tol) for y in sb) for x in only_a) and all(
+        any(_close(y, x, rel_tol) for x in sa) for y in only_b
+    )
+
+
+def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
+    """Whether each row of `left` pairs with a distinct row of `right` within the tolerance."""
+    if len(left) > len(right):
+        return False
+    if len(left) == len(right):
+        # Rows that differ only by float noise sort alike: try pairing them in order first.
+        ls, rs = sorted(left, key=_sort_key), sorted(right, key=_sort_key)
+        if all(_close(x, y, rel_tol) for x, y in zip(ls, rs)):
+            return True
+    if len(left) > MAX_FUZZY_MATCH or len(right) > 4 * MAX_FUZZY_MATCH:
+        return False
+    # Bipartite matching (Kuhn): tolerance is not transitive, so greedy pairing could miss a match.
+    adjacent = [[j for j, r in enumerate(right) if _close(l, r, rel_tol)] for l in left]
+    owner = [-1] * len(right)
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for j in adjacent[i]:
+            if j not in seen:
+                seen.add(j)
+                if owner[j] == -1 or assign(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(assign(i, set()) for i in range(len(left)))
+
+
+def _column(rows: list[tuple], index: int) -> list[tuple]:
+    return [(r[index],) for r in rows]
+
+
+def _project(rows: list[tuple], indexes: list[int]) -> list[tuple]:
+    return [tuple(r[i] for i in indexes) for r in rows]
+
+
+class _StrictCheck:
+    """Strict mode: a bijection of columns under which the rows are the same multiset, in the gold's key order.
+
+    Under ORDER BY ... LIMIT with a tie pool, the last key group is checked against the pool instead of the
+    gold's own last rows, in the column pruning as in the final check.
+    """
+
+    def __init__(self, gold, pred, rel_tol, keys, tie_rows) -> None:
+        self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
+        self.order_differs = False
+        self.groups = self._key_groups(keys) if keys else None
+        self.tie_pool = None
+        if self.groups and tie_rows is not None:
+            last_key = tuple(gold[-1][i] for i in keys)
+            normalized = (_normalize_row(r, False) for r in tie_rows)
+            self.tie_pool = [r for r in normalized if _close(tuple(r[i] for i in keys), last_key, rel_tol)]
+        self.cut = len(gold) - self.groups[-1] if self.tie_pool else len(gold)
+        """Rows before the cut must match the gold's; rows after it come from the tie pool."""
+
+    def _key_groups(self, keys) -> list[int]:
+        """Sizes of the runs of consecutive gold rows with equal sort keys."""
+        sizes: list[int] = []
+        previous = None
+        for row in self.gold:
+            key = tuple(row[i] for i in keys)
+            if sizes and _close(key, previous, self.rel_tol):
+                sizes[-1] += 1
+            else:
+                sizes.append(1)
+            previous = key
+        return sizes
+
+    def _rows_match(self, g_cols: list[int], p_cols: list[int]) -> bool:
+        gold, pred, cut = _project(self.gold, g_cols), _project(self.pred, p_cols), self.cut
+        if not _same_multiset(gold[:cut], pred[:cut], self.rel_tol):
+            return False
+        return self.tie_pool is None or _sub_multiset(pred[cut:], _project(self.tie_pool, g_cols), self.rel_tol)
+
+    def column_matches(self, g: int, p: int) -> bool:
+        return self._rows_match([g], [p])
+
+    def partial_matches(self, g_cols: list[int], p_cols: list[int]) -> bool:
+        return self._rows_match(g_cols, p_cols)
+
+    def full_matches(self, p_cols: list[int]) -> bool:
+        if not self._rows_match(list(range(len(p_cols))), p_cols):
+            return False
+        if self.groups is None:
+            return True
+        pred = _project(self.pred, p_cols)
+        start = 0
+        for size in self.groups[: -1 if self.tie_pool else None]:
+            if not _same_multiset(self.gold[start:start + size], pred[start:start + size], self.rel_tol):
+                self.order_differs = True
+                return False
+            start += size
+        return True
+
+
+class _LenientCheck:
+    """Lenient mode: gold columns map to distinct predicted columns; projected rows equal as sets."""
+
+    order_differs = False
+
+    def __init__(self, gold, pred, rel_tol) -> None:
+        self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
+
+    def column_matches(self, g: int, p: int) -> bool:
+        return _same_set(_column(self.gold, g), _column(self.pred, p), self.rel_tol)
+
+    def partial_matches(self, g_cols: list[int], p_cols: list[int]) -> bool:
+        return _same_set(_project(self.gold, g_cols), _project(self.pred, p_cols), self.rel_tol)
+
+    def full_matches(self, p_cols: list[int]) -> bool:
+        return _same_set(self.gold, _project(self.pred, p_cols), self.rel_tol)
+
+
+class _GaveUp(Exception):
+    pass
+
+
+def _search_mapping(check, k: int, m: int, gold, pred) -> Comparison:
+    """Find gold column -> predicted column assignments that make `check` pass, pruning by column values."""
+    if k == m and check.full_matches(list(range(k))):
+        return Comparison(True)
+    if not check.gold and not check.pred:
+        return Comparison(True)
+    candidates = [[p for p in range(m) if check.column_matches(g, p)] for g in range(k)]
+    unmatched = [g for g in range(k) if not candidates[g]]
+    if unmatched:
+        names = ", ".join(str(gold.columns[g]) for g in unmatched[:3])
+        return _differs(f"the rows differ: no predicted column holds the values of gold column(s) {names}", gold, pred)
+    order = sorted(range(k), key=lambda g: len(candidates[g]))
+    assigned: dict[int, int] = {}
+    steps = 0
+
+    def extend(depth: int) -> bool:
+        nonlocal steps
+        if depth == k:
+            return check.full_matches([assigned[g] for g in range(k)])
+        g = order[depth]
+        for p in candidates[g]:
+            if p in assigned.values():
+                continue
+            steps += 1
+            if steps > MAX_MAPPING_STEPS:
+                raise _GaveUp
+            assigned[g] = p
+            g_cols = order[: depth + 1]
+            if (depth == 0 or depth + 1 == k or check.partial_matches(g_cols, [assigned[c] for c in g_cols])) and (
+                extend(depth + 1)
+            ):
+                return True
+            del assigned[g]
+        return False
+
+    try:
+        if extend(0):
+            return Comparison(True)
+    except _GaveUp:
+        return _differs("gave up searching column permutations (too many similar columns)", gold, pred)
+    if check.order_differs:
+        return _differs("same rows in a different order than the gold's ORDER BY", gold, pred)
+    return _differs("the rows differ", gold, pred)
+
+
+def _differs(reason: str, gold, pred) -> Comparison:
+    """A not-equal Comparison with a short diff: shapes and a few rows found on one side only."""
+    # Rows are compared as bags of values here, so that a column permutation does not flood the diff.
+    def bag(row):
+        return tuple(sorted((_normalize(v, False) for v in row), key=_sort_key))
+
+    g_bags, p_bags = Counter(map(bag, gold.rows)), Counter(map(bag, pred.rows))
+    missing = [r for r in gold.rows if g_bags[bag(r)] > p_bags[bag(r)]][:DIFF_ROWS]
+    extra = [r for r in pred.rows if p_bags[bag(r)] > g_bags[bag(r)]][:DIFF_ROWS]
+    diff = {
+        "gold_shape": [len(gold.rows), len(gold.columns)],
+        "pred_shape": [len(pred.rows), len(pred.columns)],
+        "only_in_gold": [[_jsonable(v) for v in r] for r in missing],
+        "only_in_pred": [[_jsonable(v) for v in r] for r in extra],
+    }
+    return Comparison(False, reason, diff)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+# ---------------------------------------------------------------- predictions
+
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_sql(text: str | None) -> str | None:
+    """The SQL in a model's raw reply: the first fenced block if any, then its first statement; None if empty.
+
+    >>> extract_sql("```sql\\nSELECT a FROM t;\\n```\\nThis returns a.")
+    'SELECT a FROM t'
+    """
+    if not text:
+        return None
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    text = text.strip()
+    try:
+        semicolons = [t for t in sqlglot.tokenize(text, read=DIALECT) if t.token_type == sqlglot.TokenType.SEMICOLON]
+    except Exception:  # untokenizable text is kept whole: it fails later as a parse error, which is what it is
+        semicolons = []
+    if semicolons:
+        text = text[: semicolons[0].start].strip()
+    return text or None
+
+
+def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dict[str, str | None]:
+    """Read a predictions JSONL file into {id: sql or None}.
+
+    Each line is `{"id": ..., "sql": ...}`; `"prediction"` or `"completion"` (a model's raw reply) may stand
+    instead of `"sql"`, and the SQL is extracted from it (`extract_sql`). A null or empty SQL means no SQL.
+
+    Raises:
+        DataError: the file is missing, or has malformed lines, duplicate ids or ids not in `known_ids`
+            (every problem named by file:line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"predictions file not found: {path}")
+    predictions: dict[str, str | None] = {}
+    first_line: dict[str, int] = {}
+    problems: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{where}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(record, dict):
+                problems.append(f"{where}: expected an object with id and sql, got {type(record).__name__}")
+                continue
+            pid = record.get("id")
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                pid = str(pid)
+            if not isinstance(pid, str) or not pid:
+                problems.append(f"{where}: missing or non-string 'id'")
+                continue
+            field_name = next((k for k in ("sql", "prediction", "completion") if k in record), None)
+            if field_name is None:
+                problems.append(f"{where}: no 'sql' (or 'prediction', 'completion') field for id {pid!r}")
+                continue
+            text = record[field_name]
+            if text is not None and not isinstance(text, str):
+                problems.append(f"{where}: '{field_name}' must be a string or null, got {type(text).__name__}")
+                continue
+            if pid in first_line:
+                problems.append(f"{where}: duplicate id {pid!r} (first on line {first_line[pid]})")
+                continue
+            if known_ids is not None and pid not in known_ids:
+                problems.append(f"{where}: unknown id {pid!r} (not in the dataset)")
+                continue
+            first_line[pid] = lineno
+            if field_name == "sql":
+                predictions[pid] = (text.strip() or None) if text else None
+            else:
+                predictions[pid] = extract_sql(text)
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise DataError(f"{len(problems)} problem(s) in predictions: " + "; ".join(problems[:10]) + more)
+    return predictions
+
+
+# ---------------------------------------------------------------- running and judging
+
+
+@dataclass
+class ScoredRun:
+    """What `score_pairs` found: one record per scored example, the excluded ones, the targets' fingerprints."""
+
+    examples: list[dict] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    """Examples whose gold failed, timed out or exceeded the row cap: left out of every metric."""
+    schemas: dict[str, str] = field(default_factory=dict)
+    """Fingerprint of each database evaluated on ("lakehouse" or the pair's db id)."""
+
+
+def score_pairs(
+    cfg: Config,
+    pairs: list,
+    predictions: dict[str, str | None],
+    *,
+    dataset: str | Path | None = None,
+    mode: str | None = None,
+    workers: int | None = None,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+) -> ScoredRun:
+    """Run every pair's gold and predicted SQL in the sandbox and judge the prediction.
+
+    Pairs with `db` null run on the project lakehouse; others on the DuckDB file that the dataset's
+    dataset.yaml lists for that db (`dataset`: a name under data.datasets_dir or a directory).
+    A pair with no prediction scores `no_sql`. Gold results are cached under `.cache/gold/` (by SQL and
+    database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
+    """
+    from text2sql.warehouse import QueryRunner
+
+    mode = mode or cfg.eval.mode
+    if mode not in MODES:
+        raise DataError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    workers = workers or cfg.eval.workers or os.cpu_count() or 1
+    scored = ScoredRun()
+    by_db: dict[str | None, list] = {}
+    for pair in pairs:
+        by_db.setdefault(getattr(pair, "db", None), []).append(pair)
+    for db, group in by_db.items():
+        spec, snapshot = _open_target(cfg, dataset, db)
+        fingerprint = _target_fingerprint(spec, snapshot)
+        scored.schemas[db or "lakehouse"] = snapshot.fingerprint
+        cache_root = Path(cache_dir) if cache_dir else cfg.path(GOLD_CACHE_DIR)
+        cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
+        w = cfg.warehouse
+        runner = QueryRunner(spec, workers=workers, timeout_s=w.timeout_s, max_rows=w.max_rows,
+                             memory_limit=w.memory_limit, threads=w.threads)
+        with runner:
+            _score_group(group, predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+    order = {p.id: i for i, p in enumerate(pairs)}
+    scored.examples.sort(key=lambda e: order[e["id"]])
+    scored.excluded.sort(key=lambda e: order[e["id"]])
+    return scored
+
+
+def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from text2sql.warehouse import check_sql
+
+    with ThreadPoolExecutor(runner.size) as pool:
+        golds = _GoldRuns(runner, pool, cache)
+        for sql in dict.fromkeys(p.sql for p in pairs):
+            golds.request(sql)
+        # Predictions are checked while the gold queries run, and each is queued as soon as it passes.
+        checks, pending = {}, {}
+        for pair in pairs:
+            sql = predictions.get(pair.id)
+            checks[pair.id] = check = check_sql(sql, snapshot) if sql else None
+            if check is not None and check.ok:
+                pending[pair.id] = pool.submit(runner.run, sql, None, True)  # checked just above
+        retry = []
+        for pair in pairs:
+            gold, check = golds.result(pair.sql), checks[pair.id]
+            record = {
+                "id": pair.id, "question": getattr(pair, "question", ""), "gold": pair.sql,
+                "predicted": predictions.get(pair.id), "db": getattr(pair, "db", None),
+                "difficulty": getattr(pair, "difficulty", None) or "unknown",
+                "tags": list(getattr(pair, "tags", None) or []), "tables": _tables(pair.sql, snapshot),
+            }
+            problem = _gold_problem(gold, runner.max_rows)
+            if problem:
+                scored.excluded.append({**record, "reason": problem})
+                continue
+            pred = pending[pair.id].result() if pair.id in pending else None
+            judged = (pair.sql, gold, record["predicted"], check, pred)
+            record.update(_judge(*judged, None, mode, rel_tol, runner.timeout_s))
+            record["empty_gold"] = not gold.rows
+            record["exact_match"] = bool(check and check.ok) and exact_match(pair.sql, record["predicted"])
+            scored.examples.append(record)
+            if record["verdicts"]["strict"] == "wrong_result" and tie_query(pair.sql):
+                retry.append((record, judged))
+        # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
+        # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
+        for record, judged in retry:
+            golds.request(tie_query(record["gold"]))
+        for record, judged in retry:
+            tie = golds.result(tie_query(record["gold"]))
+            if not tie.error_kind:
+                record.pop("diff", None)
+                record.update(_judge(*judged, tie.rows, mode, rel_tol, runner.timeout_s))
+
+
+class _GoldRuns:
+    """Gold results by SQL: from the disk cache, or run once in the pool (and then cached)."""
+
+    def __init__(self, runner, pool, cache) -> None:
+        self.runner, self.pool, self.cache = runner, pool, cache
+        self.results: dict[str, Any] = {}
+
+    def request(self, sql: str) -> None:
+        if sql not in self.results:
+            cached = self.cache.get(sql) if self.cache else None
+            self.results[sql] = cached if cached is not None else self.pool.submit(self._run, sql)
+
+    def _run(self, sql: str):
+        result = self.runner.run(sql)
+        if self.cache:
+            self.cache.put(sql, result)
+        return result
+
+    def result(self, sql: str):
+        value = self.results[sql]
+        return value.result() if hasattr(value, "result") and callable(value.result) else value
+
+
+def _judge(gold_sql, gold, pred_sql, check, pred, tie_rows, mode: str, rel_tol: float, timeout_s: float) -> dict:
+    """Verdict, reason (and diff) of one prediction, under the chosen mode and every other mode."""
+    if not pred_sql:
+        verdict, reason = "no_sql", "no SQL in the prediction"
+    elif not check.ok:
+        verdict, reason = check.kind, check.message
+    elif pred.error_kind == "timeout":
+        verdict, reason = "timeout", f"stopped at the {timeout_s:g} s timeout (warehouse.timeout_s)"
+    elif pred.error_kind:
+        verdict, reason = pred.error_kind, pred.error
+    elif pred.truncated:
+        verdict, reason = "wrong_result", f"the prediction returned more than {len(pred.rows)} rows (the row cap)"
+    else:
+        comparisons = {
+            m: compare_results(gold, pred, gold_sql=gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows)
+            for m in MODES
+        }
+        chosen = comparisons[mode]
+        out = {
+            "verdict": "correct" if chosen.equal else "wrong_result",
+            "reason": chosen.reason,
+            "verdicts": {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
+        }
+        if chosen.diff:
+            out["diff"] = chosen.diff
+        return out
+    return {"verdict": verdict, "reason": reason, "verdicts": {m: verdict for m in MODES}}
+
+
+def _gold_problem(gold, max_rows: int) -> str:
+    """Why a gold result cannot be scored against, or '' when it can."""
+    if gold.error_kind:
+        return f"gold query failed ({gold.error_kind}): {gold.error}"
+    if gold.truncated:
+        return f"gold result has more than {max_rows} rows (warehouse.max_rows): it cannot be compared exactly"
+    return ""
+
+
+def _tables(sql: str, snapshot) -> list[str]:
+    """Qualified names of the snapshot tables a gold query reads (names it cannot resolve kept as written)."""
+    tree = _parse(sql)
+    if tree is None:
+        return []
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    names = set()
+    for table in tree.find_all(exp.Table):
+        if table.name and not (not table.db and table.name.lower() in ctes):
+            written = ".".join(p for p in (table.db, table.name) if p)
+            names.add(snapshot.resolve(written) or written)
+    return sorted(names)
+
+
+def _open_target(cfg: Config, dataset: str | Path | None, db: str | None):
+    """WarehouseSpec and SchemaSnapshot of the project lakehouse (db None) or of a benchmark database file."""
+    from text2sql.catalog import SchemaSnapshot, load_snapshot
+    from text2sql.data import load_dataset
+    from text2sql.warehouse import WarehouseSpec
+
+    if db is None:
+        return WarehouseSpec.from_config(cfg), load_snapshot(cfg)
+    path = load_dataset(cfg, str(dataset) if dataset else None).database(db)
+    return WarehouseSpec.from_duckdb_file(path), SchemaSnapshot.from_duckdb(path)
+
+
+def _target_fingerprint(spec, snapshot) -> str:
+    """Identifies the data a query sees: schema snapshot, how it is opened and, for a file, its version on disk."""
+    from text2sql.warehouse import spec_fingerprint
+
+    parts = [snapshot.fingerprint, spec_fingerprint(spec)]
+    if spec.database != ":memory:" and Path(spec.database).is_file():
+        st = Path(spec.database).stat()
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+class _CachedResult(NamedTuple):
+    columns: list[str]
+    rows: list[tuple]
+    error_kind: str | None
+    error: str
+    truncated: bool
+
+
+class _GoldCache:
+    """Gold results on disk, one pickle per (gold SQL, database fingerprint, row cap, DuckDB version)."""
+
+    def __init__(self, root: Path, fingerprint: str, max_rows: int) -> None:
+        import duckdb
+
+        self.root, self.salt = root, [GOLD_CACHE_FORMAT, fingerprint, max_rows, duckdb.__version__]
+
+    def _path(self, sql: str) -> Path:
+        key = hashlib.sha256(json.dumps([*self.salt, sql]).encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.pkl"
+
+    def get(self, sql: str) -> _CachedResult | None:
+        path = self._path(sql)
+        try:
+            with path.open("rb") as f:
+                return _CachedResult(*pickle.load(f))
+        except (OSError, pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError):
+            return None  # missing or unreadable: run the query again
+
+    def put(self, sql: str, result) -> None:
+        if result.error_kind == "timeout":  # may pass on a less busy machine: don't remember it
+            return
+        path = self._path(sql)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        value = (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated)
+        _write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; reports and caches are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- evaluate: pairs + predictions -> report
+
+
+def evaluate(
+    cfg: Config,
+    predictions_path: str | Path,
+    dataset: str | None = None,
+    split: str | None = "test",
+    mode: str | None = None,
+    release: str | None = None,
+    model: str | None = None,
+) -> dict:
+    """Score a predictions file against a dataset split and write the release report.
+
+    Args:
+        cfg: the project config (warehouse sandbox settings, eval.mode, eval.reports_dir, eval.workers).
+        predictions_path: JSONL of {"id", "sql"} (see `read_predictions`).
+        dataset: dataset name under data.datasets_dir (default data.dataset).
+        split: the split scored (default eval.split when None); "all" scores every pair.
+        mode: strict | lenient | set (default eval.mode).
+        release: report directory name under eval.reports_dir (default: a timestamp).
+        model: what produced the predictions, recorded in the report.
+
+    Returns:
+        The report (also written as report.json, report.md and report.html); its "path" key is the directory.
+
+    Raises:
+        DataError: bad predictions file, unknown mode, bad release name, or dataset problems from `load_pairs`.
+    """
+    from text2sql.data import load_pairs
+
+    mode = mode or cfg.eval.mode
+    if mode not in MODES:
+        raise DataError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+    release = release or time.strftime("%Y%m%d-%H%M%S")
+    if not RELEASE_NAME.match(release):
+        raise DataError(f"release name {release!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    split = split or cfg.eval.split
+    dataset = dataset or cfg.data.dataset
+    pairs = load_pairs(cfg, dataset, None if split == "all" else split)
+    predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
+    started = time.perf_counter()
+    scored = score_pairs(cfg, pairs, predictions, dataset=dataset, mode=mode)
+    report = {
+        "release": release,
+        "mode": mode,
+        "model": model,
+        "dataset": dataset,
+        "split": split,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": compute_metrics(scored.examples, scored.excluded, mode),
+        "examples": scored.examples,
+        "excluded": scored.excluded,
+        "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas),
+    }
+    report["metrics"]["elapsed_s"] = round(time.perf_counter() - started, 3)
+    out = cfg.path(cfg.eval.reports_dir) / release
+    write_report(report, out)
+    report["path"] = str(out)
+    return report
+
+
+def compute_metrics(examples: list[dict], excluded: list[dict], mode: str) -> dict:
+    """EX overall and by slice, valid-SQL rate, exact match, EX per mode, verdict counts, gold problems."""
+    n = len(examples)
+
+    def rate(items, ok=lambda e: e["verdict"] == "correct") -> float:
+        return round(sum(1 for e in items if ok(e)) / len(items), 4) if items else 0.0
+
+    def sliced(key) -> dict:
+        groups: dict[str, list] = {}
+        for e in examples:
+            values = e[key] if isinstance(e[key], list) else [e[key]]
+            for value in values:
+                groups.setdefault(str(value), []).append(e)
+        ordered = sorted(groups.items(), key=lambda kv: (DIFFICULTY_ORDER.get(kv[0], len(DIFFICULTY_ORDER)), kv[0]))
+        return {k: {"ex": rate(v), "n": len(v), "correct": sum(e["verdict"] == "correct" for e in v)}
+                for k, v in ordered}
+
+    nonempty = [e for e in examples if not e.get("empty_gold")]
+    return {
+        "ex": rate(examples),
+        "n": n,
+        "correct": sum(e["verdict"] == "correct" for e in examples),
+        "ex_by_difficulty": sliced("difficulty"),
+        "ex_by_tag": sliced("tags"),
+        "ex_by_table": sliced("tables"),
+        "valid_sql_rate": rate(examples, lambda e: e["verdict"] in VALID_SQL_VERDICTS),
+        "exact_match": rate(examples, lambda e: e.get("exact_match", False)),
+        "ex_by_mode": {m: rate(examples, lambda e, m=m: e["verdicts"][m] == "correct") for m in MODES},
+        "verdicts": {v: c for v in VERDICTS if (c := sum(e["verdict"] == v for e in examples))},
+        "gold_errors": len(excluded),
+        "empty_gold": sum(1 for e in examples if e.get("empty_gold")),
+        "ex_nonempty_gold": rate(nonempty),
+    }
+
+
+def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str]) -> dict:
+    """What the run depended on, so two reports can be told apart (or shown to be comparable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import duckdb
+
+    from text2sql import __version__
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    canonical = json.dumps(
+        [[p.id, p.question, p.sql, getattr(p, "db", None), getattr(p, "difficulty", None), list(p.tags or [])]
+         for p in pairs],
+        sort_keys=True,
+    )
+    combined = schemas.get("lakehouse") if list(schemas) == ["lakehouse"] else hashlib.sha256(
+        json.dumps(schemas, sort_keys=True).encode()).hexdigest()
+    return {
+        "dataset_hash": hashlib.sha256(canonical.encode()).hexdigest(),
+        "schema_fingerprint": combined,
+        "schemas": schemas,
+        "predictions": {"path": str(predictions_path), "sha256": _file_sha256(Path(predictions_path))},
+        "versions": {"text2sql": __version__, "duckdb": duckdb.__version__, "sqlglot": sqlglot.__version__,
+                     "pyiceberg": installed("pyiceberg")},
+        "settings": {"mode_rel_tol": cfg.eval.rel_tol, "timeout_s": cfg.warehouse.timeout_s,
+                     "max_rows": cfg.warehouse.max_rows, "memory_limit": cfg.warehouse.memory_limit,
+                     "engine": cfg.warehouse.engine},
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- report files
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Write report.json, report.md and report.html into `out` (each atomically)."""
+    out = Path(out)
+    body = {k: v for k, v in report.items() if k != "path"}
+    _write_atomic(out / "report.json", json.dumps(body, indent=2, default=str) + "\n")
+    _write_atomic(out / "report.md", render_markdown(body))
+    _write_atomic(out / "report.html", render_html(body))
+
+
+def format_summary(report: dict) -> str:
+    """A few lines for the terminal: EX, slices, verdicts, where the report is."""
+    m = report["metrics"]
+    lines = [
+        f"release {report['release']}  dataset {report['dataset']}/{report.get('split')}  mode {report['mode']}",
+        f"EX {m['ex']:.1%} ({m['correct']}/{m['n']})   valid SQL {m['valid_sql_rate']:.1%}   "
+        f"exact match {m['exact_match']:.1%}   "
+        + "  ".join(f"{k} {v:.1%}" for k, v in m["ex_by_mode"].items() if k != report["mode"]),
+    ]
+    if m["gold_errors"] or m["empty_gold"]:
+        lines.append(f"excluded (gold failed) {m['gold_errors']}   empty gold {m['empty_gold']} "
+                     f"(EX without them {m['ex_nonempty_gold']:.1%})")
+    for name, s in m["ex_by_difficulty"].items():
+        lines.append(f"  {name:<12} EX {s['ex']:>6.1%}  n={s['n']}")
+    lines.append("  " + "  ".join(f"{v} {c}" for v, c in m["verdicts"].items()))
+    if report.get("path"):
+        lines.append(f"report: {report['path']}/report.html")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    m = report["metrics"]
+    out = [
+        f"# Evaluation report: {report['release']}",
+        "",
+        f"Dataset **{report['dataset']}** split **{report.get('split')}**, model **{report.get('model') or '-'}**, "
+        f"comparison mode **{report['mode']}**, created {report.get('created', '')}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| EX ({report['mode']}) | {m['ex']:.1%} ({m['correct']}/{m['n']}) |",
+        *(f"| EX {k} | {v:.1%} |" for k, v in m["ex_by_mode"].items() if k != report["mode"]),
+        f"| valid SQL | {m['valid_sql_rate']:.1%} |",
+        f"| exact match | {m['exact_match']:.1%} |",
+        f"| gold failed (excluded) | {m['gold_errors']} |",
+        f"| empty gold (flagged) | {m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%}) |",
+        "",
+    ]
+    for title, key in (("difficulty", "ex_by_difficulty"), ("tag", "ex_by_tag"), ("table", "ex_by_table")):
+        out += [f"## EX by {title}", "", f"| {title} | EX | n |", "|---|---|---|"]
+        out += [f"| {k} | {s['ex']:.1%} | {s['n']} |" for k, s in m[key].items()]
+        out.append("")
+    out += ["## Verdicts", "", "| verdict | count |", "|---|---|"]
+    out += [f"| {v} | {c} |" for v, c in m["verdicts"].items()]
+    failing = [e for e in report["examples"] if e["verdict"] != "correct"]
+    if failing:
+        out += ["", f"## Failing examples ({len(failing)})", ""]
+        for e in failing[:100]:
+            out.append(f"- `{e['id']}` **{e['verdict']}**: {_md(e['reason'])} — {_md(e['question'])}")
+        if len(failing) > 100:
+            out.append(f"- ... {len(failing) - 100} more in report.json")
+    if report.get("excluded"):
+        out += ["", f"## Excluded: gold failed ({len(report['excluded'])})", ""]
+        out += [f"- `{e['id']}`: {_md(e['reason'])}" for e in report["excluded"][:50]]
+    inputs = report.get("inputs", {})
+    out += ["", "## Inputs", "", "```json", json.dumps(inputs, indent=2, default=str), "```", ""]
+    return "\n".join(out)
+
+
+def _md(text: str | None) -> str:
+    return (text or "").replace("\n", " ").replace("|", "\\|")[:300]
+
+
+_HTML_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;
+vertical-align:top}th{background:#f4f4f4}code,pre{font-size:.85em}pre{white-space:pre-wrap;margin:0}
+.charts{display:flex;flex-wrap:wrap;gap:2rem}svg text{font-size:12px;font-family:system-ui,sans-serif}
+"""
+
+
+def render_html(report: dict) -> str:
+    """A self-contained page: summary, inline SVG bar charts, failing examples. No scripts, no external files."""
+    e = html.escape
+    m = report["metrics"]
+    slices = lambda key: [(k, s["ex"], f"{s['ex']:.0%} of {s['n']}") for k, s in m[key].items()]  # noqa: E731
+    total = max(sum(m["verdicts"].values()), 1)
+    verdicts = [(v, c / total, str(c)) for v, c in m["verdicts"].items()]
+    charts = "".join([
+        _bar_chart("EX by difficulty", slices("ex_by_difficulty"), "#3b7dd8"),
+        _bar_chart("EX by tag", slices("ex_by_tag"), "#3b7dd8"),
+        _bar_chart("Verdicts (share of examples)", verdicts, "#d8823b"),
+    ])
+    summary = "".join(
+        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
+        for k, v in [
+            (f"EX ({report['mode']})", f"{m['ex']:.1%} ({m['correct']}/{m['n']})"),
+            *((f"EX {k}", f"{v:.1%}") for k, v in m["ex_by_mode"].items() if k != report["mode"]),
+            ("valid SQL", f"{m['valid_sql_rate']:.1%}"),
+            ("exact match", f"{m['exact_match']:.1%}"),
+            ("gold failed (excluded)", str(m["gold_errors"])),
+            ("empty gold (flagged)", f"{m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%})"),
+        ]
+    )
+    failing = [x for x in report["examples"] if x["verdict"] != "correct"]
+    rows = "".join(
+        f"<tr><td><code>{e(x['id'])}</code></td><td>{e(x['verdict'])}</td><td>{e(x['question'] or '')}</td>"
+        f"<td><pre>{e(x['gold'])}</pre></td><td><pre>{e(x['predicted'] or '')}</pre></td>"
+        f"<td>{e(x['reason'] or '')}{_html_diff(x.get('diff'))}</td></tr>"
+        for x in failing[:300]
+    )
+    title = f"Evaluation report: {report['release']}"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{_HTML_STYLE}</style></head>
+<body><h1>{e(title)}</h1>
+<p>Dataset <b>{e(str(report['dataset']))}</b> split <b>{e(str(report.get('split')))}</b>,
+model <b>{e(str(report.get('model') or '-'))}</b>, comparison mode <b>{e(report['mode'])}</b>,
+created {e(str(report.get('created', '')))}.</p>
+<table>{summary}</table>
+<div class="charts">{charts}</div>
+<h2>Failing examples ({len(failing)})</h2>
+<table><tr><th>id</th><th>verdict</th><th>question</th><th>gold</th><th>predicted</th><th>reason</th></tr>{rows}</table>
+<h2>Inputs</h2><pre>{e(json.dumps(report.get('inputs', {}), indent=2, default=str))}</pre>
+</body></html>
+"""
+
+
+def _html_diff(diff: dict | None) -> str:
+    if not diff:
+        return ""
+    parts = [f"gold {diff['gold_shape'][0]}x{diff['gold_shape'][1]}, predicted {diff['pred_shape'][0]}x"
+             f"{diff['pred_shape'][1]}"]
+    for key, label in (("only_in_gold", "only in gold"), ("only_in_pred", "only in prediction")):
+        if diff.get(key):
+            parts.append(f"{label}: " + "; ".join(json.dumps(r, default=str) for r in diff[key]))
+    return "<br><small>" + "<br>".join(html.escape(p) for p in parts) + "</small>"
+
+
+def _bar_chart(title: str, items: list[tuple[str, float, str]], color: str) -> str:
+    """A horizontal bar chart as inline SVG: one bar per (label, fraction 0-1, text)."""
+    label_w, bar_w, row_h, top = 150, 300, 22, 28
+    height = top + row_h * max(len(items), 1) + 6
+    width = label_w + bar_w + 90
+    e = html.escape
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{e(title)}"><text x="0" y="16" font-weight="bold">{e(title)}</text>']
+    if not items:
+        parts.append(f'<text x="0" y="{top + 14}">no data</text>')
+    for i, (label, value, text) in enumerate(items):
+        y = top + i * row_h
+        w = bar_w * min(max(value, 0.0), 1.0)
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{e(label[:22])}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{bar_w}" height="16" fill="#eee"/>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="16" fill="{color}"/>'
+            f'<text x="{label_w + bar_w + 6}" y="{y + 13}">{e(text)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------- comparing two reports
+
+
+def find_report(reports_dir: Path, name: str | Path) -> Path:
+    """The report directory for a path (a dir or its report.json) or a release name under `reports_dir`."""
+    for candidate in (Path(name), Path(reports_dir) / str(name)):
+        if candidate.is_file() and candidate.name == "report.json":
+            candidate = candidate.parent
+        if (candidate / "report.json").is_file():
+            return candidate
+    raise DataError(f"no report.json for {str(name)!r} (looked in {name} and {Path(reports_dir) / str(name)})")
+
+
+def compare_reports(a_dir: str | Path, b_dir: str | Path, threshold: float = 0.0) -> dict:
+    """Compare release B with release A example by example, and EX per slice.
+
+    Returns:
+        {"a", "b", "ex_a", "ex_b", "delta", "threshold", "failed" (EX dropped by more than threshold),
+        "regressions" and "fixes" (examples correct in one release only), "slices" {difficulty, tag: {name:
+        {"a", "b", "delta"}}}, "warnings" (different mode, dataset or schema)}.
+    """
+    a, b = _load_report(Path(a_dir)), _load_report(Path(b_dir))
+    warnings = []
+    if a["mode"] != b["mode"]:
+        warnings.append(f"modes differ: {a['mode']} vs {b['mode']}")
+    for key in ("dataset_hash", "schema_fingerprint"):
+        if a.get("inputs", {}).get(key) != b.get("inputs", {}).get(key):
+            warnings.append(f"{key} differs: the releases were not scored on the same {key.split('_')[0]}")
+    a_ex, b_ex = ({x["id"]: x for x in r["examples"]} for r in (a, b))
+    common = [i for i in a_ex if i in b_ex]
+    if len(common) != len(a_ex) or len(common) != len(b_ex):
+        warnings.append(f"example ids differ: {len(common)} in common, {len(a_ex)} in A, {len(b_ex)} in B")
+
+    def change(i):
+        return {"id": i, "question": b_ex[i].get("question"), "a": a_ex[i]["verdict"], "b": b_ex[i]["verdict"],
+                "reason": b_ex[i].get("reason", "")}
+
+    regressions = [change(i) for i in common if a_ex[i]["verdict"] == "correct" != b_ex[i]["verdict"]]
+    fixes = [change(i) for i in common if a_ex[i]["verdict"] != "correct" == b_ex[i]["verdict"]]
+    slices = {}
+    for name, key in (("difficulty", "ex_by_difficulty"), ("tag", "ex_by_tag")):
+        sa, sb = a["metrics"].get(key, {}), b["metrics"].get(key, {})
+        slices[name] = {
+            k: {"a": sa.get(k, {}).get("ex"), "b": sb.get(k, {}).get("ex"),
+                "delta": round(sb[k]["ex"] - sa[k]["ex"], 4) if k in sa and k in sb else None}
+            for k in sorted(set(sa) | set(sb))
+        }
+    delta = round(b["metrics"]["ex"] - a["metrics"]["ex"], 4)
+    return {
+        "a": a["release"], "b": b["release"], "ex_a": a["metrics"]["ex"], "ex_b": b["metrics"]["ex"],
+        "delta": delta, "threshold": threshold, "failed": -delta > threshold + 1e-12,
+        "regressions": regressions, "fixes": fixes, "slices": slices, "warnings": warnings,
+    }
+
+
+def _load_report(path: Path) -> dict:
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        report = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{file} not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    missing = [k for k in ("release", "mode", "metrics", "examples") if k not in report]
+    if missing:
+        raise DataError(f"{file}: not a text2sql report (missing {', '.join(missing)})")
+    return report
+
+
+def format_comparison(cmp: dict) -> str:
+    lines = [f"EX {cmp['a']} {cmp['ex_a']:.1%} -> {cmp['b']} {cmp['ex_b']:.1%} ({cmp['delta']:+.1%})"]
+    lines += [f"warning: {w}" for w in cmp["warnings"]]
+    for title in ("regressions", "fixes"):
+        lines.append(f"{title}: {len(cmp[title])}")
+        for c in cmp[title][:50]:
+            lines.append(f"  {c['id']}  {c['a']} -> {c['b']}  {(c['question'] or '')[:70]}")
+    for name, rows in cmp["slices"].items():
+        changed = {k: s for k, s in rows.items() if s["delta"] != 0}
+        if changed:
+            lines.append(f"EX by {name}:")
+            for k, s in changed.items():
+                fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+                delta = "" if s["delta"] is None else f" ({s['delta']:+.1%})"
+                lines.append(f"  {k:<20} {fmt(s['a'])} -> {fmt(s['b'])}{delta}")
+    if cmp["failed"]:
+        lines.append(f"FAIL: EX dropped by {-cmp['delta']:.1%}, more than the threshold {cmp['threshold']:.1%}")
+    return "\n".join(lines)
