@@ -1,0 +1,231 @@
+"""Load test of `text2sql serve`: N requests at C-way concurrency; status counts and latency percentiles.
+
+    python bench/serve_load.py [--requests 1000] [--concurrency 16] [--model DIR | --upstream URL | --url URL]
+                               [--execute] [--chat] [--smoke]
+
+Starts `text2sql serve` in a subprocess on a free 127.0.0.1 port (bearer token on) with the tiny test model
+(tests/tinymodel.py) by default, or `--model DIR`, or `--upstream URL`; `--url` drives a server that is
+already running instead (`--token` or $TEXT2SQL_TOKEN). Questions cycle through the dataset's questions.
+Prints p50/p95/p99 latency and writes bench/results/serve_load.json (`--smoke`: 64 requests, no file).
+Exit code 1 when any request got a 5xx or no answer at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "bench" / "results" / "serve_load.json"
+TINY_MAX_NEW_TOKENS = 24
+FALLBACK_QUESTIONS = ["How many customers do we have?", "Total revenue by store region",
+                      "How many orders were cancelled?", "Which product category has the most returns?",
+                      "Average order value by payment method"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="Project config (default: the repo's text2sql.yaml).")
+    parser.add_argument("--model", default=None, help="Model dir to serve (default: the tiny test model).")
+    parser.add_argument("--upstream", default=None, help="Serve with this OpenAI-compatible engine instead.")
+    parser.add_argument("--url", default=None, help="Drive this running server; start none.")
+    parser.add_argument("--token", default=os.environ.get("TEXT2SQL_TOKEN", ""), help="Bearer token for --url.")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--execute", action="store_true", help="Ask the server to run each query too.")
+    parser.add_argument("--chat", action="store_true", help="Use /v1/chat/completions instead of /v1/sql.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="Config override for the started server (repeatable).")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="Client-side limit per request.")
+    parser.add_argument("--smoke", action="store_true", help="64 requests, no result file")
+    parser.add_argument("--out", default=None, help=f"Result file (default {RESULT.relative_to(REPO)}).")
+    args = parser.parse_args()
+    if args.smoke:
+        args.requests = min(args.requests, 64)
+
+    config_path = Path(args.config) if args.config else REPO / "text2sql.yaml"
+    questions = _questions(config_path)
+    server, log_file, overrides = None, None, list(args.overrides)
+    url, token = args.url, args.token
+    try:
+        if url is None:
+            token = secrets.token_urlsafe(16)
+            server, url, log_file, overrides = _start_server(args, config_path, token)
+        started = time.perf_counter()
+        results = asyncio.run(_drive(url, token, questions, args))
+        wall = time.perf_counter() - started
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(60)
+    report = _report(results, wall, args, url) | {"overrides": overrides}
+    print(json.dumps({k: report[k] for k in ("requests", "concurrency", "statuses", "latency_ms", "throughput_rps")}))
+    if log_file is not None:
+        report["server_log"] = _server_summary(log_file)
+    if not args.smoke or args.out:
+        out = Path(args.out) if args.out else RESULT
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    failures = sum(n for status, n in report["statuses"].items() if status == "error" or int(status) >= 500)
+    if failures:
+        print(f"FAIL: {failures} request(s) got a 5xx or no answer", file=sys.stderr)
+        sys.exit(1)
+
+
+def _questions(config_path: Path) -> list[str]:
+    """The dataset's questions (pairs.jsonl, read as plain JSON lines), or a few built-in ones."""
+    import yaml
+
+    raw = yaml.safe_load(config_path.read_text()) or {}
+    data = raw.get("data") or {}
+    pairs = config_path.parent / data.get("datasets_dir", "datasets") / data.get("dataset", "demo") / "pairs.jsonl"
+    if pairs.is_file():
+        found = [json.loads(line)["question"] for line in pairs.read_text().splitlines() if line.strip()]
+        if found:
+            return found
+    return FALLBACK_QUESTIONS
+
+
+def _start_server(args, config_path: Path, token: str):
+    model, overrides = args.model, list(args.overrides)
+    if model is None and args.upstream is None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tinymodel import tiny_model_dir
+
+        model = str(tiny_model_dir(str(config_path.parent / "schemas")))
+        # A random model never writes its end token: cap its replies near a real query's length.
+        overrides.insert(0, f"generate.max_new_tokens={TINY_MAX_NEW_TOKENS}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, str(REPO / "cli.py"), "serve", "--config", str(config_path), "--port", str(port),
+           "--set", f"serve.max_concurrency={args.concurrency}"]
+    cmd += ["--model", model] if model else []
+    cmd += ["--upstream", args.upstream] if args.upstream else []
+    for item in overrides:
+        cmd += ["--set", item]
+    log_file = Path(tempfile.mkstemp(prefix="serve-load-", suffix=".log")[1])
+    env = {**os.environ, "TEXT2SQL_TOKEN": token}
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file.open("w"))
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url, server, log_file)
+    return server, url, log_file, overrides
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log_file: Path, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited ({server.returncode}):\n{log_file.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    sys.exit(f"the server did not answer /healthz in {timeout_s:g} s")
+
+
+async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]:
+    """`args.concurrency` workers send `args.requests` requests back to back; one record per request."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    results: list[dict] = []
+    next_index = iter(range(args.requests))
+
+    async def worker(client):
+        for i in next_index:
+            question = questions[i % len(questions)]
+            if args.chat:
+                path = "/v1/chat/completions"
+                body = {"model": "text2sql", "messages": [{"role": "user", "content": question}]}
+            else:
+                path, body = "/v1/sql", {"question": question, "execute": args.execute}
+            started = time.perf_counter()
+            try:
+                response = await client.post(path, json=body)
+                status, payload = response.status_code, response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                status, payload = "error", {"error": f"{type(exc).__name__}: {exc}"}
+            record = {"status": status, "latency_ms": (time.perf_counter() - started) * 1000}
+            answer = payload.get("text2sql", payload) if isinstance(payload, dict) else {}
+            record |= {k: answer.get(k) for k in ("valid", "retried", "error_kind")}
+            results.append(record)
+
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=args.timeout_s) as client:
+        await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))
+    return results
+
+
+def _report(results: list[dict], wall: float, args, url: str) -> dict:
+    latencies = sorted(r["latency_ms"] for r in results if r["status"] == 200)
+    answered = [r for r in results if r["status"] == 200]
+    return {
+        "requests": len(results), "concurrency": args.concurrency, "endpoint": "chat" if args.chat else "sql",
+        "execute": args.execute,
+        "server": "external " + url if args.url else ("upstream " + args.upstream if args.upstream else
+                                                       f"local {args.model or 'tiny test model'}"),
+        "statuses": {str(k): v for k, v in sorted(Counter(r["status"] for r in results).items(), key=str)},
+        "latency_ms": {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)} | {
+            "mean": round(statistics.fmean(latencies), 1) if latencies else None,
+            "max": round(latencies[-1], 1) if latencies else None},
+        "throughput_rps": round(len(answered) / wall, 2) if wall else None,
+        "wall_s": round(wall, 2),
+        "valid_rate": round(sum(bool(r["valid"]) for r in answered) / len(answered), 3) if answered else None,
+        "retried_rate": round(sum(bool(r["retried"]) for r in answered) / len(answered), 3) if answered else None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "gpu": _gpu_name()},
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (no interpolation), in ms."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return round(sorted_values[int(rank) - 1], 1)
+
+
+def _server_summary(log_file: Path) -> dict:
+    """Generation batch sizes the server reported in its request log."""
+    batches = []
+    for line in log_file.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "request" and entry.get("batch"):
+                batches.append(entry["batch"])
+    return {"mean_batch": round(statistics.fmean(batches), 2) if batches else None,
+            "max_batch": max(batches) if batches else None}
+
+
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
