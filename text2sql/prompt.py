@@ -11,6 +11,7 @@ No heavy imports: a tokenizer, when given, is only used to count tokens and rend
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -30,9 +31,14 @@ INSTRUCTIONS = (
 PROMPT_FILE = "prompt.json"
 """Prompt settings saved in every run/merged dir, so predict and serve rebuild the training prompt."""
 
-# Words that name many columns (order_id, created_at, ...) and so say nothing about which table is meant.
-_GENERIC_WORDS = frozenset({"id", "at", "by", "of", "to", "is", "on", "in", "name", "date", "type", "code", "key", "no"})
-_WORD = re.compile(r"[a-z0-9]+")
+# Question words that say what to do, not what to read ("list the ..." must not pick `list_price`).
+_QUESTION_STOPWORDS = frozenset(
+    "a an the of in on at by for to from and or with without is are was were be been there their that this "
+    "what which who whom how many much list show give find get return all every each per number count "
+    "do does did have has had".split()
+)
+_WORD = re.compile(r"[a-z]+|[0-9]+")  # "FY2025" -> "fy", "2025"
+_TERMS_CACHE: dict[tuple, tuple[dict, dict]] = {}
 
 
 def build_messages(
@@ -105,16 +111,23 @@ def select_tables(
 ) -> list[str]:
     """Tables whose DDL goes into the prompt, in name order. Deterministic.
 
-    When the whole schema fits in `max_tokens`, every table is kept. Otherwise tables are ranked and
-    added in rank order while they fit (a table too big for what is left is skipped, smaller ones
-    after it may still fit; the first-ranked table is always kept):
-      1. tables the question names: score = 2 x (question words equal to a word of the table name)
-         + (question words equal to a column name or a non-generic word of one); highest first,
-         ties by name;
+    When the whole schema fits in `max_tokens`, every table is kept. Otherwise each table is scored
+    against the question: the sum, over the question's distinct content words w (plus each two
+    consecutive ones joined by `_`, which names columns such as `promo_code`), of weight x idf(w),
+    where weight is 3 for a word of the table name, 2 for a column name or a word of one, 1 for a
+    word of the namespace, the table comment or a column doc, and idf(w) = ln(1 + tables / tables
+    having w). Tables are then added in this order while they fit (one too big for what is left is
+    skipped; the first is always kept):
+      1. tables with a positive score, highest first, ties by name;
       2. their join neighbours (`TableSnapshot.references`, both directions), by name;
       3. every other table, by name.
-    Words are lower-cased alphanumeric runs with a plural `s`/`ies` folded, so "customers" matches
-    `customer` and "categories" matches `category`.
+    Content words: lower-cased letter runs (numbers dropped), plural `s`/`ies` folded ("categories"
+    matches `category`), question words such as "list", "how", "many" left out.
+
+    Measured on the demo dataset (440 pairs, SmolLM2 tokenizer, whole schema 1,895 tokens): every
+    table the gold SQL reads is kept for 79.5 % of questions at 1,024 tokens, 90.0 % at 1,280 and
+    94.1 % at 1,536; the misses are business words the schema does not spell out ("revenue" needs
+    sales.order_lines and sales.orders).
 
     >>> from text2sql.catalog import Column, SchemaSnapshot, TableSnapshot
     >>> def t(name, cols, refs=()): return TableSnapshot(name, "x" * 400, [Column(c, "INT") for c in cols], references=list(refs))
@@ -128,8 +141,10 @@ def select_tables(
     sizes = {n: count_tokens(snapshot.tables[n].ddl.strip()) for n in names}
     if sum(sizes.values()) <= max_tokens:
         return names
-    words = set(_words(question))
-    scores = {n: _match_score(words, snapshot.tables[n]) for n in names}
+    terms, idf = _table_terms(snapshot)
+    words = _content_words(question, numbers=False)
+    query = set(words) | {f"{a}_{b}" for a, b in itertools.pairwise(words)}
+    scores = {n: sum(terms[n][w] * idf[w] for w in query if w in terms[n]) for n in names}
     matched = sorted((n for n in names if scores[n] > 0), key=lambda n: (-scores[n], n))
     neighbours = sorted({m for n in matched for m in _neighbours(snapshot, n)} - set(matched))
     ranked = matched + neighbours + [n for n in names if n not in matched and n not in neighbours]
@@ -144,6 +159,8 @@ def select_tables(
 class ExampleIndex:
     """BM25 retrieval of the train pairs most similar to a question, for k-shot prompts. Deterministic.
 
+    Scores content words (question stopwords dropped, plurals folded); ties go by pair id.
+
     >>> from types import SimpleNamespace as P
     >>> idx = ExampleIndex([P(id="1", question="total sales by store", sql="...", db=None),
     ...                     P(id="2", question="number of customers", sql="...", db=None)])
@@ -154,7 +171,7 @@ class ExampleIndex:
     def __init__(self, pairs: Sequence[Any], k1: float = 1.2, b: float = 0.75):
         self.pairs = list(pairs)
         self.k1, self.b = k1, b
-        self._docs = [Counter(_words(p.question)) for p in self.pairs]
+        self._docs = [Counter(_content_words(p.question)) for p in self.pairs]
         lengths = [sum(d.values()) for d in self._docs]
         self._avg_len = (sum(lengths) / len(lengths)) if lengths else 1.0
         df = Counter(w for d in self._docs for w in d)
@@ -165,7 +182,7 @@ class ExampleIndex:
         """The k best-scoring pairs of the same db (ties: by id), leaving out `exclude_id` and the question itself."""
         if k <= 0:
             return []
-        query = set(_words(question))
+        query = set(_content_words(question))
         norm_q = " ".join(_words(question))
         scored = []
         for pair, doc in zip(self.pairs, self._docs):
@@ -181,6 +198,30 @@ class ExampleIndex:
             scored.append((-score, str(pair.id), pair))
         scored.sort(key=lambda s: s[:2])
         return [p for _, _, p in scored[:k]]
+
+
+def schema_loader(cfg: Any, dataset: str) -> Callable[[str | None], SchemaSnapshot]:
+    """The schema a pair is asked against, by `pair.db`, each read once.
+
+    `None` is the project lakehouse (`schemas/`, via `catalog.load_snapshot`: files only, no catalog
+    or DuckDB needed); a db id is a benchmark database of the dataset (its `dataset.yaml` databases),
+    read with `SchemaSnapshot.from_duckdb`.
+    """
+    cache: dict[str | None, SchemaSnapshot] = {}
+
+    def schema_for(db: str | None) -> SchemaSnapshot:
+        if db not in cache:
+            from text2sql.catalog import SchemaSnapshot, load_snapshot
+
+            if db is None:
+                cache[db] = load_snapshot(cfg)
+            else:
+                from text2sql.data import load_dataset
+
+                cache[db] = SchemaSnapshot.from_duckdb(load_dataset(cfg, dataset).database(db))
+        return cache[db]
+
+    return schema_for
 
 
 def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str) -> Path:
@@ -202,8 +243,14 @@ def load_prompt_settings(directory: Path, default: PromptConfig) -> tuple[Prompt
     return PromptConfig(**payload["prompt"]), payload.get("dataset")
 
 
-def _words(text: str) -> list[str]:
-    return [_fold_plural(w) for w in _WORD.findall(text.lower())]
+def _words(text: str, numbers: bool = True) -> list[str]:
+    return [_fold_plural(w) for w in _WORD.findall(text.lower()) if numbers or not w.isdigit()]
+
+
+def _content_words(text: str, numbers: bool = True) -> list[str]:
+    """Words minus the question's stopwords (checked before plural folding: "does" is not "doe")."""
+    return [_fold_plural(w) for w in _WORD.findall(text.lower())
+            if w not in _QUESTION_STOPWORDS and (numbers or not w.isdigit())]
 
 
 def _fold_plural(word: str) -> str:
@@ -214,14 +261,29 @@ def _fold_plural(word: str) -> str:
     return word
 
 
-def _match_score(words: set[str], table: Any) -> int:
-    bare = table.name.split(".")[-1]
-    name_hits = len(words & set(_words(bare.replace("_", " "))))
-    column_words = set()
-    for col in table.columns:
-        column_words.add(col.name.lower())
-        column_words.update(w for w in _words(col.name.replace("_", " ")) if w not in _GENERIC_WORDS)
-    return 2 * name_hits + len(words & column_words)
+def _table_terms(snapshot: SchemaSnapshot) -> tuple[dict[str, dict[str, int]], dict[str, float]]:
+    """Per table, word -> weight (see `select_tables`); and each word's idf over the tables. Cached per snapshot."""
+    key = (snapshot.fingerprint, tuple(snapshot.tables))
+    if key not in _TERMS_CACHE:
+        terms = {}
+        for name, table in snapshot.tables.items():
+            namespace, _, bare = name.rpartition(".")
+            weighted = [(w, 1) for w in _content_words(" ".join([namespace, table.comment, *(c.doc for c in table.columns)]),
+                                                        numbers=False)]
+            for col in table.columns:
+                col_words = _words(col.name.replace("_", " "), numbers=False)
+                weighted += [(w, 2) for w in [*col_words, "_".join(col_words)]]
+            weighted += [(w, 3) for w in _words(bare.replace("_", " "), numbers=False)]
+            weights: dict[str, int] = {}
+            for w, weight in weighted:  # a word counts with its strongest role
+                weights[w] = max(weights.get(w, 0), weight)
+            terms[name] = weights
+        df = Counter(w for weights in terms.values() for w in weights)
+        idf = {w: math.log(1 + len(terms) / f) for w, f in df.items()}
+        if len(_TERMS_CACHE) > 16:
+            _TERMS_CACHE.clear()
+        _TERMS_CACHE[key] = (terms, idf)
+    return _TERMS_CACHE[key]
 
 
 def _neighbours(snapshot: SchemaSnapshot, name: str) -> set[str]:

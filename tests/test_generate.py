@@ -1,0 +1,100 @@
+"""Generation and predict on a tiny Llama built in the test; SQL extraction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from tinymodel import PAIRS, make_project, one_torch_thread, tiny_model_dir
+
+from text2sql.cli import main
+from text2sql.config import load_config
+from text2sql.errors import ModelError
+from text2sql.generate import Generator, extract_sql, generate, load_generator
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model(lakehouse_project):
+    return tiny_model_dir(str(lakehouse_project / "schemas"))
+
+
+@pytest.fixture
+def project(tmp_path, lakehouse_project, tiny_model):
+    return make_project(tmp_path / "proj", lakehouse_project, tiny_model)
+
+
+@pytest.mark.parametrize(
+    ("reply", "sql"),
+    [
+        ("SELECT count(*) FROM core.stores", "SELECT count(*) FROM core.stores"),
+        ("SELECT 1;", "SELECT 1"),
+        ("```sql\nSELECT a\nFROM t\n```\nThis lists a.", "SELECT a\nFROM t"),
+        ("```\nWITH x AS (SELECT 1) SELECT * FROM x;\n```", "WITH x AS (SELECT 1) SELECT * FROM x"),
+        ("Sure! Here is the query:\nSELECT name FROM t", "SELECT name FROM t"),
+        ("SELECT ';' AS s FROM t; DROP TABLE t;", "SELECT ';' AS s FROM t"),
+        ("```sql\nSELECT 1", "SELECT 1"),  # cut off by max_new_tokens inside the fence
+        ("", None),
+        ("We have 10 customers.", None),
+        ("```sql\n```", None),
+    ],
+)
+def test_extract_sql(reply, sql):
+    assert extract_sql(reply) == sql
+
+
+def test_predict_writes_one_record_per_question_in_split_order(project):
+    result = CliRunner().invoke(main, ["predict", "--config", str(project), "--model", str(load_config(project).model.base),
+                                       "--split", "test", "--out", str(project.parent / "p.jsonl")])
+    assert result.exit_code == 0, result.output
+    out = project.parent / "p.jsonl"
+    assert result.stdout.strip() == str(out)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in (project.parent / "datasets/demo/pairs.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "test"]
+    assert [r["id"] for r in records] == ids
+    for r in records:
+        assert set(r) == {"id", "sql", "raw"}
+        assert isinstance(r["raw"], str) and r["sql"] == extract_sql(r["raw"])  # a str, or None: no query in the reply
+        assert "<|im_end|>" not in r["raw"]
+
+
+def test_batched_generation_equals_one_at_a_time(project):
+    from text2sql.catalog import load_snapshot
+    from text2sql.prompt import build_messages
+
+    cfg = load_config(project)
+    gen = load_generator(cfg.model.base, cfg)
+    assert gen.kind == "base"
+    snapshot = load_snapshot(cfg)
+    chats = [build_messages(q, snapshot, gen.prompt, gen.tokenizer) for q, _, _ in PAIRS[:5]]
+    batched = generate(gen, chats, max_new_tokens=12)
+    gen.batch_size = 1
+    assert batched == [generate(gen, [c], max_new_tokens=12)[0] for c in chats]
+
+
+def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
+    """A model left in training mode (dropout on) must still generate deterministically."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.9, init_lora_weights=False, target_modules="all-linear"))
+    model.train()
+    gen = Generator(model, tok)
+    chats = [[{"role": "user", "content": q}] for q, _, _ in PAIRS[:3]]
+    first = generate(gen, chats, max_new_tokens=8)
+    assert not model.training
+    assert generate(gen, chats, max_new_tokens=8) == first
+
+
+def test_not_a_model_dir_is_a_model_error(project, tmp_path):
+    with pytest.raises(ModelError, match="is not a model dir"):
+        load_generator(tmp_path, load_config(project))

@@ -1,0 +1,203 @@
+"""Batched greedy generation with a base model, an adapter run dir or a merged dir; `predict` to JSONL.
+
+The prompt is rebuilt with the settings the model was trained with (its `prompt.json`), through
+`text2sql.prompt`, so predict and serve feed the model the text it was trained on. Generation runs
+in eval mode with the KV cache on (a model left in training mode, dropout active, writes garbage),
+left-padded batches of similar lengths, stopping at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from text2sql.errors import ModelError
+
+if TYPE_CHECKING:
+    from text2sql.config import Config, PromptConfig
+
+_FENCE = re.compile(r"```(?:sql|duckdb)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
+_QUERY_START = re.compile(r"\b(SELECT|WITH|FROM)\b", re.IGNORECASE)
+
+
+@dataclass
+class Generator:
+    model: Any
+    tokenizer: Any
+    model_dir: Path | None = None
+    kind: str = "model"
+    """base | adapter | merged | full (a run trained with method full) | model (built in memory)."""
+    prompt: PromptConfig | None = None
+    """Prompt settings to build inputs with: the model's own (prompt.json) or the project's."""
+    dataset: str | None = None
+    """Dataset whose train split supplied k-shot examples in training."""
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
+    """Load a model for generation: a base model (dir or known name), an adapter run/checkpoint dir, or a merged dir.
+
+    Raises:
+        ModelError: the path is none of these, or an adapter's base model is missing.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from text2sql.models import adapter_base, resolve_base_model, set_end_of_turn
+    from text2sql.prompt import load_prompt_settings
+
+    path = Path(model_dir).resolve() if Path(model_dir).exists() else cfg.path(model_dir)
+    if not path.exists():
+        path = resolve_base_model(cfg, str(model_dir))  # a known name such as smollm2-135m-instruct
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=dtype).to(device)
+        model, kind = PeftModel.from_pretrained(base, path), "adapter"
+    elif (path / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        kind = "merged" if (path / "run_manifest.json").is_file() else "full" if (path / "manifest.json").is_file() else "base"
+    else:
+        raise ModelError(f"{path} is not a model dir (config.json), an adapter run dir (adapter_config.json) or a known model name")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else adapter_base(path))
+    set_end_of_turn(tokenizer, model)
+    # A checkpoint dir keeps its prompt settings one level up, in the run dir.
+    settings_dir = path if (path / "prompt.json").is_file() else path.parent
+    prompt, dataset = load_prompt_settings(settings_dir, cfg.prompt)
+    return Generator(model, tokenizer, path, kind, prompt, dataset, cfg.generate.batch_size, cfg.generate.max_new_tokens)
+
+
+def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
+    """Greedy replies, one per chat, in batches (left padding, KV cache, stop at eos); special tokens dropped."""
+    import time
+
+    import torch
+    from transformers import GenerationConfig
+
+    from text2sql.prompt import render_prompt
+
+    if not messages:
+        return []
+    tok, model = gen.tokenizer, gen.model
+    tok.padding_side = "left"  # the reply must follow each prompt directly
+    texts = [render_prompt(tok, m) for m in messages]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=False, use_cache=True,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    # Longest first, so each batch holds prompts of similar length (less padding) and memory peaks early.
+    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
+    replies: list[str] = [""] * len(texts)
+    model.eval()
+    device = next(model.parameters()).device
+    started, new_tokens = time.perf_counter(), 0
+    with torch.inference_mode():
+        for start in range(0, len(order), gen.batch_size):
+            batch = order[start:start + gen.batch_size]
+            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, generation_config=config)
+            generated = out[:, enc["input_ids"].shape[1]:]
+            new_tokens += int((generated != tok.pad_token_id).sum())
+            for i, row in zip(batch, generated):
+                replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(texts)}
+    return replies
+
+
+def extract_sql(text: str) -> str | None:
+    """The SQL query in a model reply: a fenced block's content if there is one, else the reply from its
+    first SELECT/WITH/FROM on; cut at the first top-level `;`. None when the reply holds no query.
+
+    >>> extract_sql("Here you go:\\n```sql\\nSELECT 1;\\n```\\nThis returns 1.")
+    'SELECT 1'
+    >>> extract_sql("SELECT name FROM t WHERE x = 'a;b'; DROP TABLE t")
+    "SELECT name FROM t WHERE x = 'a;b'"
+    >>> extract_sql("We have 10 customers.") is None
+    True
+    """
+    fenced = _FENCE.search(text)
+    if fenced:
+        sql = fenced.group(1)
+    else:
+        start = _QUERY_START.search(text)
+        if start is None:
+            return None
+        sql = text[start.start():]
+    return _first_statement(sql).strip() or None
+
+
+def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
+            dataset: str | None = None) -> Path:
+    """Generate SQL for every pair of a split; writes JSONL {id, sql, raw} and returns its path.
+
+    Default output: `<model_dir>/predictions/<dataset>-<split>.jsonl` (for a known model name, under
+    `model.models_dir`). Raises DataError for a missing split, ModelError for an unusable model.
+    """
+    from text2sql.data import load_pairs
+
+    dataset = dataset or cfg.data.dataset
+    pairs = load_pairs(cfg, dataset, split)
+    gen = load_generator(model_dir, cfg)
+    messages = prompts_for(cfg, gen, pairs, dataset)
+    print(f"predict: {len(pairs)} {dataset}/{split} questions with the {gen.kind} model {gen.model_dir}"
+          f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size})", file=sys.stderr)
+    replies = generate(gen, messages)
+    out = Path(out) if out else gen.model_dir / "predictions" / f"{dataset}-{split}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as f:
+        for pair, raw in zip(pairs, replies):
+            f.write(json.dumps({"id": pair.id, "sql": extract_sql(raw), "raw": raw}) + "\n")
+    os.replace(tmp, out)
+    s = gen.stats
+    print(f"predict: wrote {out} ({s['prompts'] / s['seconds']:.1f} predictions/s, "
+          f"{s['new_tokens'] / s['seconds']:.0f} new tokens/s)", file=sys.stderr)
+    return out
+
+
+def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str) -> list[list[dict[str, str]]]:
+    """Chat messages for pairs, built as in training: the model's prompt settings, schema by `pair.db`,
+    k-shot examples from the train split of the dataset the model was trained on."""
+    from text2sql.data import load_pairs
+    from text2sql.prompt import ExampleIndex, build_messages, schema_loader
+
+    schema_for = schema_loader(cfg, dataset)
+    k = gen.prompt.k_shot
+    index = ExampleIndex(load_pairs(cfg, gen.dataset or dataset, "train")) if k > 0 else None
+    return [
+        build_messages(p.question, schema_for(p.db), gen.prompt, gen.tokenizer,
+                       index.search(p.question, k, db=p.db, exclude_id=p.id) if index else ())
+        for p in pairs
+    ]
+
+
+predict_to_file = predict
+"""Alias for `eval --model`: predict to a file, then evaluate that file."""
+
+
+def _first_statement(sql: str) -> str:
+    """Text up to the first `;` outside quotes and comments (sqlglot's tokenizer knows them)."""
+    if ";" not in sql:
+        return sql
+    import sqlglot
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = sqlglot.tokenize(sql, read="duckdb")
+    except sqlglot.errors.TokenError:  # an unterminated quote or the like: leave the text to the evaluator
+        return sql
+    return next((sql[:t.start] for t in tokens if t.token_type == TokenType.SEMICOLON), sql)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()

@@ -1,0 +1,493 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion records, and merging adapters.
+
+Recipe (`train`): check settings -> pairs (train, dev) -> base model dir -> tokenizer with `<|im_end|>`
+as eos -> prompt/completion records from `text2sql.prompt` (none longer than max_length) -> run dir and
+manifest -> model (4-bit for qlora) -> SFTConfig -> SFTTrainer -> train (or resume) -> save the
+adapter/model, prompt settings, manifest.
+
+Features and knobs (the `train` section of text2sql.yaml):
+- methods: `qlora` (NF4 + double quantization, bf16 compute, LoRA on all linear layers; CUDA only),
+  `lora` (bf16 base on a GPU, float32 on CPU), `full`; `auto` = qlora on CUDA, lora on CPU.
+- loss on the completion only (TRL `completion_only_loss`); the chat template ends the completion
+  with `<|im_end|>`, so the end-of-turn token is inside the loss mask and the model learns to stop.
+- `packing`: TRL's best-fit-decreasing packing, padding-free (one flat sequence with position ids
+  restarting at 0 per example). Attention then stays within each example: flash-attention uses the
+  sequence boundaries; SDPA/eager get a block-diagonal mask that transformers builds from the position
+  ids when there is no attention mask and no KV cache (so `use_cache` is off while training).
+- `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split),
+  checkpoints every `save_steps` (`--resume` continues from the last complete one), logs to
+  TensorBoard (`<run>/runs/`) and `<run>/log.jsonl`, a progress bar.
+- every run dir holds `manifest.json` (base model + weights sha256, dataset hash, schema fingerprint,
+  resolved config, package versions, git commit), `prompt.json` (so predict/serve rebuild the same
+  prompt), `held_prompts.json` (a few dev prompts `merge` uses for its parity check) and
+  `train_sample.json` (the first training sequence with its loss mask, decoded).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from text2sql.errors import ConfigError, DataError, ModelError
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
+
+MANIFEST = "manifest.json"
+HELD_PROMPTS = "held_prompts.json"
+LOG_FILE = "log.jsonl"
+PARITY_FILE = "parity.json"
+TRAIN_SAMPLE = "train_sample.json"
+"""The first training sequence as the trainer feeds it: token ids, labels (-100 = no loss) and both decoded."""
+METHODS = ("auto", "qlora", "lora", "full")
+HELD_PROMPT_COUNT = 8
+PARITY_MAX_NEW_TOKENS = 64
+_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "bitsandbytes")
+
+
+def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> Path:
+    """Fine-tune the base model on the dataset's train split; returns the run dir.
+
+    `callbacks` are extra transformers TrainerCallbacks (benchmarks and tests measure through them).
+
+    Raises:
+        ConfigError: unknown method, qlora without CUDA, packing without max_length.
+        DataError: the dataset has no train split.
+        ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
+    """
+    import torch
+
+    from text2sql.models import resolve_base_model, set_end_of_turn
+    from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
+
+    # Everything that can be wrong with the settings, the data or the base model fails here, before
+    # a run dir is made or any weights load.
+    cuda = torch.cuda.is_available()
+    method = resolve_method(cfg.train.method, cuda)
+    _check_settings(cfg, method)
+    dataset = cfg.data.dataset
+    train_pairs, dev_pairs = _load_splits(cfg, dataset)
+    base_dir = resolve_base_model(cfg)
+    tokenizer = _load_tokenizer(base_dir)
+    schema_for = schema_loader(cfg, dataset)
+    index = ExampleIndex(train_pairs) if cfg.prompt.k_shot > 0 else None
+
+    def records(pairs):
+        # A pair never retrieves itself as an example (exclude_id), in training as in prediction.
+        return [
+            build_example(p, schema_for(p.db), cfg.prompt, tokenizer,
+                          index.search(p.question, cfg.prompt.k_shot, db=p.db, exclude_id=p.id) if index else ())
+            for p in pairs
+        ]
+
+    train_records, dev_records = records(train_pairs), records(dev_pairs)
+    _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
+    run_dir, checkpoint = _prepare_run_dir(cfg, resume)
+
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    print(f"train: method {method} on {device}; {len(train_records)} train / {len(dev_records)} dev examples; "
+          f"base {base_dir}; run dir {run_dir}", file=sys.stderr)
+    if cfg.train.method == "auto" and not cuda:
+        print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
+              file=sys.stderr)
+    # The manifest is written before the weights load, so even a run killed at once says what it was.
+    schemas = {str(db): schema_for(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
+    manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
+    _write_json(run_dir / MANIFEST, manifest)
+    _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
+    save_prompt_settings(run_dir, cfg.prompt, dataset)
+
+    model = _load_model(base_dir, method, cuda)
+    set_end_of_turn(tokenizer, model)
+    trainer = _trainer(cfg, method, cuda, model, tokenizer, run_dir, train_records, dev_records, callbacks or [])
+    _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics = dict(result.metrics)
+    if dev_records:
+        metrics.update(trainer.evaluate())
+
+    trainer.save_model(str(run_dir))  # the adapter (lora/qlora) or the whole model (full), + tokenizer
+    manifest.update(status="completed", finished=_now(), global_step=trainer.state.global_step, metrics=metrics)
+    _write_json(run_dir / MANIFEST, manifest)
+    return run_dir
+
+
+def resolve_method(method: str, cuda: bool) -> str:
+    """The training method to use: `auto` becomes qlora on CUDA, lora elsewhere.
+
+    >>> resolve_method("auto", cuda=False)
+    'lora'
+    """
+    if method not in METHODS:
+        raise ConfigError(f"train.method: {method!r} is not one of {', '.join(METHODS)}")
+    if method == "auto":
+        return "qlora" if cuda else "lora"
+    return method
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint a killed run finished writing (trainer_state.json is written last), or None."""
+    steps = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and path.is_dir():
+            steps.append((int(suffix), path))
+    for step, path in sorted(steps, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if state.get("global_step") == step:
+            return path
+    return None
+
+
+def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+    """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
+
+    The merged dir has safetensors, the tokenizer, a generation config whose eos is the end-of-turn
+    token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
+    the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
+    `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
+    float32) is the dtype of the merge, the parity check and the saved weights.
+
+    Raises:
+        ModelError: not a run dir with an adapter, or its base model is missing.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from text2sql.generate import Generator, generate
+    from text2sql.models import adapter_base, set_end_of_turn
+    from text2sql.prompt import PROMPT_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "adapter_config.json").is_file():
+        why = "it was trained with method full and is already a plain model dir" if (run_dir / "config.json").is_file() else "no adapter_config.json"
+        raise ModelError(f"cannot merge {run_dir}: {why}")
+    base_dir = adapter_base(run_dir)
+    out = Path(out) if out else run_dir / "merged"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype).to(device)
+    model = PeftModel.from_pretrained(base, run_dir).eval()
+    set_end_of_turn(tokenizer, model)
+    adapter_replies = generate(Generator(model, tokenizer), held, PARITY_MAX_NEW_TOKENS)
+
+    merged = model.merge_and_unload()
+    set_end_of_turn(tokenizer, merged)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in (PROMPT_FILE, MANIFEST):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / ("run_manifest.json" if name == MANIFEST else name))
+        # Reload the way any consumer would (stock transformers, no PEFT) before comparing.
+        del merged, model, base
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype).to(device)
+        merged_replies = generate(Generator(reloaded, AutoTokenizer.from_pretrained(tmp)), held, PARITY_MAX_NEW_TOKENS)
+        same = [a == m for a, m in zip(adapter_replies, merged_replies)]
+        parity = {
+            "prompts": len(held),
+            "agreement": (sum(same) / len(same)) if same else None,
+            "max_new_tokens": PARITY_MAX_NEW_TOKENS,
+            "dtype": dtype,
+            "items": [{"adapter": a, "merged": m, "same": s} for a, m, s in zip(adapter_replies, merged_replies, same)],
+        }
+        _write_json(tmp / PARITY_FILE, parity)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------- recipe steps
+
+
+def _check_settings(cfg: Config, method: str) -> None:
+    """Settings that cannot work together: fail before any weights load."""
+    import torch
+
+    if method == "qlora":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora (or auto) on this machine")
+        from text2sql.errors import require
+
+        require("bitsandbytes", "train")
+    if cfg.train.packing and cfg.train.max_length <= 0:
+        raise ConfigError("train.packing needs a positive train.max_length (the packed sequence length)")
+    if cfg.train.max_steps <= 0 and cfg.train.num_train_epochs <= 0:
+        raise ConfigError("train: set train.max_steps > 0 or train.num_train_epochs > 0")
+
+
+def _check_lengths(records: list[dict], tokenizer, max_length: int) -> None:
+    """TRL would cut an over-long example at max_length, i.e. drop the end of its SQL and its eos: refuse instead."""
+    lengths = [len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)["input_ids"])
+               for r in records]
+    too_long = [n for n in lengths if n > max_length]
+    if too_long:
+        raise ConfigError(
+            f"{len(too_long)} of {len(records)} examples are longer than train.max_length={max_length} tokens "
+            f"(longest {max(too_long)}): raise train.max_length or lower prompt.max_schema_tokens"
+        )
+
+
+def _prepare_run_dir(cfg: Config, resume: bool) -> tuple[Path, Path | None]:
+    """The run dir (new, or the one to resume) and the checkpoint to resume from."""
+    root = cfg.path(cfg.train.output_dir)
+    if not resume:
+        name = cfg.train.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = root / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ModelError(f"run dir {run_dir} already exists: use `text2sql train --resume` or another train.run_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, None
+    if cfg.train.run_name:
+        run_dir = root / cfg.train.run_name
+    else:  # the run whose manifest changed last
+        runs = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ModelError(f"nothing to resume: no run under {root}")
+        run_dir = runs[-1].parent
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ModelError(f"nothing to resume in {run_dir}: no complete checkpoint-* (train.save_steps sets how often they are written)")
+    step = int(checkpoint.name.removeprefix("checkpoint-"))
+    for partial in run_dir.glob("checkpoint-*"):  # checkpoints a kill left half-written
+        suffix = partial.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and int(suffix) > step:
+            shutil.rmtree(partial)
+    print(f"train: resuming {run_dir} from {checkpoint.name}", file=sys.stderr)
+    return run_dir, checkpoint
+
+
+def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
+    from text2sql.data import load_pairs
+
+    try:
+        train_pairs = load_pairs(cfg, dataset, "train")
+    except DataError as exc:
+        raise DataError(f"dataset {dataset!r} has no usable train split ({exc}); run `text2sql data split`") from exc
+    if not train_pairs:
+        raise DataError(f"dataset {dataset!r} has no train split: run `text2sql data split`")
+    try:
+        dev_pairs = load_pairs(cfg, dataset, "dev")
+    except DataError:
+        dev_pairs = []  # eval loss is optional
+    return train_pairs, dev_pairs
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    from text2sql.models import set_end_of_turn
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{model_dir}: the tokenizer has no chat template; use an instruct/chat base model")
+    set_end_of_turn(tokenizer)
+    return tokenizer
+
+
+def _load_model(base_dir: Path, method: str, cuda: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": _attention(cuda)}
+    if method == "full":
+        kwargs["dtype"] = torch.float32  # fp32 master weights; bf16 autocast does the compute on a GPU
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    # No KV cache in training: it is useless there, and with it transformers would not build the
+    # per-example (block-diagonal) mask that padding-free packing needs under SDPA/eager attention.
+    model.config.use_cache = False
+    return model
+
+
+def _attention(cuda: bool) -> str:
+    if cuda:
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
+             callbacks: list):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t = cfg.train
+    has_dev = bool(dev_records)
+    args = SFTConfig(
+        output_dir=str(run_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps (transformers >= 5)
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_length=t.max_length,
+        packing=t.packing,
+        packing_strategy="bfd",  # best-fit decreasing, padding-free: examples are never cut in two
+        completion_only_loss=True,
+        eos_token=tokenizer.eos_token,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=t.eval_steps if has_dev else None,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to=["tensorboard"],
+        gradient_checkpointing=t.gradient_checkpointing,  # TRL's default is on: say it every time
+        dataloader_num_workers=0,
+    )
+    peft_config = None
+    if method != "full":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+            target_modules="all-linear", task_type="CAUSAL_LM",
+        )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_records),
+        eval_dataset=Dataset.from_list(dev_records) if has_dev else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_jsonl_logger(run_dir / LOG_FILE), *callbacks],
+    )
+
+
+def _sample(row: dict, tokenizer) -> dict:
+    """What the model is trained on, for people and tests: the text outside and inside the loss mask."""
+    ids, labels = list(row["input_ids"]), list(row["labels"])
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "context": tokenizer.decode([i for i, label in zip(ids, labels) if label == -100]),
+        "trained": tokenizer.decode([label for label in labels if label != -100]),
+    }
+
+
+def _jsonl_logger(path: Path):
+    """A TrainerCallback appending every log record (loss, lr, eval_loss, ...) to a JSONL file."""
+    from transformers import TrainerCallback
+
+    class JsonlLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record = {"step": state.global_step, "epoch": state.epoch, "time": _now(), **logs}
+                with path.open("a") as f:
+                    f.write(json.dumps(record, default=float) + "\n")
+
+    return JsonlLogger()
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _manifest(cfg: Config, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint) -> dict:
+    from text2sql.config import dump_config
+    from text2sql.models import weights_sha256
+
+    previous = _read_json(run_dir / MANIFEST) if checkpoint else {}
+    return {
+        "run_dir": str(run_dir),
+        "status": "running",
+        "started": previous.get("started", _now()),
+        "resumed": [*previous.get("resumed", []), {"at": _now(), "from": checkpoint.name}] if checkpoint else [],
+        "method": method,
+        "device": device,
+        "base_model": {"name": cfg.model.base, "path": str(base_dir), "weights_sha256": weights_sha256(base_dir)},
+        "dataset": {
+            "name": cfg.data.dataset,
+            "sha256": _pairs_sha256(train_pairs + dev_pairs),
+            "train": len(train_pairs),
+            "dev": len(dev_pairs),
+        },
+        "schema_fingerprints": schemas,  # per pair db ("None" = the project's schemas/)
+        "config": dump_config(cfg),
+        "packages": _package_versions(),
+        "python": sys.version.split()[0],
+        "git": _git_commit(cfg.root),
+    }
+
+
+def _pairs_sha256(pairs) -> str:
+    rows = [[str(p.id), p.question, p.sql, p.db, getattr(p, "split", None)] for p in pairs]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def _package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git_commit(root: Path) -> dict[str, Any] | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                                check=False)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10,
+                                check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
