@@ -199,6 +199,18 @@ def query(sql, config_path, overrides, as_json, max_rows):
         sys.exit(1)
 
 
+@main.command("demo")
+@config_option
+@set_option
+@click.option("--release", default=None, help="Report name under eval/reports/ (default demo-<date>).")
+@click.option("--rebuild", is_flag=True, help="Rebuild the lakehouse even if it exists.")
+def demo(config_path, overrides, release, rebuild):
+    """The whole job on this project: lakehouse, schema, validate, train, merge, eval, report."""
+    from text2sql.pipeline import main_echo, run_pipeline
+
+    run_pipeline(load(config_path, overrides), release=release, rebuild=rebuild, echo=main_echo)
+
+
 # ---------------------------------------------------------------- data (data helper's block)
 @main.group()
 def data() -> None:
@@ -442,20 +454,23 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
 @click.option("--mode", type=click.Choice(["strict", "lenient", "set"]), default=None,
               help="How results are compared (default eval.mode).")
 @click.option("--release", default=None, help="Report directory under eval.reports_dir (default: a timestamp).")
-@click.option("--model", "model_name", default=None, help="Name of what produced the predictions, for the report.")
+@click.option("--model", "model_name", default=None,
+              help="Model dir to generate with first (predict + eval); with --predictions, only a name for the report.")
 @click.pass_context
 @catch_errors
 def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name):
     """Score predictions by execution accuracy and write eval/reports/<release>/ (or: eval compare A B)."""
     if ctx.invoked_subcommand is not None:
         return
-    # Hook for generating first (`eval --model RUN_DIR` without --predictions): write the run's predictions to a
-    # JSONL file here, then score that file with evaluate() below, passing model=the run dir.
-    if predictions is None:
-        raise click.UsageError("give --predictions FILE (or a subcommand: eval compare A B)")
+    if predictions is None and model_name is None:
+        raise click.UsageError("give --predictions FILE or --model DIR (or a subcommand: eval compare A B)")
     from text2sql.evaluate import evaluate, format_summary
 
     cfg = load(config_path, overrides)
+    if predictions is None:
+        from text2sql.generate import predict
+
+        predictions = predict(cfg, model_name, split=split or cfg.eval.split, dataset=dataset)
     report = evaluate(cfg, predictions, dataset=dataset, split=split, mode=mode, release=release, model=model_name)
     click.echo(format_summary(report))
 

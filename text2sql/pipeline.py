@@ -1,0 +1,98 @@
+"""The main job, end to end: lakehouse -> schema -> validate -> model -> train -> merge -> eval -> report.
+
+`run_pipeline(cfg)` is what `text2sql demo` runs on the embedded default (the demo lakehouse and the
+default base model). Each step calls the stage function its own command calls, in pipeline order.
+
+On a CUDA GPU it trains with the config as it is (QLoRA, `train.num_train_epochs`). On a CPU it says
+so and trains a short, documented budget instead (`CPU_BUDGET`: LoRA, a fixed number of steps), so
+the whole job finishes on a laptop in minutes; the report then measures that small run honestly.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from text2sql.errors import DataError
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
+
+CPU_BUDGET = {"method": "lora", "max_steps": 40, "per_device_train_batch_size": 4, "learning_rate": 5e-4,
+              "save_steps": 20, "eval_steps": 20, "logging_steps": 5}
+"""`train` settings used on a machine without CUDA: ~40 LoRA steps of SmolLM2-135M take about 10 minutes on 2 cores."""
+
+
+def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
+                 echo: Callable[[str], Any] = print) -> dict:
+    """Run every stage on the project; returns the eval report. Stops at the first failing stage.
+
+    Args:
+        release: report name under eval/reports/ (default `demo-<UTC date>`).
+        rebuild: rebuild the lakehouse even if its catalog exists.
+    """
+    import torch
+
+    from text2sql.catalog import diff_schemas, pull_schemas
+    from text2sql.data import load_pairs, validate_pairs
+    from text2sql.evaluate import evaluate
+    from text2sql.generate import predict
+    from text2sql.lakehouse import create_lakehouse
+    from text2sql.models import pull_model
+    from text2sql.train import merge_run, train
+
+    release = release or f"demo-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M}"
+    catalog_db = cfg.path(cfg.lakehouse.path) / "catalog.db"
+    if rebuild or not catalog_db.exists():
+        echo("1/7 lakehouse: building the demo lakehouse")
+        summary = create_lakehouse(cfg)
+        echo(f"    {sum(summary['tables'].values()):,} rows in {len(summary['tables'])} tables, {summary['seconds']:.1f}s")
+    else:
+        echo(f"1/7 lakehouse: using {catalog_db.parent}")
+
+    had_snapshot = (cfg.path(cfg.catalog.schemas_dir) / "manifest.json").is_file()
+    changes = diff_schemas(cfg) if had_snapshot else []
+    manifest = pull_schemas(cfg)
+    echo(f"2/7 schema: {len(manifest['tables'])} tables in {cfg.catalog.schemas_dir}/"
+         + (f" ({len(changes)} changes since the last snapshot)" if changes else ""))
+
+    report = validate_pairs(cfg, dataset=cfg.data.dataset)
+    echo(f"3/7 validate: {report.summary()}")
+    if not report.passed():
+        raise DataError(f"dataset {cfg.data.dataset!r} has invalid pairs: run `text2sql data validate` for details")
+    if not load_pairs(cfg, cfg.data.dataset, "train"):
+        raise DataError(f"dataset {cfg.data.dataset!r} has no train split: run `text2sql data split`")
+
+    base = pull_model(cfg)
+    echo(f"4/7 model: {base}")
+
+    train_cfg = copy.deepcopy(cfg)
+    train_cfg.train.run_name = release
+    if not torch.cuda.is_available():
+        for key, value in CPU_BUDGET.items():
+            setattr(train_cfg.train, key, value)
+        echo(f"5/7 train: no CUDA GPU, so a short CPU budget: {', '.join(f'{k}={v}' for k, v in CPU_BUDGET.items())}")
+    else:
+        echo(f"5/7 train: {torch.cuda.get_device_name(0)}, method {cfg.train.method}")
+    run_dir = train(train_cfg)
+    echo(f"    run dir {run_dir}")
+
+    merged = merge_run(run_dir)
+    echo(f"6/7 merge: {merged}")
+
+    split = cfg.eval.split
+    predictions = predict(cfg, merged, split=split, dataset=cfg.data.dataset)
+    result = evaluate(cfg, predictions, dataset=cfg.data.dataset, split=split, release=release,
+                      model=str(Path(merged).relative_to(cfg.root)) if Path(merged).is_relative_to(cfg.root) else str(merged))
+    m = result["metrics"]
+    echo(f"7/7 eval: EX {m['ex']:.1%} ({m['correct']}/{m['n']}) on {cfg.data.dataset}/{split}, mode {result['mode']}; "
+         f"report in {cfg.eval.reports_dir}/{release}/")
+    return result
+
+
+def main_echo(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
