@@ -335,3 +335,43 @@ def test_smollm2_from_gguf_learns_a_pair_on_cpu(tmp_path, lakehouse_project):
 
     parity = json.loads((merge_run(run) / "parity.json").read_text())  # bf16, as on the GPU
     assert parity["agreement"] == 1.0, parity
+
+
+def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkeypatch):
+    """The auto choices, against an 8B-class config: what fits decides micro-batch and checkpointing, not the step."""
+    from transformers import LlamaConfig
+
+    from text2sql import train as train_module
+    from text2sql.config import load_config
+
+    LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256).save_pretrained(tmp_path)
+    (tmp_path / "text2sql.yaml").write_text("")
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.max_length=2048"])
+    short, long = [600] * 10, [1900] * 10
+
+    cpu = train_module.speed_settings(cfg, "lora", False, tmp_path, short)
+    assert cpu == {"packing": False, "micro_batch_size": 16, "gradient_accumulation_steps": 1,
+                   "gradient_checkpointing": False, "group_by_length": False, "mean_example_tokens": 600.0}
+
+    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
+    big = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
+    assert not big["packing"] and not big["gradient_checkpointing"]
+    assert big["micro_batch_size"] * big["gradient_accumulation_steps"] == 16 and big["micro_batch_size"] < 16
+    assert big["group_by_length"]  # no flash-attention here: batches of similar length instead of packing
+    monkeypatch.setattr(train_module, "_attention", lambda cuda: "flash_attention_2")
+    packed = train_module.speed_settings(cfg, "qlora", True, tmp_path, short)
+    assert packed["packing"] and not packed["group_by_length"]
+    # ~3.2 examples of 600 tokens fill a 2048-token row: 5 rows hold the step's 16 examples
+    assert packed["micro_batch_size"] * packed["gradient_accumulation_steps"] == 5
+    monkeypatch.undo()
+
+    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 16 * 2**30)
+    small = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
+    assert small["gradient_checkpointing"] and small["micro_batch_size"] * small["gradient_accumulation_steps"] == 16
+
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.packing=false", "train.micro_batch_size=2",
+                                                   "train.gradient_checkpointing=true"])
+    fixed = train_module.speed_settings(cfg, "qlora", True, tmp_path, short)
+    assert (fixed["packing"], fixed["micro_batch_size"], fixed["gradient_accumulation_steps"],
+            fixed["gradient_checkpointing"]) == (False, 2, 8, True)

@@ -116,15 +116,17 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     """Fraction of steps spent warming up."""
     per_device_train_batch_size: int = 16
-    """Micro-batch size per device."""
+    """Examples per optimizer step per device (the optimisation batch; micro_batch_size says how many go through at once)."""
     gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step."""
+    """Further accumulation on top (multiplies the examples per optimizer step)."""
     max_length: int = 3072
     """Longest tokenized prompt+completion (and the packed sequence length); `train` refuses examples longer than this rather than cut off their SQL."""
-    packing: bool = False
-    """Pack examples into max_length rows, padding-free (TRL BFD; position ids restart per example, and attention stays within it under SDPA and flash-attention)."""
-    gradient_checkpointing: bool = False
-    """Trade compute for memory."""
+    packing: bool | str = "auto"
+    """Pack examples into max_length rows, padding-free (TRL BFD; position ids restart per example, and attention stays within it under SDPA and flash-attention). auto = on a GPU, when examples average at most half of max_length (otherwise two rarely share a row and packing only adds masking)."""
+    gradient_checkpointing: bool | str = "auto"
+    """Trade compute for memory. auto = only when a micro-batch of one would not fit in GPU memory."""
+    micro_batch_size: int = 0
+    """Rows per forward pass; 0 = auto: the largest that fits the GPU's memory, the rest of an optimizer step (per_device_train_batch_size examples) by gradient accumulation."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -222,6 +224,9 @@ class Config:
             problems.append(f"warehouse.engine: {self.warehouse.engine!r} is not one of materialized, iceberg")
         if self.train.method not in ("auto", "qlora", "lora", "full"):
             problems.append(f"train.method: {self.train.method!r} is not one of auto, qlora, lora, full")
+        for key in ("packing", "gradient_checkpointing"):
+            if getattr(self.train, key) not in (True, False, "auto"):
+                problems.append(f"train.{key}: {getattr(self.train, key)!r} is not one of true, false, auto")
         if self.eval.mode not in ("strict", "lenient", "set"):
             problems.append(f"eval.mode: {self.eval.mode!r} is not one of strict, lenient, set")
         ratios = self.data.split_ratios

@@ -21,10 +21,15 @@ Features and knobs (the `train` section of text2sql.yaml):
   resolved config, package versions, git commit), `prompt.json` (so predict/serve rebuild the same
   prompt), `held_prompts.json` (a few dev prompts `merge` uses for its parity check) and
   `train_sample.json` (the first training sequence with its loss mask, decoded).
+- several GPUs: the same command under `torchrun` or `accelerate launch` (configs/accelerate/). DDP by
+  default (each rank holds the whole, possibly 4-bit, base on GPU LOCAL_RANK); FSDP when accelerate says
+  so (ACCELERATE_USE_FSDP), with the 4-bit weights stored as bf16 so FSDP can shard them. Rank 0 alone
+  writes the run dir (its name is broadcast); `--resume` needs the world size recorded in the manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -35,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ConfigError, DataError, ModelError
+from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -46,6 +51,10 @@ LOG_FILE = "log.jsonl"
 PARITY_FILE = "parity.json"
 TRAIN_SAMPLE = "train_sample.json"
 """The first training sequence as the trainer feeds it: token ids, labels (-100 = no loss) and both decoded."""
+RANK_REPORT_ENV = "T2S_RANK_REPORT"
+RANK_REPORT = "rank{rank}.json"
+"""Written by every rank at the end of training when $T2S_RANK_REPORT is set: its peak GPU memory, a checksum
+of its trainable weights (equal on all DDP ranks), and (step, seconds, tokens) at each log, for benchmarks."""
 METHODS = ("auto", "qlora", "lora", "full")
 HELD_PROMPT_COUNT = 8
 PARITY_MAX_NEW_TOKENS = 64
@@ -58,7 +67,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     `callbacks` are extra transformers TrainerCallbacks (benchmarks and tests measure through them).
 
     Raises:
-        ConfigError: unknown method, qlora without CUDA, packing without max_length.
+        ConfigError: unknown method, qlora or FSDP without CUDA, packing without max_length, `resume` on
+            another number of processes than the run was trained on.
         DataError: the dataset has no train split.
         ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
     """
@@ -70,6 +80,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
     cuda = torch.cuda.is_available()
+    rank, world_size = _init_distributed(cuda)
+    main = rank == 0  # under torchrun/accelerate launch only the first process writes the run dir
     method = resolve_method(cfg.train.method, cuda)
     _check_settings(cfg, method)
     dataset = cfg.data.dataset
@@ -88,34 +100,51 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
         ]
 
     train_records, dev_records = records(train_pairs), records(dev_pairs)
-    _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
-    run_dir, checkpoint = _prepare_run_dir(cfg, resume)
+    lengths = _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
+    speed = speed_settings(cfg, method, cuda, base_dir, lengths)
+    # Rank 0 picks (or finds) the run dir; every rank gets its answer, or its error.
+    run_dir, checkpoint = _from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size)
 
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
-    print(f"train: method {method} on {device}; {len(train_records)} train / {len(dev_records)} dev examples; "
-          f"base {base_dir}; run dir {run_dir}", file=sys.stderr)
-    if cfg.train.method == "auto" and not cuda:
-        print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
+    manifest: dict = {}
+    if main:
+        print(f"train: method {method} on {device}" + (f" x {world_size} processes" if world_size > 1 else "") +
+              f"; {len(train_records)} train / {len(dev_records)} dev examples; base {base_dir}; run dir {run_dir}",
               file=sys.stderr)
-    # The manifest is written before the weights load, so even a run killed at once says what it was.
-    schemas = {str(db): schema_for(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
-    manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
-    _write_json(run_dir / MANIFEST, manifest)
-    _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
-    save_prompt_settings(run_dir, cfg.prompt, dataset)
+        if cfg.train.method == "auto" and not cuda:
+            print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
+                  file=sys.stderr)
+        # The manifest is written before the weights load, so even a run killed at once says what it was.
+        schemas = {str(db): schema_for(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
+        manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
+        manifest["resolved_train"] = speed
+        manifest["world_size"] = world_size  # `--resume` needs the same number of processes
+        print(f"train: speed settings {speed}", file=sys.stderr)
+        _write_json(run_dir / MANIFEST, manifest)
+        _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
+        save_prompt_settings(run_dir, cfg.prompt, dataset)
+    if os.environ.get(RANK_REPORT_ENV):
+        callbacks = [*(callbacks or []), _rank_reporter(run_dir / RANK_REPORT.format(rank=rank), rank, world_size)]
 
     model = _load_model(base_dir, method, cuda)
     set_end_of_turn(tokenizer, model)
-    trainer = _trainer(cfg, method, cuda, model, tokenizer, run_dir, train_records, dev_records, callbacks or [])
-    _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
+    trainer = _trainer(cfg, method, cuda, model, tokenizer, run_dir, train_records, dev_records, speed, callbacks or [])
+    if main:
+        _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = dict(result.metrics)
     if dev_records:
         metrics.update(trainer.evaluate())
 
-    trainer.save_model(str(run_dir))  # the adapter (lora/qlora) or the whole model (full), + tokenizer
-    manifest.update(status="completed", finished=_now(), global_step=trainer.state.global_step, metrics=metrics)
-    _write_json(run_dir / MANIFEST, manifest)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded (fast to resume); the run dir needs a loadable adapter
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    # The adapter (lora/qlora) or the whole model (full), + tokenizer. Every rank calls it (FSDP gathers the
+    # shards); the Trainer writes on rank 0 only.
+    trainer.save_model(str(run_dir))
+    if main:
+        manifest.update(status="completed", finished=_now(), global_step=trainer.state.global_step, metrics=metrics)
+        _write_json(run_dir / MANIFEST, manifest)
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the run dir is complete
     return run_dir
 
 
@@ -229,13 +258,16 @@ def _check_settings(cfg: Config, method: str) -> None:
         from text2sql.errors import require
 
         require("bitsandbytes", "train")
+    if _fsdp_enabled() and not torch.cuda.is_available():
+        raise ConfigError("FSDP (an accelerate FSDP config, ACCELERATE_USE_FSDP) needs CUDA GPUs; on CPUs launch DDP: "
+                          "torchrun --nproc_per_node N or configs/accelerate/ddp.yaml")
     if cfg.train.packing and cfg.train.max_length <= 0:
         raise ConfigError("train.packing needs a positive train.max_length (the packed sequence length)")
     if cfg.train.max_steps <= 0 and cfg.train.num_train_epochs <= 0:
         raise ConfigError("train: set train.max_steps > 0 or train.num_train_epochs > 0")
 
 
-def _check_lengths(records: list[dict], tokenizer, max_length: int) -> None:
+def _check_lengths(records: list[dict], tokenizer, max_length: int) -> list[int]:
     """TRL would cut an over-long example at max_length, i.e. drop the end of its SQL and its eos: refuse instead."""
     lengths = [len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)["input_ids"])
                for r in records]
@@ -245,9 +277,77 @@ def _check_lengths(records: list[dict], tokenizer, max_length: int) -> None:
             f"{len(too_long)} of {len(records)} examples are longer than train.max_length={max_length} tokens "
             f"(longest {max(too_long)}): raise train.max_length or lower prompt.max_schema_tokens"
         )
+    return lengths
 
 
-def _prepare_run_dir(cfg: Config, resume: bool) -> tuple[Path, Path | None]:
+# Activation bytes per token and layer without checkpointing (bf16; Korthikanti et al. 2022, "Reducing Activation
+# Recomputation in Large Transformer Models", ~34 * hidden), and with it (the layer input alone is kept).
+_ACT_BYTES_PER_HIDDEN = 34
+_CKPT_BYTES_PER_HIDDEN = 2
+_WEIGHT_BYTES = {"qlora": 0.56, "lora": 2.0, "full": 16.0}  # per parameter: NF4 + double-quant scales; bf16; fp32 + Adam
+
+
+def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths: list[int]) -> dict:
+    """Packing, micro-batch, accumulation and checkpointing for this model on this device.
+
+    Explicit `train.*` values win; `auto` ones are chosen here. An optimizer step always sees about
+    `per_device_train_batch_size * gradient_accumulation_steps` examples (packed rows are counted by the
+    examples they hold), so the loss curve does not depend on what fits in memory.
+    """
+    import math
+
+    t = cfg.train
+    mean_len = sum(lengths) / max(len(lengths), 1)
+    # Padding-free packing flattens a micro-batch into one sequence. Only flash-attention's varlen kernel
+    # then skips the cross-example blocks; SDPA would attend over the whole flat sequence under a
+    # block-diagonal mask (quadratic in micro-batch x length), so auto packs only with flash-attention.
+    packing = t.packing if isinstance(t.packing, bool) else bool(cuda and _attention(cuda) == "flash_attention_2"
+                                                                    and mean_len <= 0.75 * t.max_length)
+    # Without packing, batches of similar lengths waste little on padding (a GPU-only trick: it reorders).
+    group_by_length = bool(cuda and not packing)
+    per_row = max(1.0, 0.95 * t.max_length / mean_len) if packing else 1.0  # BFD fills rows ~95 %
+    rows = max(1, math.ceil(t.per_device_train_batch_size / per_row))
+    row_tokens = t.max_length if packing else max(lengths, default=t.max_length)
+    checkpointing = t.gradient_checkpointing if isinstance(t.gradient_checkpointing, bool) else False
+    micro = t.micro_batch_size or rows
+    if cuda and (t.micro_batch_size <= 0 or t.gradient_checkpointing == "auto"):
+        layers, hidden, vocab, params = _model_shape(base_dir)
+        budget = 0.85 * _gpu_memory_bytes() - params * _WEIGHT_BYTES[method] - 2 * 2**30
+
+        def row_bytes(ckpt: bool) -> float:
+            per_token = layers * hidden * (_CKPT_BYTES_PER_HIDDEN if ckpt else _ACT_BYTES_PER_HIDDEN)
+            per_token += hidden * _ACT_BYTES_PER_HIDDEN * ckpt + vocab * 6  # a recomputed layer; bf16 logits + fp32 loss
+            return row_tokens * per_token
+
+        if t.gradient_checkpointing == "auto":
+            checkpointing = row_bytes(False) > budget
+        if t.micro_batch_size <= 0:  # the largest divisor of the step's rows that fits: no step over- or undershoots
+            micro = max((d for d in range(1, rows + 1) if rows % d == 0 and d * row_bytes(checkpointing) <= budget),
+                        default=1)
+    accumulation = math.ceil(rows / micro) * t.gradient_accumulation_steps
+    return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
+            "gradient_checkpointing": checkpointing, "group_by_length": group_by_length,
+            "mean_example_tokens": round(mean_len, 1)}
+
+
+def _model_shape(base_dir: Path) -> tuple[int, int, int, int]:
+    """(layers, hidden size, vocab size, parameter count) from a model dir's config."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(base_dir)
+    layers, hidden, vocab = c.num_hidden_layers, c.hidden_size, c.vocab_size
+    inter = getattr(c, "intermediate_size", 4 * hidden)
+    params = layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
+    return layers, hidden, vocab, params
+
+
+def _gpu_memory_bytes() -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
+def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1) -> tuple[Path, Path | None]:
     """The run dir (new, or the one to resume) and the checkpoint to resume from."""
     root = cfg.path(cfg.train.output_dir)
     if not resume:
@@ -267,6 +367,12 @@ def _prepare_run_dir(cfg: Config, resume: bool) -> tuple[Path, Path | None]:
     checkpoint = last_checkpoint(run_dir)
     if checkpoint is None:
         raise ModelError(f"nothing to resume in {run_dir}: no complete checkpoint-* (train.save_steps sets how often they are written)")
+    # A checkpoint holds one RNG state per rank, and the data order and batch size depend on the world size.
+    trained_on = _read_json(run_dir / MANIFEST).get("world_size", 1)
+    if trained_on != world_size:
+        how = ("as one plain process" if trained_on == 1 else
+               f"with `torchrun --nproc_per_node {trained_on}` (or `accelerate launch --num_processes {trained_on}`)")
+        raise ConfigError(f"cannot resume {run_dir} on {world_size} process(es): it was trained on {trained_on}; relaunch {how}")
     step = int(checkpoint.name.removeprefix("checkpoint-"))
     for partial in run_dir.glob("checkpoint-*"):  # checkpoints a kill left half-written
         suffix = partial.name.removeprefix("checkpoint-")
@@ -314,11 +420,15 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        fsdp = _fsdp_enabled()
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # FSDP shards float tensors only: pack the 4-bit weights into the compute dtype (= the model dtype).
+            bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        if not fsdp:  # one GPU or DDP: each rank holds the whole quantized base on its own GPU; FSDP places shards
+            kwargs["device_map"] = {"": _local_rank()}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     # No KV cache in training: it is useless there, and with it transformers would not build the
     # per-example (block-diagonal) mask that padding-free packing needs under SDPA/eager attention.
@@ -338,7 +448,7 @@ def _attention(cuda: bool) -> str:
 
 
 def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
-             callbacks: list):
+             speed: dict, callbacks: list):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -351,11 +461,11 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
         learning_rate=t.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps (transformers >= 5)
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=speed["micro_batch_size"],
+        per_device_eval_batch_size=speed["micro_batch_size"],
+        gradient_accumulation_steps=speed["gradient_accumulation_steps"],
         max_length=t.max_length,
-        packing=t.packing,
+        packing=speed["packing"],
         packing_strategy="bfd",  # best-fit decreasing, padding-free: examples are never cut in two
         completion_only_loss=True,
         eos_token=tokenizer.eos_token,
@@ -369,8 +479,9 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
         bf16=cuda,
         use_cpu=not cuda,
         report_to=["tensorboard"],
-        gradient_checkpointing=t.gradient_checkpointing,  # TRL's default is on: say it every time
+        gradient_checkpointing=speed["gradient_checkpointing"],  # TRL's default is on: say it every time
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient; the search costs time each step
     )
     peft_config = None
     if method != "full":
@@ -380,6 +491,8 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
             r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
             target_modules="all-linear", task_type="CAUSAL_LM",
         )
+    if speed["group_by_length"] and "train_sampling_strategy" in {f.name for f in dataclasses.fields(SFTConfig)}:
+        args.train_sampling_strategy = "group_by_length"
     return SFTTrainer(
         model=model,
         args=args,
@@ -414,6 +527,88 @@ def _jsonl_logger(path: Path):
                     f.write(json.dumps(record, default=float) + "\n")
 
     return JsonlLogger()
+
+
+# ---------------------------------------------------------------- several processes (torchrun, accelerate launch)
+
+
+def _fsdp_enabled() -> bool:
+    """Whether this process was launched for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _init_distributed(cuda: bool) -> tuple[int, int]:
+    """(rank, world size) of this process; under torchrun or accelerate launch it joins the process group here
+    (NCCL on GPUs, gloo on CPUs), so that ranks can agree on the run dir before the Trainer exists.
+    A single plain process gets (0, 1)."""
+    import torch
+    from accelerate import PartialState
+
+    if cuda and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(_local_rank())  # before anything touches the GPU: rank k uses GPU k of its host
+    state = PartialState(cpu=not cuda)
+    # Plain ints: TrainingArguments later resets the shared PartialState (and builds its own on the same group).
+    return state.process_index, state.num_processes
+
+
+def _from_rank_zero(rank: int, world_size: int, fn, *args):
+    """fn(*args) run on rank 0 only; every rank gets its result, or raises its Text2SQLError."""
+    result = None
+    if rank == 0:
+        try:
+            result = fn(*args)
+        except Text2SQLError as exc:
+            result = exc
+    if world_size > 1:
+        import torch.distributed as dist
+
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    if isinstance(result, Text2SQLError):
+        raise result
+    return result
+
+
+def _rank_reporter(path: Path, rank: int, world_size: int):
+    """A TrainerCallback writing this rank's report (RANK_REPORT) at the end of training."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    marks: list[tuple[int, float, int]] = []
+    start = time.perf_counter()
+
+    class RankReport(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                marks.append((state.global_step, time.perf_counter() - start, int(logs.get("num_tokens", 0))))
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            digest, count = hashlib.sha256(), 0
+            for _, p in sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda item: item[0]):
+                t = p.detach()
+                t = t.to_local() if hasattr(t, "to_local") else t  # an FSDP2 shard: this rank's part only
+                digest.update(t.to("cpu", torch.float32).contiguous().numpy().tobytes())
+                count += t.numel()
+            cuda = torch.cuda.is_available()
+            _write_json(path, {
+                "rank": rank, "world_size": world_size, "global_step": state.global_step,
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
+                "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
+                "trainable_params": count, "trainable_sha256": digest.hexdigest(),
+                "marks": marks,  # (step, seconds since the callback was made, tokens seen by all ranks)
+            })
+
+    return RankReport()
 
 
 # ---------------------------------------------------------------- manifest

@@ -1,0 +1,416 @@
+"""Training throughput: a plain HF Trainer + PEFT QLoRA baseline against `text2sql train`, in one run.
+
+    python bench/train_throughput.py                 # on a CUDA GPU: 8B-class + SmolLM2-135M, both ways
+    python bench/train_throughput.py --only 135m     # just the demo-data runs
+    python bench/train_throughput.py --smoke         # CPU: a tiny Llama, LoRA, a few steps (CI)
+
+For each model it measures (a) `baseline`: HF `Trainer` + PEFT QLoRA as the PEFT docs set it up
+(prepare_model_for_kbit_training, padded batches, no packing) and (b) `text2sql`: `text2sql.train.train`
+with the project's defaults. Figures: real (non-padding) tokens/s over the steps after warm-up,
+MFU = FLOPs per real token x tokens/s / peak, with FLOPs per token = 4*N_frozen + 6*N_lora + attention
+(6 * layers * hidden * example length, causal), against the spec peak (989 TFLOP/s bf16 on H200) and a
+bf16 matmul ceiling measured here; peak GPU memory. Writes bench/results/train_throughput.{json,md}.
+
+The 8B-class model is a Llama-3.1-8B config with random weights (speed and memory do not depend on the
+values), built on the GPU and saved once; the sequences are random-token "questions" whose prompt +
+completion lengths spread evenly up to --seq-len.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SPEC_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps, no result files")
+    parser.add_argument("--only", choices=("8b", "135m"), default=None)
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per configuration")
+    parser.add_argument("--warmup", type=int, default=6, help="steps left out of the timing")
+    parser.add_argument("--seq-len", type=int, default=2048, help="longest example (tokens) of the synthetic data")
+    parser.add_argument("--examples", type=int, default=256, help="synthetic examples for the 8B-class runs")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        sys.exit("no CUDA GPU: run with --smoke on a CPU")
+    workdir = Path(tempfile.mkdtemp(prefix="t2s-bench-"))
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    ceiling = measure_matmul_tflops() if cuda else None
+    peak = next((v for k, v in SPEC_PEAK_TFLOPS.items() if k in device), None)
+    print(f"device {device}; spec peak {peak} TFLOP/s; measured bf16 matmul {ceiling and round(ceiling)} TFLOP/s", flush=True)
+
+    runs = []
+    plans = []
+    if args.smoke:
+        model_dir = build_random_model(workdir / "tiny", TINY, cuda=False)
+        plans.append(("tiny", model_dir, synthetic_pairs(model_dir, 24, args.seq_len, seed=0), 2))
+    else:
+        if args.only in (None, "135m"):
+            plans.append(("smollm2-135m", pull_default_model(workdir), demo_pairs(), 16))
+        if args.only in (None, "8b"):
+            model_dir = build_random_model(workdir / "llama-8b-random", LLAMA_8B, cuda=True)
+            plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0), 1))
+    for name, model_dir, pairs, batch in plans:
+        mean_len = mean_length(model_dir, pairs, max_len(args))
+        for kind in ("baseline", "text2sql"):
+            runner = run_baseline if kind == "baseline" else run_text2sql
+            result = runner(model_dir, pairs, batch, args, workdir / f"{name}-{kind}", cuda)
+            result.update(name=f"{name}/{kind}", model=name, mean_len=round(mean_len, 1))
+            result.update(mfu(result, model_dir, peak, ceiling))
+            runs.append(result)
+            print(json.dumps(result), flush=True)
+            if not args.smoke:  # after every run, so a run cut short by a time limit still leaves its figures
+                write_results(args.out, device, peak, ceiling, runs)
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+
+    print(render_table(runs))
+
+
+def write_results(out: Path, device: str, peak, ceiling, runs: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"device": device, "date": dt.date.today().isoformat(), "spec_peak_tflops": peak,
+              "measured_matmul_tflops": ceiling, "runs": runs}
+    (out / "train_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "train_throughput.md").write_text(render_table(runs) + "\n")
+
+
+# ---------------------------------------------------------------- models and data
+
+
+def measure_matmul_tflops(n: int = 8192, reps: int = 10) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def build_random_model(out: Path, shape: dict, cuda: bool) -> Path:
+    """A Llama with random weights and the ChatML tokenizer of the test suite (saved, so both runs load it alike)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.tinymodel import tiny_model_dir
+
+    tokenizer_src = tiny_model_dir()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_src)
+    config = LlamaConfig(**{**shape, "vocab_size": max(shape.get("vocab_size", 0), len(tokenizer))},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    return out
+
+
+def pull_default_model(workdir: Path) -> Path:
+    from text2sql.config import load_config
+    from text2sql.models import pull_model
+
+    return pull_model(load_config(REPO / "text2sql.yaml"))
+
+
+def demo_pairs() -> list:
+    from text2sql.config import load_config
+    from text2sql.data import load_pairs
+
+    return load_pairs(load_config(REPO / "text2sql.yaml"), "demo", "train")
+
+
+def synthetic_pairs(model_dir: Path, count: int, max_tokens: int, seed: int) -> list:
+    """Pairs whose rendered prompt + completion lengths (schema included) spread evenly up to max_tokens."""
+    from transformers import AutoTokenizer
+
+    from text2sql.data import Pair
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(seed)
+    words = "revenue orders customers store region month fiscal quarter returns product category net gross".split()
+
+    def make(i: int, n_words: int) -> Pair:
+        question = " ".join(rng.choice(words) for _ in range(max(1, n_words)))
+        sql = "SELECT " + ", ".join(f"sum(col_{rng.randint(0, 99)})" for _ in range(8)) + " FROM sales.orders"
+        return Pair(id=f"s-{i:05d}", question=question, sql=sql, split="train")
+
+    # Measure the fixed cost (schema, template, completion) and the tokens per word once, then aim.
+    short, long = make(0, 10), make(0, 210)
+    base_len, long_len = (len(f["input_ids"]) for f in tokenize_pairs(tokenizer, [short, long], 10**9))
+    per_word = (long_len - base_len) / 200
+    room = max_tokens - base_len
+    if room < 8:
+        raise SystemExit(f"--seq-len {max_tokens} leaves no room for a question after the {base_len}-token prompt")
+    pairs = []
+    for i in range(count):
+        target = base_len + rng.randint(room // 8, room)
+        n_words = int((target - base_len) / per_word)
+        pair = make(i, n_words)
+        while len(tokenize_pairs(tokenizer, [pair], 10**9)[0]["input_ids"]) > max_tokens and n_words > 1:
+            n_words = int(n_words * 0.95)  # word pieces vary: trim until it fits
+            pair = make(i, n_words)
+        pairs.append(pair)
+    return pairs
+
+
+# ---------------------------------------------------------------- (a) the plain baseline
+
+
+def run_baseline(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda: bool) -> dict:
+    """HF Trainer + PEFT (Q)LoRA the way the PEFT docs show it: padded batches, no packing."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features = tokenize_pairs(tokenizer, pairs, max_len(args))
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    if cuda:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": 0}
+    _reset_memory(cuda)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if cuda:
+        model = prepare_model_for_kbit_training(model)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
+    meter = ThroughputMeter(args.warmup, cuda, count_tokens=True)
+    collator = meter.wrap_collator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=batch,
+                               learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to=[], bf16=cuda,
+                               use_cpu=not cuda, remove_unused_columns=False, dataloader_num_workers=0),
+        train_dataset=_ListDataset(features), data_collator=collator, callbacks=[meter.callback()],
+    )
+    trainer.train()
+    result = meter.result()
+    result["lora_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result["losses"] = meter.losses
+    del trainer, model
+    return result
+
+
+def max_len(args) -> int:
+    return args.seq_len
+
+
+def tokenize_pairs(tokenizer, pairs: list, limit: int) -> list[dict]:
+    """Prompt (from the project's prompt builder) + completion + eos, labels masked on the prompt."""
+    from text2sql.catalog import read_snapshot
+    from text2sql.config import PromptConfig
+    from text2sql.prompt import build_messages
+
+    snapshot = read_snapshot(REPO / "schemas")
+    features = []
+    for p in pairs:
+        prompt = tokenizer.apply_chat_template(build_messages(p.question, snapshot, PromptConfig(), tokenizer),
+                                               tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(p.sql + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        ids = (prompt_ids + completion_ids)[:limit]
+        labels = ([-100] * len(prompt_ids) + completion_ids)[: len(ids)]
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return features
+
+
+def mean_length(model_dir: Path, pairs: list, limit: int) -> float:
+    from transformers import AutoTokenizer
+
+    features = tokenize_pairs(AutoTokenizer.from_pretrained(model_dir), pairs, limit)
+    return sum(len(f["input_ids"]) for f in features) / len(features)
+
+
+class _ListDataset:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+# ---------------------------------------------------------------- (b) text2sql train
+
+
+def run_text2sql(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda: bool) -> dict:
+    """`text2sql.train.train` on a temp project holding these pairs, with the project's defaults."""
+    import shutil
+
+    from text2sql.config import load_config
+    from text2sql.train import train
+
+    project = out / "project"
+    (project / "datasets" / "bench").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "schemas", project / "schemas", dirs_exist_ok=True)
+    with (project / "datasets" / "bench" / "pairs.jsonl").open("w") as f:
+        for p in pairs:
+            f.write(json.dumps({"id": p.id, "question": p.question, "sql": p.sql, "db": None, "tags": [],
+                                "difficulty": "easy", "author": "bench", "created": "2026-11-28", "notes": "",
+                                "split": "train", "forced": False}) + "\n")
+    (project / "text2sql.yaml").write_text("data:\n  dataset: bench\n")
+    overrides = [f"model.base={model_dir}", f"train.max_steps={args.steps}", "train.logging_steps=1",
+                 f"train.save_steps={args.steps * 10}", "train.run_name=bench", f"train.max_length={args.seq_len}"]
+    if args.smoke:
+        overrides += [f"train.per_device_train_batch_size={batch}"]
+    cfg = load_config(project / "text2sql.yaml", overrides)
+    meter = ThroughputMeter(args.warmup, cuda, count_tokens=False)
+    _reset_memory(cuda)
+    run_dir = train(cfg, callbacks=[meter.callback()])
+    result = meter.result()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    result["settings"] = {k: manifest["config"]["train"][k] for k in
+                          ("method", "per_device_train_batch_size", "packing", "gradient_checkpointing", "max_length")}
+    result["settings"]["resolved"] = manifest.get("resolved_train", {})
+    result["losses"] = meter.losses
+    return result
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class ThroughputMeter:
+    """Real tokens and wall time per optimizer step, after `warmup` steps; peak GPU memory."""
+
+    def __init__(self, warmup: int, cuda: bool, count_tokens: bool):
+        self.warmup, self.cuda, self.count_tokens = warmup, cuda, count_tokens
+        self.tokens_seen = 0
+        self.marks: list[tuple[int, float, int]] = []
+        self.losses: list[float] = []
+
+    def wrap_collator(self, collate):
+        def counted(features):
+            batch = collate(features)
+            self.tokens_seen += int(batch["attention_mask"].sum())
+            return batch
+
+        return counted
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class Meter(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs is None or "loss" not in logs:
+                    return
+                if meter.cuda:
+                    import torch
+
+                    torch.cuda.synchronize()
+                tokens = meter.tokens_seen if meter.count_tokens else int(logs.get("num_tokens", 0))
+                meter.marks.append((state.global_step, time.perf_counter(), tokens))
+                meter.losses.append(float(logs["loss"]))
+
+        return Meter()
+
+    def result(self) -> dict:
+        import torch
+
+        timed = [m for m in self.marks if m[0] >= self.warmup]
+        if len(timed) < 2:
+            timed = self.marks[-2:]
+        (s0, t0, n0), (s1, t1, n1) = timed[0], timed[-1]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+        return {"steps_timed": s1 - s0, "seconds": t1 - t0, "tokens": n1 - n0,
+                "tokens_per_s": (n1 - n0) / (t1 - t0) if t1 > t0 else None,
+                "steps_per_s": (s1 - s0) / (t1 - t0) if t1 > t0 else None,
+                "peak_mem_gb": round(peak, 2) if peak is not None else None}
+
+
+def _reset_memory(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def flops_per_token(model_dir: Path, lora_params: int, mean_len: float) -> float:
+    """4*N_frozen + 6*N_lora + causal attention (6 * layers * hidden * example length), per real token."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o, k, v projections + gated MLP
+    frozen = layers * per_layer + h * c.vocab_size  # + lm_head (embedding lookups do no FLOPs)
+    return 4 * frozen + 6 * lora_params + 6 * layers * h * mean_len
+
+
+def mfu(result: dict, model_dir: Path, peak: float | None, ceiling: float | None) -> dict:
+    if not result.get("tokens_per_s"):
+        return {"mfu": None, "mfu_vs_matmul": None}
+    lora = result.get("lora_params") or _lora_params(model_dir)
+    mean_len = result.get("mean_len") or 512
+    achieved = flops_per_token(model_dir, lora, mean_len) * result["tokens_per_s"] / 1e12
+    return {"achieved_tflops": round(achieved, 2),
+            "mfu": round(achieved / peak, 4) if peak else None,
+            "mfu_vs_matmul": round(achieved / ceiling, 4) if ceiling else None}
+
+
+def _lora_params(model_dir: Path, r: int = 16) -> int:
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    h, i = c.hidden_size, c.intermediate_size
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+    return c.num_hidden_layers * sum(r * (a + b) for a, b in shapes)
+
+
+def render_table(runs: list[dict]) -> str:
+    lines = ["| run | tokens/s | MFU (spec) | MFU (matmul) | peak GB | steps/s |", "|---|---|---|---|---|---|"]
+    by_model: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        by_model.setdefault(r["model"], {})[r["name"].split("/")[-1]] = r
+        fmt = lambda v, p="{:.1%}": p.format(v) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(f"| {r['name']} | {fmt(r['tokens_per_s'], '{:,.0f}')} | {fmt(r['mfu'])} | {fmt(r['mfu_vs_matmul'])} "
+                     f"| {fmt(r['peak_mem_gb'], '{:.1f}')} | {fmt(r['steps_per_s'], '{:.2f}')} |")
+    for model, pair in by_model.items():
+        if "baseline" in pair and "text2sql" in pair and pair["baseline"].get("tokens_per_s"):
+            ratio = pair["text2sql"]["tokens_per_s"] / pair["baseline"]["tokens_per_s"]
+            lines.append(f"\n{model}: text2sql / baseline tokens/s = {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
