@@ -64,18 +64,20 @@ def main() -> None:
     plans = []
     if args.smoke:
         model_dir = build_random_model(workdir / "tiny", TINY, cuda=False)
-        plans.append(("tiny", model_dir, synthetic_pairs(model_dir, 24, args.seq_len, seed=0), 2))
+        plans.append(("tiny", model_dir, synthetic_pairs(model_dir, 24, args.seq_len, seed=0), 2, args.seq_len))
     else:
         if args.only in (None, "135m"):
-            plans.append(("smollm2-135m", pull_default_model(workdir), demo_pairs(), 16))
+            # The demo examples carry the whole schema (~2,100 tokens): the project's train.max_length holds them.
+            plans.append(("smollm2-135m", pull_default_model(workdir), demo_pairs(), 16, project_max_length()))
         if args.only in (None, "8b"):
             model_dir = build_random_model(workdir / "llama-8b-random", LLAMA_8B, cuda=True)
-            plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0), 1))
-    for name, model_dir, pairs, batch in plans:
-        mean_len = mean_length(model_dir, pairs, max_len(args))
+            plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0),
+                          1, args.seq_len))
+    for name, model_dir, pairs, batch, seq_len in plans:
+        mean_len = mean_length(model_dir, pairs, seq_len)
         for kind in ("baseline", "text2sql"):
             runner = run_baseline if kind == "baseline" else run_text2sql
-            result = runner(model_dir, pairs, batch, args, workdir / f"{name}-{kind}", cuda)
+            result = runner(model_dir, pairs, batch, seq_len, args, workdir / f"{name}-{kind}", cuda)
             result.update(name=f"{name}/{kind}", model=name, mean_len=round(mean_len, 1))
             result.update(mfu(result, model_dir, peak, ceiling))
             runs.append(result)
@@ -188,7 +190,7 @@ def synthetic_pairs(model_dir: Path, count: int, max_tokens: int, seed: int) -> 
 # ---------------------------------------------------------------- (a) the plain baseline
 
 
-def run_baseline(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda: bool) -> dict:
+def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, out: Path, cuda: bool) -> dict:
     """HF Trainer + PEFT (Q)LoRA the way the PEFT docs show it: padded batches, no packing."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -196,7 +198,7 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda
                               TrainingArguments)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    features = tokenize_pairs(tokenizer, pairs, max_len(args))
+    features = tokenize_pairs(tokenizer, pairs, seq_len)
     kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
     if cuda:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -224,8 +226,10 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda
     return result
 
 
-def max_len(args) -> int:
-    return args.seq_len
+def project_max_length() -> int:
+    from text2sql.config import load_config
+
+    return load_config(REPO / "text2sql.yaml").train.max_length
 
 
 def tokenize_pairs(tokenizer, pairs: list, limit: int) -> list[dict]:
@@ -268,7 +272,7 @@ class _ListDataset:
 # ---------------------------------------------------------------- (b) text2sql train
 
 
-def run_text2sql(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda: bool) -> dict:
+def run_text2sql(model_dir: Path, pairs: list, batch: int, seq_len: int, args, out: Path, cuda: bool) -> dict:
     """`text2sql.train.train` on a temp project holding these pairs, with the project's defaults."""
     import shutil
 
@@ -285,7 +289,7 @@ def run_text2sql(model_dir: Path, pairs: list, batch: int, args, out: Path, cuda
                                 "split": "train", "forced": False}) + "\n")
     (project / "text2sql.yaml").write_text("data:\n  dataset: bench\n")
     overrides = [f"model.base={model_dir}", f"train.max_steps={args.steps}", "train.logging_steps=1",
-                 f"train.save_steps={args.steps * 10}", "train.run_name=bench", f"train.max_length={args.seq_len}"]
+                 f"train.save_steps={args.steps * 10}", "train.run_name=bench", f"train.max_length={seq_len}"]
     if args.smoke:
         overrides += [f"train.per_device_train_batch_size={batch}"]
     cfg = load_config(project / "text2sql.yaml", overrides)
