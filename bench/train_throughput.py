@@ -214,7 +214,7 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
     trainer = Trainer(
         model=model,
         args=TrainingArguments(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=batch,
-                               learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to=[], bf16=cuda,
+                               learning_rate=project_learning_rate(), logging_steps=1, save_strategy="no", report_to=[], bf16=cuda,
                                use_cpu=not cuda, remove_unused_columns=False, dataloader_num_workers=0),
         train_dataset=_ListDataset(features), data_collator=collator, callbacks=[meter.callback()],
     )
@@ -224,6 +224,13 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
     result["losses"] = meter.losses
     del trainer, model
     return result
+
+
+def project_learning_rate() -> float:
+    """The baseline trains with the project's learning rate, so the two loss curves compare."""
+    from text2sql.config import load_config
+
+    return load_config(REPO / "text2sql.yaml").train.learning_rate
 
 
 def project_max_length() -> int:
