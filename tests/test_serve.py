@@ -564,10 +564,11 @@ def test_serve_command_errors(config_path):
 
 
 @pytest.mark.slow
-def test_load_bench_smoke_has_no_5xx(tmp_path):
+def test_load_bench_smoke_has_no_5xx(tmp_path, lakehouse_project):
     """bench/serve_load.py --smoke: 64 requests at 16-way concurrency against a started server, 0 5xx."""
     out = tmp_path / "load.json"
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "serve_load.py"), "--smoke", "--out", str(out)],
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "serve_load.py"), "--smoke", "--out", str(out),
+                           "--config", str(lakehouse_project / "text2sql.yaml")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
