@@ -569,28 +569,15 @@ def _jsonable(value: Any) -> Any:
 
 # ---------------------------------------------------------------- predictions
 
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
-
-
 def extract_sql(text: str | None) -> str | None:
-    """The SQL in a model's raw reply: the first fenced block if any, then its first statement; None if empty.
+    """The SQL in a model's raw reply (None when there is none): the same rule `predict` applies.
 
     >>> extract_sql("```sql\\nSELECT a FROM t;\\n```\\nThis returns a.")
     'SELECT a FROM t'
     """
-    if not text:
-        return None
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1)
-    text = text.strip()
-    try:
-        semicolons = [t for t in sqlglot.tokenize(text, read=DIALECT) if t.token_type == sqlglot.TokenType.SEMICOLON]
-    except Exception:  # untokenizable text is kept whole: it fails later as a parse error, which is what it is
-        semicolons = []
-    if semicolons:
-        text = text[: semicolons[0].start].strip()
-    return text or None
+    from text2sql.generate import extract_sql as extract  # no heavy imports: the module loads torch lazily
+
+    return extract(text) if text else None
 
 
 def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dict[str, str | None]:
