@@ -22,7 +22,7 @@ from text2sql.errors import DataError
 if TYPE_CHECKING:
     from text2sql.config import Config
 
-CPU_BUDGET = {"method": "lora", "max_steps": 12, "per_device_train_batch_size": 2, "save_steps": 6, "eval_steps": 6,
+CPU_BUDGET = {"method": "lora", "max_steps": 12, "per_device_train_batch_size": 2, "save_steps": 6, "eval_steps": 12,
               "logging_steps": 2}
 """`train` settings used on a machine without CUDA: 12 LoRA steps of 2 examples, a pipeline check rather than a model."""
 CPU_SCHEMA_TOKENS = 1024
