@@ -216,10 +216,7 @@ def describe_table(table: Table, name: str) -> TableSnapshot:
     """A TableSnapshot (DDL, columns, partitioning) of an Iceberg table at its current snapshot."""
     schema = table.schema()
     columns = [Column(f.name, duckdb_type(f.field_type), _doc(f), f.required) for f in schema.fields]
-    partitioning = [
-        f"{pf.transform}({schema.find_field(pf.source_id).name})".replace("identity(", "identity(")
-        for pf in table.spec().fields
-    ]
+    partitioning = [f"{pf.transform}({schema.find_field(pf.source_id).name})" for pf in table.spec().fields]
     identifier = [schema.find_field(i).name for i in sorted(schema.identifier_field_ids)]
     snapshot = table.current_snapshot()
     t = TableSnapshot(

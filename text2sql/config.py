@@ -232,8 +232,6 @@ class Config:
         ratios = self.data.split_ratios
         if set(ratios) - {"train", "dev", "test"} or abs(sum(ratios.values()) - 1.0) > 1e-6:
             problems.append(f"data.split_ratios: {ratios} must use train/dev/test and sum to 1")
-        if self.catalog.name not in self.catalog.catalogs and not self.catalog.catalogs:
-            pass  # resolved by pyiceberg's own config at load time
         if problems:
             raise ConfigError("; ".join(problems))
 

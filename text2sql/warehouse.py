@@ -307,8 +307,6 @@ class QueryResult:
     elapsed_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        from text2sql.catalog import _one_line  # noqa: F401  (keeps the JSON shape in one place)
-
         return {"columns": self.columns, "rows": [[_jsonable(v) for v in r] for r in self.rows],
                 "error_kind": self.error_kind, "error": self.error, "truncated": self.truncated,
                 "elapsed_s": round(self.elapsed_s, 4)}
