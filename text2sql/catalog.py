@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import CatalogError, NoSuchTableError, SchemaSnapshotError
+from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -318,7 +319,7 @@ def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[
     manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "catalog": catalog_name, "tables": {}}
     for t in snapshots:
         rel = Path(*t.name.split(".")[:-1], t.name.split(".")[-1] + ".sql")
-        _write_atomic(out / rel, t.ddl)
+        write_atomic(out / rel, t.ddl)
         entry = asdict(t)
         del entry["ddl"], entry["name"]
         entry["references"] = [list(r) for r in t.references]
@@ -329,7 +330,7 @@ def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[
     for stale in out.rglob("*.sql"):
         if stale not in keep:
             stale.unlink()
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -389,19 +390,3 @@ def diff_schemas(cfg: Config, catalog_name: str | None = None) -> list[SchemaCha
                 elif before[col] != after[col]:
                     changes.append(SchemaChange("retyped_column", name, col, before[col], after[col]))
     return changes
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; these are ordinary project files
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -33,7 +33,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -46,6 +45,7 @@ import sqlglot
 from sqlglot import exp
 
 from text2sql.errors import DataError
+from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -879,20 +879,7 @@ class _GoldCache:
         path = self._path(sql)
         path.parent.mkdir(parents=True, exist_ok=True)
         value = (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated)
-        _write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; reports and caches are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 # ---------------------------------------------------------------- evaluate: pairs + predictions -> report
@@ -1041,9 +1028,9 @@ def write_report(report: dict, out: Path) -> None:
     """Write report.json, report.md and report.html into `out` (each atomically)."""
     out = Path(out)
     body = {k: v for k, v in report.items() if k != "path"}
-    _write_atomic(out / "report.json", json.dumps(body, indent=2, default=str) + "\n")
-    _write_atomic(out / "report.md", render_markdown(body))
-    _write_atomic(out / "report.html", render_html(body))
+    write_atomic(out / "report.json", json.dumps(body, indent=2, default=str) + "\n")
+    write_atomic(out / "report.md", render_markdown(body))
+    write_atomic(out / "report.html", render_html(body))
 
 
 def format_summary(report: dict) -> str:

@@ -9,7 +9,6 @@ left-padded batches of similar lengths, stopping at the end-of-turn token.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import ModelError
+from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
@@ -153,12 +153,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
           f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size})", file=sys.stderr)
     replies = generate(gen, messages)
     out = Path(out) if out else gen.model_dir / "predictions" / f"{dataset}-{split}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        for pair, raw in zip(pairs, replies):
-            f.write(json.dumps({"id": pair.id, "sql": extract_sql(raw), "raw": raw}) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, "".join(json.dumps({"id": pair.id, "sql": extract_sql(raw), "raw": raw}) + "\n"
+                              for pair, raw in zip(pairs, replies)))
     s = gen.stats
     print(f"predict: wrote {out} ({s['prompts'] / s['seconds']:.1f} predictions/s, "
           f"{s['new_tokens'] / s['seconds']:.0f} new tokens/s)", file=sys.stderr)

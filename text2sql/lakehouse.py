@@ -25,7 +25,6 @@ import shutil
 import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import CatalogError

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError
+from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -681,9 +682,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _now() -> str:
