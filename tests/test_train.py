@@ -175,6 +175,44 @@ def test_packed_padding_free_batch_equals_separate_sequences(tiny_model):
     torch.testing.assert_close(packed, torch.cat(sep), rtol=1e-4, atol=1e-4)
 
 
+def test_dropping_the_padding_mask_changes_neither_loss_nor_gradients(tiny_model):
+    """Right-padded training batches without their mask (SDPA's causal flash path) train exactly the same."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from text2sql.train import drop_padding_mask
+
+    torch.manual_seed(0)
+    collate = DataCollatorForLanguageModeling(pad_token_id=0)
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * (n - 4) + list(range(n + 1, n + 5))}
+                for n in (17, 9, 12)]
+    batch = collate(examples)  # TRL's own collator: it must pad on the right for the mask to be droppable
+    assert batch["attention_mask"][1, -1] == 0 and batch["attention_mask"][1, 0] == 1
+
+    def loss_and_grads(drop: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").train()
+        model.config.use_cache = False
+        if drop:
+            drop_padding_mask(model)
+        seen = {}
+
+        def observe(module, args, kwargs):  # runs after drop_padding_mask's hook: sees what the decoder gets
+            seen["mask"] = kwargs.get("attention_mask")
+
+        model.get_decoder().register_forward_pre_hook(observe, with_kwargs=True)
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], seen["mask"]
+
+    loss, grads, mask = loss_and_grads(drop=False)
+    loss_dropped, grads_dropped, mask_dropped = loss_and_grads(drop=True)
+    assert mask is not None and mask_dropped is None  # the hook did drop it
+    torch.testing.assert_close(loss_dropped, loss, rtol=1e-5, atol=1e-6)
+    for g, g_dropped in zip(grads, grads_dropped, strict=True):
+        torch.testing.assert_close(g_dropped, g, rtol=1e-4, atol=1e-6)
+
+
 def test_training_with_packing_runs(project):
     from text2sql.train import train
 
@@ -352,7 +390,8 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
 
     cpu = train_module.speed_settings(cfg, "lora", False, tmp_path, short)
     assert cpu == {"packing": False, "micro_batch_size": 16, "gradient_accumulation_steps": 1,
-                   "gradient_checkpointing": False, "group_by_length": False, "mean_example_tokens": 600.0}
+                   "gradient_checkpointing": False, "group_by_length": False, "liger": False,
+                   "drop_padding_mask": True, "mean_example_tokens": 600.0}
 
     monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
     big = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)

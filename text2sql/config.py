@@ -125,6 +125,10 @@ class TrainConfig:
     """Pack examples into max_length rows, padding-free (TRL BFD; position ids restart per example, and attention stays within it under SDPA and flash-attention). auto = on a GPU, when examples average at most half of max_length (otherwise two rarely share a row and packing only adds masking)."""
     gradient_checkpointing: bool | str = "auto"
     """Trade compute for memory. auto = only when a micro-batch of one would not fit in GPU memory."""
+    liger: bool | str = "auto"
+    """Liger's fused Triton kernels for RMSNorm, SwiGLU and RoPE (less memory traffic per layer). auto = on a CUDA GPU when liger-kernel is installed."""
+    drop_padding_mask: bool = True
+    """Train right-padded batches without their padding mask, so SDPA runs its causal flash kernel (no real token attends to a later pad; pads carry no loss). Eval and generation keep the mask."""
     micro_batch_size: int = 0
     """Rows per forward pass; 0 = auto: the largest that fits the GPU's memory, the rest of an optimizer step (per_device_train_batch_size examples) by gradient accumulation."""
     lora_r: int = 16
@@ -224,7 +228,7 @@ class Config:
             problems.append(f"warehouse.engine: {self.warehouse.engine!r} is not one of materialized, iceberg")
         if self.train.method not in ("auto", "qlora", "lora", "full"):
             problems.append(f"train.method: {self.train.method!r} is not one of auto, qlora, lora, full")
-        for key in ("packing", "gradient_checkpointing"):
+        for key in ("packing", "gradient_checkpointing", "liger"):
             if getattr(self.train, key) not in (True, False, "auto"):
                 problems.append(f"train.{key}: {getattr(self.train, key)!r} is not one of true, false, auto")
         if self.eval.mode not in ("strict", "lenient", "set"):

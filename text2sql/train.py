@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -76,7 +77,12 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     import torch
 
     from text2sql.models import resolve_base_model, set_end_of_turn
-    from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
+    from text2sql.prompt import (
+        ExampleIndex,
+        build_example,
+        save_prompt_settings,
+        schema_loader,
+    )
 
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
@@ -328,9 +334,21 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
             micro = max((d for d in range(1, rows + 1) if rows % d == 0 and d * row_bytes(checkpointing) <= budget),
                         default=1)
     accumulation = math.ceil(rows / micro) * t.gradient_accumulation_steps
+    liger = t.liger if isinstance(t.liger, bool) else cuda and _liger_available()
     return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
-            "gradient_checkpointing": checkpointing, "group_by_length": group_by_length,
-            "mean_example_tokens": round(mean_len, 1)}
+            "gradient_checkpointing": checkpointing, "group_by_length": group_by_length, "liger": liger,
+            "drop_padding_mask": t.drop_padding_mask and not packing, "mean_example_tokens": round(mean_len, 1)}
+
+
+def _liger_available() -> bool:
+    """liger-kernel and the Triton it compiles with both import (it ships as pure Python; Triton may be missing)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _model_shape(base_dir: Path) -> tuple[int, int, int, int]:
@@ -452,8 +470,9 @@ def _attention(cuda: bool) -> str:
 
 def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
              speed: dict, callbacks: list):
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from datasets import Dataset
 
     t = cfg.train
     has_dev = bool(dev_records)
@@ -484,6 +503,7 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
         report_to=["tensorboard"],
         gradient_checkpointing=speed["gradient_checkpointing"],  # TRL's default is on: say it every time
         dataloader_num_workers=0,
+        use_liger_kernel=speed["liger"],
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient; the search costs time each step
     )
     peft_config = None
@@ -496,7 +516,7 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
         )
     if speed["group_by_length"] and "train_sampling_strategy" in {f.name for f in dataclasses.fields(SFTConfig)}:
         args.train_sampling_strategy = "group_by_length"
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_records),
@@ -505,6 +525,28 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
         peft_config=peft_config,
         callbacks=[_jsonl_logger(run_dir / LOG_FILE), *callbacks],
     )
+    if speed["drop_padding_mask"]:
+        drop_padding_mask(trainer.model)
+    return trainer
+
+
+def drop_padding_mask(model) -> None:
+    """Train right-padded batches without their padding mask, so SDPA can take its causal flash kernel.
+
+    TRL's collator pads on the right. Under causal attention a real token only sees earlier positions, all
+    real, so the mask changes nothing but the outputs at pad positions, which carry no loss (-100 labels).
+    With the mask SDPA falls back to its slower masked kernels. Only in training mode: eval and generation
+    (left-padded) keep the mask. Packed, padding-free batches carry position ids and no mask: left alone.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+
+    def without_mask(module, args, kwargs):
+        if module.training and kwargs.get("position_ids") is None:
+            kwargs["attention_mask"] = None
+        return args, kwargs
+
+    decoder.register_forward_pre_hook(without_mask, with_kwargs=True)
 
 
 def _sample(row: dict, tokenizer) -> dict:
