@@ -2,13 +2,18 @@
 
     python bench/generate_throughput.py --model runs/<run>/merged      # the demo test split
     python bench/generate_throughput.py --model DIR --eval             # + generate, execute, compare end to end
+    python bench/generate_throughput.py --random-8b --max-new-tokens 128   # a Llama-3.1-8B-shaped model, random weights
     python bench/generate_throughput.py --smoke                        # CPU: the tiny test model, 6 prompts
 
 Both ways use `text2sql.generate.generate` on the prompts `predict` builds (`prompts_for`), greedy, the same
 max_new_tokens; one-at-a-time is the same call with batch size 1. Prints predictions/s, new tokens/s and the
-ratio; with --eval, also the wall time of predict + evaluate on the split (that needs duckdb, i.e. this CPU
+ratio (for each --batch-size given; default generate.batch_size); with --eval, also the wall time of predict + evaluate on the split (that needs duckdb, i.e. this CPU
 side: on the GPU machine generate there and evaluate the predictions here). Writes
-bench/results/generate_throughput.json unless --smoke.
+bench/results/generate_throughput.json (--random-8b: generate_throughput_8b_random.json) unless --smoke.
+
+--random-8b: Llama-3.1-8B's shape with random weights, built on the GPU (throughput does not depend on the
+values), with the default base model's tokenizer (so its vocabulary, 49,152, instead of Llama's 128,256).
+Random weights rarely emit the end-of-turn token, so nearly every reply runs to --max-new-tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def main() -> None:
@@ -31,6 +37,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="Only the first N questions (0 = all)")
     parser.add_argument("--single", type=int, default=16, help="Questions timed one at a time (a sample: it is slow)")
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, action="append", default=[],
+                        help="batch size(s) of the batched run (repeatable; default generate.batch_size)")
+    parser.add_argument("--random-8b", action="store_true", help="a Llama-3.1-8B-shaped model with random weights")
     parser.add_argument("--eval", action="store_true", help="Also time predict + evaluate end to end")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -48,7 +57,15 @@ def main() -> None:
 
         args.model, args.limit, args.single = str(tiny_model_dir(str(REPO / "schemas"))), 6, 3
         args.max_new_tokens = args.max_new_tokens or 16
-    gen = load_generator(args.model or cfg.model.base, cfg)
+    if args.random_8b:
+        from train_throughput import LLAMA_8B, TINY
+
+        from text2sql.models import resolve_base_model
+
+        tokenizer_dir = args.model if args.smoke else resolve_base_model(cfg)
+        gen = random_generator(cfg, TINY if args.smoke else LLAMA_8B, tokenizer_dir)
+    else:
+        gen = load_generator(args.model or cfg.model.base, cfg)
     pairs = load_pairs(cfg, cfg.data.dataset, args.split)
     if args.limit:
         pairs = pairs[: args.limit]
@@ -56,10 +73,14 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
     generate(gen, messages[:2], args.max_new_tokens)  # warm-up: kernels, allocator
-    batched = _timed(gen, messages, args.max_new_tokens, gen.batch_size)
+    batched_runs = [_timed(gen, messages, args.max_new_tokens, b) for b in (args.batch_size or [gen.batch_size])]
     single = _timed(gen, messages[: args.single], args.max_new_tokens, 1)
-    result = {"device": device, "date": dt.date.today().isoformat(), "model": str(gen.model_dir), "kind": gen.kind,
-              "questions": len(messages), "batched": batched, "one_at_a_time": single,
+    batched = max(batched_runs, key=lambda r: r["predictions_per_s"])
+    model_name = "llama-3.1-8b-shape-random" if args.random_8b else str(gen.model_dir)
+    result = {"device": device, "date": dt.date.today().isoformat(), "model": model_name, "kind": gen.kind,
+              "params": sum(p.numel() for p in gen.model.parameters()), "questions": len(messages),
+              "max_new_tokens": args.max_new_tokens or gen.max_new_tokens, "batched": batched,
+              "batched_runs": batched_runs, "one_at_a_time": single,
               "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"]}
     if args.eval:
         from text2sql.evaluate import evaluate
@@ -70,8 +91,7 @@ def main() -> None:
         report = evaluate(cfg, predictions, split=args.split, release=f"bench-generate-{dt.date.today():%Y%m%d}",
                           model=str(gen.model_dir))
         result["end_to_end"] = {"seconds": time.perf_counter() - started, "ex": report["metrics"]["ex"]}
-    for name in ("batched", "one_at_a_time"):
-        r = result[name]
+    for name, r in [*(("batched", r) for r in batched_runs), ("one_at_a_time", single)]:
         print(f"{name:14s} batch {r['batch_size']:3d}: {r['predictions_per_s']:7.2f} predictions/s "
               f"{r['new_tokens_per_s']:9.0f} new tokens/s ({r['prompts']} prompts, {r['seconds']:.1f} s)")
     print(f"batched / one-at-a-time predictions/s: {result['speedup_predictions_per_s']:.1f}x")
@@ -79,7 +99,28 @@ def main() -> None:
         print(f"predict + evaluate on {args.split}: {result['end_to_end']['seconds']:.1f} s")
     if not args.smoke:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "generate_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+        name = "generate_throughput_8b_random" if args.random_8b else "generate_throughput"
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def random_generator(cfg, shape: dict, tokenizer_dir):
+    """A Llama of this shape with random weights, in memory, on the GPU when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from text2sql.generate import Generator
+    from text2sql.models import set_end_of_turn
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    set_end_of_turn(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(**{**shape, "vocab_size": len(tokenizer)}, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, tie_word_embeddings=False)
+    cuda = torch.cuda.is_available()
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    return Generator(model.eval(), tokenizer, None, "random", cfg.prompt, None, cfg.generate.batch_size,
+                     cfg.generate.max_new_tokens)
 
 
 def _timed(gen, messages, max_new_tokens, batch_size: int) -> dict:

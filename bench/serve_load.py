@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="Config override for the started server (repeatable).")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="Client-side limit per request.")
+    parser.add_argument("--max-seconds", type=float, default=0,
+                        help="Send no new request after this many seconds (0 = no limit): a run on borrowed time "
+                             "still reports the requests that finished.")
     parser.add_argument("--smoke", action="store_true", help="64 requests, no result file")
     parser.add_argument("--out", default=None, help=f"Result file (default {RESULT.relative_to(REPO)}).")
     args = parser.parse_args()
@@ -153,8 +156,12 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
     results: list[dict] = []
     next_index = iter(range(args.requests))
 
+    deadline = time.perf_counter() + args.max_seconds if args.max_seconds else None
+
     async def worker(client):
         for i in next_index:
+            if deadline is not None and time.perf_counter() > deadline:
+                return
             question = questions[i % len(questions)]
             if args.chat:
                 path = "/v1/chat/completions"
@@ -181,7 +188,7 @@ def _report(results: list[dict], wall: float, args, url: str) -> dict:
     latencies = sorted(r["latency_ms"] for r in results if r["status"] == 200)
     answered = [r for r in results if r["status"] == 200]
     return {
-        "requests": len(results), "concurrency": args.concurrency, "endpoint": "chat" if args.chat else "sql",
+        "requests": len(results), "requests_asked": args.requests, "concurrency": args.concurrency, "endpoint": "chat" if args.chat else "sql",
         "execute": args.execute,
         "server": "external " + url if args.url else ("upstream " + args.upstream if args.upstream else
                                                        f"local {args.model or 'tiny test model'}"),

@@ -46,8 +46,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6, help="steps left out of the timing")
     parser.add_argument("--seq-len", type=int, default=2048, help="longest example (tokens) of the synthetic data")
     parser.add_argument("--examples", type=int, default=256, help="synthetic examples for the 8B-class runs")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SECTION.KEY=V[,SECTION.KEY=V]",
+                        help="also run `text2sql train` with these overrides, named text2sql-NAME (repeatable)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many optimizer steps of each text2sql run after warm-up (torch.profiler): "
+                             "GPU time by kernel family, written to train_profile.{json,md}")
+    parser.add_argument("--no-baseline", action="store_true", help="skip (a): only text2sql runs and variants")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    variants = [("text2sql", [])] + [parse_variant(v) for v in args.variant]
 
     import torch
 
@@ -73,30 +80,55 @@ def main() -> None:
             model_dir = build_random_model(workdir / "llama-8b-random", LLAMA_8B, cuda=True)
             plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0),
                           1, args.seq_len))
+    profiles = []
     for name, model_dir, pairs, batch, seq_len in plans:
         mean_len = mean_length(model_dir, pairs, seq_len)
-        for kind in ("baseline", "text2sql"):
-            runner = run_baseline if kind == "baseline" else run_text2sql
-            result = runner(model_dir, pairs, batch, seq_len, args, workdir / f"{name}-{kind}", cuda)
-            result.update(name=f"{name}/{kind}", model=name, mean_len=round(mean_len, 1))
+        kinds = ([] if args.no_baseline else [("baseline", None)]) + variants
+        for kind, overrides in kinds:
+            out = workdir / f"{name}-{kind}"
+            try:
+                if overrides is None:
+                    result = run_baseline(model_dir, pairs, batch, seq_len, args, out, cuda)
+                else:
+                    result = run_text2sql(model_dir, pairs, batch, seq_len, args, out, cuda, overrides)
+            except Exception as e:  # one failed configuration (e.g. a kernel library) must not lose the others
+                print(f"{name}/{kind} failed: {type(e).__name__}: {e}", flush=True)
+                result = {"error": f"{type(e).__name__}: {str(e)[:300]}", "tokens_per_s": None, "peak_mem_gb": None,
+                          "steps_per_s": None}
+            result.update(name=f"{name}/{kind}", model=name, mean_len=round(mean_len, 1), overrides=overrides)
             result.update(mfu(result, model_dir, peak, ceiling))
+            if "profile" in result:
+                profiles.append({"name": result["name"], **result.pop("profile")})
             runs.append(result)
             print(json.dumps(result), flush=True)
             if not args.smoke:  # after every run, so a run cut short by a time limit still leaves its figures
-                write_results(args.out, device, peak, ceiling, runs)
+                write_results(args.out, device, peak, ceiling, runs, profiles)
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
 
     print(render_table(runs))
+    for p in profiles:
+        print(render_profile(p))
 
 
-def write_results(out: Path, device: str, peak, ceiling, runs: list[dict]) -> None:
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition(":")
+    if not name or not overrides:
+        sys.exit(f"--variant {text!r}: expected NAME:SECTION.KEY=VALUE[,SECTION.KEY=VALUE]")
+    return f"text2sql-{name}", overrides.split(",")
+
+
+def write_results(out: Path, device: str, peak, ceiling, runs: list[dict], profiles: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": device, "date": dt.date.today().isoformat(), "spec_peak_tflops": peak,
               "measured_matmul_tflops": ceiling, "runs": runs}
     (out / "train_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "train_throughput.md").write_text(render_table(runs) + "\n")
+    if profiles:
+        (out / "train_profile.json").write_text(json.dumps({"device": device, "date": report["date"],
+                                                            "profiles": profiles}, indent=2) + "\n")
+        (out / "train_profile.md").write_text("\n\n".join(render_profile(p) for p in profiles) + "\n")
 
 
 # ---------------------------------------------------------------- models and data
@@ -279,8 +311,9 @@ class _ListDataset:
 # ---------------------------------------------------------------- (b) text2sql train
 
 
-def run_text2sql(model_dir: Path, pairs: list, batch: int, seq_len: int, args, out: Path, cuda: bool) -> dict:
-    """`text2sql.train.train` on a temp project holding these pairs, with the project's defaults."""
+def run_text2sql(model_dir: Path, pairs: list, batch: int, seq_len: int, args, out: Path, cuda: bool,
+                 extra: list[str] = ()) -> dict:
+    """`text2sql.train.train` on a temp project holding these pairs, with the project's defaults (+ `extra`)."""
     import shutil
 
     from text2sql.config import load_config
@@ -299,11 +332,18 @@ def run_text2sql(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
                  f"train.save_steps={args.steps * 10}", "train.run_name=bench", f"train.max_length={seq_len}"]
     if args.smoke:
         overrides += [f"train.per_device_train_batch_size={batch}"]
-    cfg = load_config(project / "text2sql.yaml", overrides)
-    meter = ThroughputMeter(args.warmup, cuda, count_tokens=False)
+    cfg = load_config(project / "text2sql.yaml", [*overrides, *extra])
+    # The profiled steps (right after warm-up) are slowed by the profiler: the timing starts after them.
+    meter = ThroughputMeter(args.warmup + args.profile, cuda, count_tokens=False)
+    callbacks = [meter.callback()]
+    profiler = StepProfiler(args.warmup, args.profile, cuda) if args.profile else None
+    if profiler:
+        callbacks.append(profiler.callback())
     _reset_memory(cuda)
-    run_dir = train(cfg, callbacks=[meter.callback()])
+    run_dir = train(cfg, callbacks=callbacks)
     result = meter.result()
+    if profiler and profiler.summary:
+        result["profile"] = profiler.summary
     manifest = json.loads((run_dir / "manifest.json").read_text())
     result["settings"] = {k: manifest["config"]["train"][k] for k in
                           ("method", "per_device_train_batch_size", "packing", "gradient_checkpointing", "max_length")}
@@ -365,6 +405,100 @@ class ThroughputMeter:
                 "peak_mem_gb": round(peak, 2) if peak is not None else None}
 
 
+# Kernel families, matched in order against the lower-cased kernel name (first match wins).
+KERNEL_FAMILIES = [
+    ("nf4 dequantize (bitsandbytes)", ("dequantize", "kdequant", "bnb")),
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "gemv", "aten::mm", "addmm", "bmm")),
+    ("dropout (LoRA)", ("bernoulli", "dropout")),
+    ("liger / triton fused", ("liger", "triton", "_rms_norm", "_swiglu", "_rope")),
+    ("optimizer (AdamW)", ("multi_tensor", "adam", "foreach")),
+    ("softmax / loss", ("softmax", "logsumexp", "nll", "cross_entropy")),
+    ("reductions", ("reduce",)),
+    ("copies / casts", ("memcpy", "memset", "copy", "cat", "index", "gather", "scatter", "fill")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "pointwise")),
+]
+
+
+class StepProfiler:
+    """torch.profiler over `steps` optimizer steps after `warmup`: GPU kernel time by family, and how busy the GPU was."""
+
+    def __init__(self, warmup: int, steps: int, cuda: bool):
+        self.warmup, self.steps, self.cuda = warmup, steps, cuda
+        self.prof, self.started, self.summary = None, 0.0, None
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        p = self
+
+        class Profile(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == p.warmup and p.prof is None:
+                    p.start()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if p.prof is not None and p.summary is None and state.global_step >= p.warmup + p.steps:
+                    p.stop()
+
+        return Profile()
+
+    def start(self) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.prof = profile(activities=activities)
+        self.prof.__enter__()
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - self.started
+        self.prof.__exit__(None, None, None)
+        self.summary = summarize_profile(self.prof, wall, self.steps, self.cuda)
+
+
+def summarize_profile(prof, wall_s: float, steps: int, cuda: bool) -> dict:
+    """GPU time per kernel family (or CPU op time without a GPU), the busiest kernels, and GPU busy = kernel time / wall."""
+    from torch.autograd import DeviceType
+
+    rows = []
+    for e in prof.key_averages():
+        on_gpu = getattr(e, "device_type", None) == DeviceType.CUDA
+        if cuda and not on_gpu:
+            continue
+        us = getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total
+        if us > 0:
+            rows.append((e.key, us / 1e6, e.count))
+    total = sum(r[1] for r in rows) or 1e-9
+    families: dict[str, float] = {}
+    for key, s, _ in rows:
+        name = key.lower()
+        family = next((f for f, words in KERNEL_FAMILIES if any(w in name for w in words)), "other")
+        families[family] = families.get(family, 0.0) + s
+    top = sorted(rows, key=lambda r: -r[1])[:15]
+    return {"steps": steps, "wall_s": round(wall_s, 3), "kernel_s": round(total, 3),
+            "gpu_busy": round(total / wall_s, 3) if cuda else None,
+            "families": {f: round(v / total, 4) for f, v in sorted(families.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": k[:160], "share": round(s / total, 4), "calls": n} for k, s, n in top]}
+
+
+def render_profile(p: dict) -> str:
+    busy = f", GPU busy {p['gpu_busy']:.0%} of wall" if p.get("gpu_busy") is not None else ""
+    lines = [f"### {p['name']}: {p['steps']} steps, {p['wall_s']:.2f} s wall, {p['kernel_s']:.2f} s in kernels{busy}",
+             "", "| kernel family | share of kernel time |", "|---|---|"]
+    lines += [f"| {f} | {v:.1%} |" for f, v in p["families"].items()]
+    lines += ["", "| top kernel | share | calls |", "|---|---|---|"]
+    lines += [f"| `{k['name'][:90]}` | {k['share']:.1%} | {k['calls']} |" for k in p["top_kernels"][:10]]
+    return "\n".join(lines)
+
+
 def _reset_memory(cuda: bool) -> None:
     if cuda:
         import torch
@@ -416,9 +550,10 @@ def render_table(runs: list[dict]) -> str:
         lines.append(f"| {r['name']} | {fmt(r['tokens_per_s'], '{:,.0f}')} | {fmt(r['mfu'])} | {fmt(r['mfu_vs_matmul'])} "
                      f"| {fmt(r['peak_mem_gb'], '{:.1f}')} | {fmt(r['steps_per_s'], '{:.2f}')} |")
     for model, pair in by_model.items():
-        if "baseline" in pair and "text2sql" in pair and pair["baseline"].get("tokens_per_s"):
-            ratio = pair["text2sql"]["tokens_per_s"] / pair["baseline"]["tokens_per_s"]
-            lines.append(f"\n{model}: text2sql / baseline tokens/s = {ratio:.2f}x")
+        base = pair.get("baseline", {}).get("tokens_per_s")
+        for kind, r in pair.items():
+            if base and kind.startswith("text2sql") and r.get("tokens_per_s"):
+                lines.append(f"\n{model}: {kind} / baseline tokens/s = {r['tokens_per_s'] / base:.2f}x")
     return "\n".join(lines)
 
 

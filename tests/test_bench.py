@@ -12,9 +12,23 @@ from tests.conftest import REPO
 @pytest.mark.parametrize("args", [
     ["bench/train_throughput.py", "--smoke", "--steps", "3", "--warmup", "1", "--seq-len", "2600"],
     ["bench/generate_throughput.py", "--smoke"],
+    ["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"],
 ])
 def test_bench_smoke(args, tmp_path):
     done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x" in done.stdout.splitlines()[-1]  # the closing ratio line
+
+
+@pytest.mark.slow
+def test_train_bench_profiles_and_runs_variants(tmp_path):
+    """--profile breaks the profiled steps' time into kernel families; --variant adds a text2sql run with overrides."""
+    args = ["bench/train_throughput.py", "--smoke", "--steps", "4", "--warmup", "1", "--seq-len", "2600",
+            "--no-baseline", "--profile", "2", "--variant", "nomask:train.drop_padding_mask=false"]
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "| tiny/text2sql |" in out and "| tiny/text2sql-nomask |" in out and "tiny/baseline" not in out
+    assert out.count("kernel family") == 2 and "attention" in out  # one profile per text2sql run

@@ -575,3 +575,17 @@ def test_load_bench_smoke_has_no_5xx(tmp_path, lakehouse_project):
     assert report["requests"] == 64 and report["statuses"] == {"200": 64}
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
     assert report["server_log"]["max_batch"] > 1
+
+
+@pytest.mark.slow
+def test_load_bench_stops_sending_at_max_seconds_and_still_reports(tmp_path, lakehouse_project):
+    """A load run on borrowed time (--max-seconds) reports the requests that finished instead of nothing."""
+    out = tmp_path / "load.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "serve_load.py"), "--requests", "100000",
+                           "--concurrency", "4", "--max-seconds", "3", "--out", str(out),
+                           "--config", str(lakehouse_project / "text2sql.yaml")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert 0 < report["requests"] < report["requests_asked"] == 100000
+    assert report["statuses"] == {"200": report["requests"]} and report["latency_ms"]["p50"] is not None
