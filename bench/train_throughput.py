@@ -83,7 +83,10 @@ def main() -> None:
     profiles = []
     for name, model_dir, pairs, batch, seq_len in plans:
         mean_len = mean_length(model_dir, pairs, seq_len)
-        kinds = ([] if args.no_baseline else [("baseline", None)]) + variants
+        # Liger patches transformers' Llama modules for the whole process, not just the model it is given: runs
+        # without it (the baseline, train.liger=false variants) go before any run that may turn it on.
+        no_liger = [v for v in variants if "train.liger=false" in v[1]]
+        kinds = ([] if args.no_baseline else [("baseline", None)]) + no_liger + [v for v in variants if v not in no_liger]
         for kind, overrides in kinds:
             out = workdir / f"{name}-{kind}"
             try:
