@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, action="append", default=[],
                         help="batch size(s) of the batched run (repeatable; default generate.batch_size)")
     parser.add_argument("--random-8b", action="store_true", help="a Llama-3.1-8B-shaped model with random weights")
+    parser.add_argument("--prefix-cache-ablation", action="store_true",
+                        help="also time the best batch size and one-at-a-time with generate.prefix_cache off")
     parser.add_argument("--eval", action="store_true", help="Also time predict + evaluate end to end")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -82,6 +84,15 @@ def main() -> None:
               "max_new_tokens": args.max_new_tokens or gen.max_new_tokens, "batched": batched,
               "batched_runs": batched_runs, "one_at_a_time": single,
               "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"]}
+    if args.prefix_cache_ablation:
+        gen.prefix_cache = False
+        result["without_prefix_cache"] = {
+            "batched": _timed(gen, messages, args.max_new_tokens, batched["batch_size"]),
+            "one_at_a_time": _timed(gen, messages[: args.single], args.max_new_tokens, 1)}
+        gen.prefix_cache = True
+        for name, r in result["without_prefix_cache"].items():
+            print(f"{name:14s} batch {r['batch_size']:3d} without the prefix cache: {r['predictions_per_s']:7.2f} "
+                  f"predictions/s; with it {result[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x")
     if args.eval:
         from text2sql.evaluate import evaluate
         from text2sql.generate import predict

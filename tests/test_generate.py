@@ -79,6 +79,29 @@ def test_batched_generation_equals_one_at_a_time(project):
     assert batched == [generate(gen, [c], max_new_tokens=12)[0] for c in chats]
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_size):
+    """The schema's KV cache, prefilled once and reused (pads after it), must not change a single reply."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.generate import MIN_CACHED_PREFIX, _question_start
+    from text2sql.prompt import build_messages, render_prompt
+
+    cfg = load_config(project)
+    gen = load_generator(cfg.model.base, cfg)
+    snapshot = load_snapshot(cfg)
+    questions = [q for q, _, _ in PAIRS[:5]] + ["x", PAIRS[0][0]]  # a one-word question; a repeated one
+    chats = [build_messages(q, snapshot, gen.prompt, gen.tokenizer) for q in questions]
+    row = gen.tokenizer(render_prompt(gen.tokenizer, chats[0]), add_special_tokens=False)["input_ids"]
+    assert 100 < _question_start(gen.tokenizer, chats[0], row) < len(row)  # the schema is shared, the question not
+    gen.batch_size, gen.prefix_cache = batch_size, False
+    full = generate(gen, chats, max_new_tokens=16)
+    gen.prefix_cache = True
+    cached = generate(gen, chats, max_new_tokens=16)
+    assert gen._prefix is not None and len(gen._prefix[0]) >= MIN_CACHED_PREFIX  # the cache was used
+    assert cached == full
+    assert generate(gen, chats[:2], max_new_tokens=16) == full[:2]  # a reused cache is not one a batch extended
+
+
 def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
     """A model left in training mode (dropout on) must still generate deterministically."""
     from peft import LoraConfig, get_peft_model

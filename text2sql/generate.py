@@ -38,7 +38,10 @@ class Generator:
     """Dataset whose train split supplied k-shot examples in training."""
     batch_size: int = 16
     max_new_tokens: int = 256
+    prefix_cache: bool = True
     stats: dict[str, float] = field(default_factory=dict)
+    _prefix: tuple[tuple[int, ...], Any] | None = field(default=None, repr=False)
+    """The last shared prefix (token ids) and its KV cache, reused while prompts keep starting with it."""
 
 
 def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
@@ -74,7 +77,8 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     # A checkpoint dir keeps its prompt settings one level up, in the run dir.
     settings_dir = path if (path / "prompt.json").is_file() else path.parent
     prompt, dataset = load_prompt_settings(settings_dir, cfg.prompt)
-    return Generator(model, tokenizer, path, kind, prompt, dataset, cfg.generate.batch_size, cfg.generate.max_new_tokens)
+    return Generator(model, tokenizer, path, kind, prompt, dataset, cfg.generate.batch_size, cfg.generate.max_new_tokens,
+                     cfg.generate.prefix_cache)
 
 
 def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
@@ -89,29 +93,98 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
     if not messages:
         return []
     tok, model = gen.tokenizer, gen.model
-    tok.padding_side = "left"  # the reply must follow each prompt directly
-    texts = [render_prompt(tok, m) for m in messages]
+    ids = [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
+    # Where each prompt stops being shared: its tokens before the question (system message, schema, ...).
+    shared = [_question_start(tok, m, row) for m, row in zip(messages, ids)] if gen.prefix_cache else [0] * len(ids)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=False, use_cache=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     # Longest first, so each batch holds prompts of similar length (less padding) and memory peaks early.
-    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
-    replies: list[str] = [""] * len(texts)
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    replies: list[str] = [""] * len(ids)
     model.eval()
     device = next(model.parameters()).device
     started, new_tokens = time.perf_counter(), 0
     with torch.inference_mode():
         for start in range(0, len(order), gen.batch_size):
             batch = order[start:start + gen.batch_size]
-            enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, generation_config=config)
-            generated = out[:, enc["input_ids"].shape[1]:]
+            rows = [ids[i] for i in batch]
+            prefix_len = min(_common_prefix_len(rows), *(shared[i] for i in batch))
+            if prefix_len >= MIN_CACHED_PREFIX:
+                input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
+                cache = _prefix_cache(gen, tuple(rows[0][:prefix_len]), device, len(rows))
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                     **{_cache_argument(model): cache})
+            else:
+                input_ids, mask = _pad(rows, tok.pad_token_id, 0, device)
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            generated = out[:, input_ids.shape[1]:]
             new_tokens += int((generated != tok.pad_token_id).sum())
             for i, row in zip(batch, generated):
                 replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(texts)}
+    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids)}
     return replies
+
+
+MIN_CACHED_PREFIX = 32
+"""Shorter shared prefixes are prefilled with the rest: a cache copy would cost more than it saves."""
+
+
+def _question_start(tok, messages: list[dict[str, str]], row: list[int]) -> int:
+    """How many leading tokens of `row` (these messages, rendered) do not depend on the last question."""
+    from text2sql.prompt import render_prompt
+
+    blank = [*messages[:-1], {**messages[-1], "content": ""}]
+    other = tok(render_prompt(tok, blank), add_special_tokens=False)["input_ids"]
+    return _common_prefix_len([row, other])
+
+
+def _common_prefix_len(rows: list[list[int]]) -> int:
+    """Leading tokens all rows share, leaving each row at least one token to prefill (generate needs one)."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def _pad(rows: list[list[int]], pad_id: int, prefix_len: int, device):
+    """One tensor for the batch. The pads go right after the shared prefix (before it when there is none), so
+    each reply follows its prompt directly and the prefix sits at the same positions in every row; position
+    ids come from the attention mask, so the pads take no positions."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids, mask = [], []
+    for r in rows:
+        n = width - len(r)
+        input_ids.append(r[:prefix_len] + [pad_id] * n + r[prefix_len:])
+        mask.append([1] * prefix_len + [0] * n + [1] * (len(r) - prefix_len))
+    return torch.tensor(input_ids, device=device), torch.tensor(mask, device=device)
+
+
+def _cache_argument(model) -> str:
+    """`generate`'s name for a prefilled cache: `cache` since transformers 5.2x, `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.prepare_inputs_for_generation).parameters else "past_key_values"
+
+
+def _prefix_cache(gen: Generator, prefix: tuple[int, ...], device, batch_size: int):
+    """A copy of the prefix's KV cache for a batch of `batch_size` (prefilled once per distinct prefix)."""
+    import copy
+
+    import torch
+
+    if gen._prefix is None or gen._prefix[0] != prefix:
+        out = gen.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+        gen._prefix = (prefix, out.past_key_values)
+    cache = copy.deepcopy(gen._prefix[1])  # generate extends the cache it is given: keep the original clean
+    if batch_size > 1:
+        cache.batch_repeat_interleave(batch_size)
+    return cache
 
 
 def extract_sql(text: str) -> str | None:
