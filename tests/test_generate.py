@@ -102,6 +102,24 @@ def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_
     assert generate(gen, chats[:2], max_new_tokens=16) == full[:2]  # a reused cache is not one a batch extended
 
 
+def test_a_retry_reuses_the_prefix_cache_of_its_question(project):
+    """serve's retry adds turns after the question: the cached system message + schema must still serve it."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.prompt import build_messages
+    from text2sql.serve import correction_messages
+
+    cfg = load_config(project)
+    gen = load_generator(cfg.model.base, cfg)
+    first = build_messages(PAIRS[0][0], load_snapshot(cfg), gen.prompt, gen.tokenizer)
+    generate(gen, [first], max_new_tokens=8)
+    cached = gen._prefix
+    retry = correction_messages(first, "SELECT nope FROM core.stores", "unknown_column", "unknown column 'nope'")
+    replies = generate(gen, [retry], max_new_tokens=8)
+    assert gen._prefix is cached  # not prefilled again
+    gen.prefix_cache = False
+    assert generate(gen, [retry], max_new_tokens=8) == replies
+
+
 def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
     """A model left in training mode (dropout on) must still generate deterministically."""
     from peft import LoraConfig, get_peft_model

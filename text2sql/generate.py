@@ -132,11 +132,12 @@ MIN_CACHED_PREFIX = 32
 
 
 def _question_start(tok, messages: list[dict[str, str]], row: list[int]) -> int:
-    """How many leading tokens of `row` (these messages, rendered) do not depend on the last question."""
+    """How many leading tokens of `row` (these messages, rendered) come before the first question: the system
+    message (instructions, schema), the same for every question, and for a retry of that question too."""
     from text2sql.prompt import render_prompt
 
-    blank = [*messages[:-1], {**messages[-1], "content": ""}]
-    other = tok(render_prompt(tok, blank), add_special_tokens=False)["input_ids"]
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    other = tok(render_prompt(tok, [*head, {"role": "user", "content": ""}]), add_special_tokens=False)["input_ids"]
     return _common_prefix_len([row, other])
 
 
