@@ -97,7 +97,7 @@ def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_
     full = generate(gen, chats, max_new_tokens=16)
     gen.prefix_cache = True
     cached = generate(gen, chats, max_new_tokens=16)
-    assert gen._prefix is not None and len(gen._prefix[0]) >= MIN_CACHED_PREFIX  # the cache was used
+    assert gen._prefixes and all(len(p) >= MIN_CACHED_PREFIX for p in gen._prefixes)  # caches were kept and used
     assert cached == full
     assert generate(gen, chats[:2], max_new_tokens=16) == full[:2]  # a reused cache is not one a batch extended
 
@@ -112,10 +112,10 @@ def test_a_retry_reuses_the_prefix_cache_of_its_question(project):
     gen = load_generator(cfg.model.base, cfg)
     first = build_messages(PAIRS[0][0], load_snapshot(cfg), gen.prompt, gen.tokenizer)
     generate(gen, [first], max_new_tokens=8)
-    cached = gen._prefix
+    cached = dict(gen._prefixes)
     retry = correction_messages(first, "SELECT nope FROM core.stores", "unknown_column", "unknown column 'nope'")
     replies = generate(gen, [retry], max_new_tokens=8)
-    assert gen._prefix is cached  # not prefilled again
+    assert dict(gen._prefixes) == cached  # no new prefix: the question's cache served the retry
     gen.prefix_cache = False
     assert generate(gen, [retry], max_new_tokens=8) == replies
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,8 +41,8 @@ class Generator:
     max_new_tokens: int = 256
     prefix_cache: bool = True
     stats: dict[str, float] = field(default_factory=dict)
-    _prefix: tuple[tuple[int, ...], Any] | None = field(default=None, repr=False)
-    """The last shared prefix (token ids) and its KV cache, reused while prompts keep starting with it."""
+    _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    """KV caches of the latest shared prefixes (token ids -> cache), most recent last."""
 
 
 def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
@@ -111,13 +112,12 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
             batch = order[start:start + gen.batch_size]
             rows = [ids[i] for i in batch]
             prefix_len = min(_common_prefix_len(rows), *(shared[i] for i in batch))
-            if prefix_len >= MIN_CACHED_PREFIX:
-                input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
-                cache = _prefix_cache(gen, tuple(rows[0][:prefix_len]), device, len(rows))
-                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                     **{_cache_argument(model): cache})
+            if prefix_len < MIN_CACHED_PREFIX:
+                prefix_len = 0
+            input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
+            if prefix_len:
+                out = _generate_with_prefix(gen, input_ids, mask, tuple(rows[0][:prefix_len]), config)
             else:
-                input_ids, mask = _pad(rows, tok.pad_token_id, 0, device)
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
             generated = out[:, input_ids.shape[1]:]
             new_tokens += int((generated != tok.pad_token_id).sum())
@@ -129,6 +129,8 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
 
 MIN_CACHED_PREFIX = 32
 """Shorter shared prefixes are prefilled with the rest: a cache copy would cost more than it saves."""
+PREFIX_CACHES = 8
+"""Prefix caches kept: with a pruned schema each set of tables makes its own system message."""
 
 
 def _question_start(tok, messages: list[dict[str, str]], row: list[int]) -> int:
@@ -173,19 +175,32 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.prepare_inputs_for_generation).parameters else "past_key_values"
 
 
-def _prefix_cache(gen: Generator, prefix: tuple[int, ...], device, batch_size: int):
-    """A copy of the prefix's KV cache for a batch of `batch_size` (prefilled once per distinct prefix)."""
+def _generate_with_prefix(gen: Generator, input_ids, mask, prefix: tuple[int, ...], config):
+    """`generate` on rows that all start with `prefix`: from its cached KV when there is one, else with a fresh
+    cache that is then cut back to the prefix (row 0) and kept, so a miss costs no extra prefill."""
     import copy
 
-    import torch
+    from transformers import DynamicCache
 
-    if gen._prefix is None or gen._prefix[0] != prefix:
-        out = gen.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
-        gen._prefix = (prefix, out.past_key_values)
-    cache = copy.deepcopy(gen._prefix[1])  # generate extends the cache it is given: keep the original clean
-    if batch_size > 1:
-        cache.batch_repeat_interleave(batch_size)
-    return cache
+    model, argument = gen.model, _cache_argument(gen.model)
+    kept = gen._prefixes.get(prefix)
+    if kept is not None:
+        gen._prefixes.move_to_end(prefix)
+        cache = copy.deepcopy(kept)  # generate extends the cache it is given: keep the original clean
+        if input_ids.shape[0] > 1:
+            cache.batch_repeat_interleave(input_ids.shape[0])
+        return model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **{argument: cache})
+    cache = DynamicCache()
+    out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **{argument: cache})
+    if input_ids.shape[0] > 1:
+        import torch
+
+        cache.batch_select_indices(torch.tensor([0], device=input_ids.device))
+    cache.crop(len(prefix) - cache.get_seq_length())  # negative: drop that many (transformers 5.2x takes no length)
+    gen._prefixes[prefix] = cache
+    while len(gen._prefixes) > PREFIX_CACHES:
+        gen._prefixes.popitem(last=False)
+    return out
 
 
 def extract_sql(text: str) -> str | None:
