@@ -11,7 +11,7 @@ from tests.conftest import REPO
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["bench/train_throughput.py", "--smoke", "--steps", "3", "--warmup", "1", "--seq-len", "2600"],
-    ["bench/generate_throughput.py", "--smoke"],
+    ["bench/generate_throughput.py", "--smoke", "--prefix-cache-ablation"],
     ["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"],
 ])
 def test_bench_smoke(args, tmp_path):
