@@ -83,7 +83,11 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
 
 
 def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
-    """Greedy replies, one per chat, in batches (left padding, KV cache, stop at eos); special tokens dropped."""
+    """Greedy replies, one per chat, in batches (KV cache, stop at eos); special tokens dropped.
+
+    The part of the prompts a batch shares (system message, schema) comes from a kept KV cache when
+    `gen.prefix_cache` is on; the pads go after it, so every reply still follows its prompt directly.
+    """
     import time
 
     import torch
