@@ -77,12 +77,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     import torch
 
     from text2sql.models import resolve_base_model, set_end_of_turn
-    from text2sql.prompt import (
-        ExampleIndex,
-        build_example,
-        save_prompt_settings,
-        schema_loader,
-    )
+    from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
 
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
@@ -470,9 +465,8 @@ def _attention(cuda: bool) -> str:
 
 def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
              speed: dict, callbacks: list):
-    from trl import SFTConfig, SFTTrainer
-
     from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
     has_dev = bool(dev_records)
