@@ -14,6 +14,8 @@ Features and knobs (the `train` section of text2sql.yaml):
   restarting at 0 per example). Attention then stays within each example: flash-attention uses the
   sequence boundaries; SDPA/eager get a block-diagonal mask that transformers builds from the position
   ids when there is no attention mask and no KV cache (so `use_cache` is off while training).
+- `drop_padding_mask`: right-padded (unpacked) batches train without their padding mask, so SDPA takes its
+  causal flash kernel; `liger`: Liger's RMSNorm/SwiGLU/RoPE kernels when installed (CUDA).
 - `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split),
   checkpoints every `save_steps` (`--resume` continues from the last complete one), logs to
   TensorBoard (`<run>/runs/`) and `<run>/log.jsonl`, a progress bar.
