@@ -115,21 +115,18 @@ def main() -> None:
 
 
 def random_generator(cfg, shape: dict, tokenizer_dir):
-    """A Llama of this shape with random weights, in memory, on the GPU when there is one."""
+    """A Llama of this shape with random weights, in memory, on the GPU when there is one. Its vocabulary is the
+    tokenizer's, so every id it writes decodes."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from train_throughput import random_llama
+    from transformers import AutoTokenizer
 
     from text2sql.generate import Generator
     from text2sql.models import set_end_of_turn
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     set_end_of_turn(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = LlamaConfig(**{**shape, "vocab_size": len(tokenizer)}, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, tie_word_embeddings=False)
-    cuda = torch.cuda.is_available()
-    with torch.device("cuda" if cuda else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    model = random_llama(shape, tokenizer, len(tokenizer), torch.cuda.is_available())
     return Generator(model.eval(), tokenizer, None, "random", cfg.prompt, None, cfg.generate.batch_size,
                      cfg.generate.max_new_tokens)
 

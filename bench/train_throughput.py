@@ -154,24 +154,28 @@ def measure_matmul_tflops(n: int = 8192, reps: int = 10) -> float:
 
 def build_random_model(out: Path, shape: dict, cuda: bool) -> Path:
     """A Llama with random weights and the ChatML tokenizer of the test suite (saved, so both runs load it alike)."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoTokenizer
 
     from tests.tinymodel import tiny_model_dir
 
-    tokenizer_src = tiny_model_dir()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_src)
-    config = LlamaConfig(**{**shape, "vocab_size": max(shape.get("vocab_size", 0), len(tokenizer))},
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    with torch.device("cuda" if cuda else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir())
+    model = random_llama(shape, tokenizer, max(shape.get("vocab_size", 0), len(tokenizer)), cuda)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     del model
     return out
+
+
+def random_llama(shape: dict, tokenizer, vocab_size: int, cuda: bool):
+    """A Llama of this shape with random weights, built in place on the GPU (bf16) or the CPU (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(**{**shape, "vocab_size": vocab_size}, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, tie_word_embeddings=False)
+    with torch.device("cuda" if cuda else "cpu"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
 
 
 def pull_default_model(workdir: Path) -> Path:
