@@ -92,7 +92,7 @@ def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_
     questions = [q for q, _, _ in PAIRS[:5]] + ["x", PAIRS[0][0]]  # a one-word question; a repeated one
     chats = [build_messages(q, snapshot, gen.prompt, gen.tokenizer) for q in questions]
     row = gen.tokenizer(render_prompt(gen.tokenizer, chats[0]), add_special_tokens=False)["input_ids"]
-    assert 100 < _question_start(gen.tokenizer, chats[0], row) < len(row)  # the schema is shared, the question not
+    assert 100 < _question_start(gen.tokenizer, chats[0], row, {}) < len(row)  # the schema is shared, the question not
     gen.batch_size, gen.prefix_cache = batch_size, False
     full = generate(gen, chats, max_new_tokens=16)
     gen.prefix_cache = True

@@ -100,7 +100,8 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
     tok, model = gen.tokenizer, gen.model
     ids = [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
     # Where each prompt stops being shared: its tokens before the question (system message, schema, ...).
-    shared = [_question_start(tok, m, row) for m, row in zip(messages, ids)] if gen.prefix_cache else [0] * len(ids)
+    heads: dict[str, list[int]] = {}  # one rendering per distinct system message, not one per prompt
+    shared = [_question_start(tok, m, row, heads) for m, row in zip(messages, ids)] if gen.prefix_cache else [0] * len(ids)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=False, use_cache=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -137,14 +138,17 @@ PREFIX_CACHES = 8
 """Prefix caches kept: with a pruned schema each set of tables makes its own system message."""
 
 
-def _question_start(tok, messages: list[dict[str, str]], row: list[int]) -> int:
+def _question_start(tok, messages: list[dict[str, str]], row: list[int], heads: dict[str, list[int]]) -> int:
     """How many leading tokens of `row` (these messages, rendered) come before the first question: the system
-    message (instructions, schema), the same for every question, and for a retry of that question too."""
+    message (instructions, schema), the same for every question, and for a retry of that question too.
+    `heads` keeps the rendered head of each system message seen."""
     from text2sql.prompt import render_prompt
 
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
-    other = tok(render_prompt(tok, [*head, {"role": "user", "content": ""}]), add_special_tokens=False)["input_ids"]
-    return _common_prefix_len([row, other])
+    key = head[0]["content"] if head else ""
+    if key not in heads:
+        heads[key] = tok(render_prompt(tok, [*head, {"role": "user", "content": ""}]), add_special_tokens=False)["input_ids"]
+    return _common_prefix_len([row, heads[key]])
 
 
 def _common_prefix_len(rows: list[list[int]]) -> int:
