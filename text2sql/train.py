@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError
-from text2sql.files import write_atomic
+from text2sql.files import read_json_or_empty, write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -386,7 +386,7 @@ def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1) -> tuple[Pa
     if checkpoint is None:
         raise ModelError(f"nothing to resume in {run_dir}: no complete checkpoint-* (train.save_steps sets how often they are written)")
     # A checkpoint holds one RNG state per rank, and the data order and batch size depend on the world size.
-    trained_on = _read_json(run_dir / MANIFEST).get("world_size", 1)
+    trained_on = read_json_or_empty(run_dir / MANIFEST).get("world_size", 1)
     if trained_on != world_size:
         how = ("as one plain process" if trained_on == 1 else
                f"with `torchrun --nproc_per_node {trained_on}` (or `accelerate launch --num_processes {trained_on}`)")
@@ -659,7 +659,7 @@ def _manifest(cfg: Config, method, base_dir, train_pairs, dev_pairs, schemas, de
     from text2sql.config import dump_config
     from text2sql.models import weights_sha256
 
-    previous = _read_json(run_dir / MANIFEST) if checkpoint else {}
+    previous = read_json_or_empty(run_dir / MANIFEST) if checkpoint else {}
     return {
         "run_dir": str(run_dir),
         "status": "running",
@@ -710,13 +710,6 @@ def _git_commit(root: Path) -> dict[str, Any] | None:
     if commit.returncode != 0:
         return None
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _write_json(path: Path, obj: Any) -> None:
