@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import sqlglot
 from sqlglot import exp
 
+from text2sql.data.analysis import parse_sql
 from text2sql.errors import DataError
 from text2sql.files import sha256_file, write_atomic
 
@@ -235,14 +236,8 @@ def _normalized_sql(sql: str) -> str | None:
     return normalize_identifiers(tree, dialect=DIALECT).sql(dialect=DIALECT, comments=False)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(sql: str):
-    """The one statement in `sql` as a sqlglot tree, or None. Cached: callers copy before changing it."""
-    try:
-        trees = [t for t in sqlglot.parse(sql, read=DIALECT) if t is not None]
-    except Exception:  # sqlglot raises ParseError, TokenError and, on odd input, others
-        return None
-    return trees[0] if len(trees) == 1 else None
+# The one statement in `sql` as a sqlglot tree, or None. Cached: callers copy before changing it.
+_parse = functools.lru_cache(maxsize=4096)(parse_sql)
 
 
 def _top_query(sql: str, tree=None):
@@ -682,16 +677,13 @@ def score_pairs(
     by_db: dict[str | None, list] = {}
     for pair in pairs:
         by_db.setdefault(getattr(pair, "db", None), []).append(pair)
+    cache_root = Path(cache_dir) if cache_dir else cfg.path(GOLD_CACHE_DIR)
     for db, group in by_db.items():
         spec, snapshot = _open_target(cfg, dataset, db)
         fingerprint = _target_fingerprint(spec, snapshot)
         scored.schemas[db or "lakehouse"] = snapshot.fingerprint
-        cache_root = Path(cache_dir) if cache_dir else cfg.path(GOLD_CACHE_DIR)
         cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
-        w = cfg.warehouse
-        runner = QueryRunner(spec, workers=workers, timeout_s=w.timeout_s, max_rows=w.max_rows,
-                             memory_limit=w.memory_limit, threads=w.threads)
-        with runner:
+        with QueryRunner.from_config(cfg, spec, workers=workers) as runner:
             _score_group(group, predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
     order = {p.id: i for i, p in enumerate(pairs)}
     scored.examples.sort(key=lambda e: order[e["id"]])
@@ -734,14 +726,14 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
             record["empty_gold"] = not gold.rows
             record["exact_match"] = bool(check and check.ok) and exact_match(pair.sql, record["predicted"])
             scored.examples.append(record)
-            if record["verdicts"]["strict"] == "wrong_result" and tie_query(pair.sql):
-                retry.append((record, judged))
+            if record["verdicts"]["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
+                retry.append((record, judged, untied))
         # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
         # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
-        for record, judged in retry:
-            golds.request(tie_query(record["gold"]))
-        for record, judged in retry:
-            tie = golds.result(tie_query(record["gold"]))
+        for _, _, untied in retry:
+            golds.request(untied)
+        for record, judged, untied in retry:
+            tie = golds.result(untied)
             if not tie.error_kind:
                 record.pop("diff", None)
                 record.update(_judge(*judged, tie.rows, mode, rel_tol, runner.timeout_s))
@@ -829,7 +821,8 @@ def _open_target(cfg: Config, dataset: str | Path | None, db: str | None):
     from text2sql.warehouse import WarehouseSpec
 
     if db is None:
-        return WarehouseSpec.from_config(cfg), load_snapshot(cfg)
+        snapshot = load_snapshot(cfg)
+        return WarehouseSpec.from_config(cfg, snapshot), snapshot
     path = load_dataset(cfg, str(dataset) if dataset else None).database(db)
     return WarehouseSpec.from_duckdb_file(path), SchemaSnapshot.from_duckdb(path)
 
@@ -877,7 +870,6 @@ class _GoldCache:
         if result.error_kind == "timeout":  # may pass on a less busy machine: don't remember it
             return
         path = self._path(sql)
-        path.parent.mkdir(parents=True, exist_ok=True)
         value = (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated)
         write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 

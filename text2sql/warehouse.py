@@ -173,11 +173,12 @@ class WarehouseSpec:
         return cls(database=str(path.resolve()))
 
     @classmethod
-    def from_config(cls, cfg: Config) -> WarehouseSpec:
-        """The project lakehouse at the snapshot pinned in schemas/ (materialized or through the iceberg extension)."""
+    def from_config(cls, cfg: Config, snapshot: SchemaSnapshot | None = None) -> WarehouseSpec:
+        """The project lakehouse at the snapshot pinned in schemas/ (materialized or through the iceberg extension);
+        `snapshot` when the caller has loaded it already."""
         from text2sql.catalog import load_snapshot
 
-        snapshot = load_snapshot(cfg)
+        snapshot = snapshot or load_snapshot(cfg)
         search_path = ",".join(snapshot.namespaces())
         if cfg.warehouse.engine == "materialized":
             return cls(database=str(materialize(cfg, snapshot)), search_path=search_path)
@@ -428,7 +429,7 @@ class QueryRunner:
         w = cfg.warehouse
         options = dict(timeout_s=w.timeout_s, max_rows=w.max_rows, memory_limit=w.memory_limit, threads=w.threads)
         options.update(kwargs)
-        return cls(spec or WarehouseSpec.from_config(cfg), workers=workers, **options)
+        return cls(spec or WarehouseSpec.from_config(cfg, options.get("snapshot")), workers=workers, **options)
 
     def run(self, sql: str, max_rows: int | None = None, checked: bool = False) -> QueryResult:
         """Run one query in the sandbox. Never raises for bad SQL: the result says what went wrong.
@@ -490,7 +491,7 @@ def run_query(cfg: Config, sql: str, max_rows: int | None = None) -> QueryResult
     if not check.ok:
         raise UnsafeSQLError(f"{check.kind}: {check.message}")
     with QueryRunner.from_config(cfg, snapshot=snapshot) as runner:
-        return runner.run(sql, max_rows)
+        return runner.run(sql, max_rows, checked=True)  # just checked above
 
 
 def render_table(result: QueryResult) -> str:
