@@ -128,7 +128,8 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
             new_tokens += int((generated != tok.pad_token_id).sum())
             for i, row in zip(batch, generated):
                 replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids)}
+    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids),
+                 "prompt_tokens": [len(r) for r in ids]}
     return replies
 
 
@@ -261,12 +262,11 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
 def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str) -> list[list[dict[str, str]]]:
     """Chat messages for pairs, built as in training: the model's prompt settings, schema by `pair.db`,
     k-shot examples from the train split of the dataset the model was trained on."""
-    from text2sql.data import load_pairs
-    from text2sql.prompt import ExampleIndex, build_messages, schema_loader
+    from text2sql.prompt import build_messages, schema_loader
 
     schema_for = schema_loader(cfg, dataset)
     k = gen.prompt.k_shot
-    index = ExampleIndex(load_pairs(cfg, gen.dataset or dataset, "train")) if k > 0 else None
+    index = example_index(cfg, gen.prompt, gen.dataset or dataset)
     return [
         build_messages(p.question, schema_for(p.db), gen.prompt, gen.tokenizer,
                        index.search(p.question, k, db=p.db, exclude_id=p.id) if index else ())
@@ -274,8 +274,14 @@ def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str) -> list[
     ]
 
 
-predict_to_file = predict
-"""Alias for `eval --model`: predict to a file, then evaluate that file."""
+def example_index(cfg: Config, prompt: PromptConfig, dataset: str) -> Any:
+    """The k-shot example index over `dataset`'s train split (None for 0-shot prompts)."""
+    if prompt.k_shot <= 0:
+        return None
+    from text2sql.data import load_pairs
+    from text2sql.prompt import ExampleIndex
+
+    return ExampleIndex(load_pairs(cfg, dataset, "train"))
 
 
 def _first_statement(sql: str) -> str:

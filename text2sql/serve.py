@@ -104,6 +104,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     from starlette.exceptions import HTTPException
 
     from text2sql.catalog import load_snapshot
+    from text2sql.generate import example_index
     from text2sql.warehouse import QueryRunner
 
     s = cfg.serve
@@ -123,12 +124,13 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
 
         gen = load_generator(model_dir, cfg)
         prompt_cfg, dataset = gen.prompt, gen.dataset
-        # The generation thread pads with the tokenizer while requests build prompts with it: a Rust tokenizer
-        # whose padding is changed during an encode raises "Already borrowed" (huggingface/tokenizers#537).
+        # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
+        # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
         backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
-    pipeline = _Pipeline(snapshot, backend, prompt_cfg, tokenizer, _example_index(cfg, prompt_cfg, dataset),
+    index = example_index(cfg, prompt_cfg, dataset or cfg.data.dataset)
+    pipeline = _Pipeline(snapshot, backend, prompt_cfg, tokenizer, index,
                          runner, s.retries, s.query_workers)
     token = os.environ.get(s.token_env, "") if s.token_env else ""
     max_new_tokens = cfg.generate.max_new_tokens
@@ -206,7 +208,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
             answer = await pipeline.answer(question, limit)
             content = answer.sql if answer.valid else f"-- no valid query ({answer.error_kind}): {answer.error}"
             finish = "content_filter" if answer.error_kind == "refused" else "stop"
-            extension = {k: v for k, v in answer.to_json().items() if k != "latency_ms"}
+            extension = answer.to_json()  # without a start time: no latency_ms in the chat reply
             usage = (answer.prompt_tokens, answer.completion_tokens)
             request.state.log = answer.log_fields(len(question))
         reply = _chat_completion(body.model, content, finish, usage, extension)
@@ -445,16 +447,6 @@ class _Pipeline:
         self.runner.close()
 
 
-def _example_index(cfg: "Config", prompt_cfg: "PromptConfig", dataset: str | None) -> Any:
-    """The k-shot example index over the train split the model was trained with (as predict builds it)."""
-    if prompt_cfg.k_shot <= 0:
-        return None
-    from text2sql.data import load_pairs
-    from text2sql.prompt import ExampleIndex
-
-    return ExampleIndex(load_pairs(cfg, dataset or cfg.data.dataset, "train"))
-
-
 def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple["PromptConfig", Any, str | None]:
     """Upstream mode: the model's prompt settings and tokenizer (for the schema budget), without its weights."""
     if not model_dir:
@@ -554,16 +546,12 @@ class _LocalBackend:
     def _generate(self, chats: list[list[dict[str, str]]], max_new_tokens: int) -> list[_Completion]:
         """Worker thread: one batch, plus token counts for `usage` (only this thread touches the model's tokenizer)."""
         from text2sql.generate import generate
-        from text2sql.prompt import render_prompt
 
         replies = generate(self.gen, chats, max_new_tokens)
         tok = self.gen.tokenizer
-
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-
-        return [_Completion(reply, count(render_prompt(tok, chat)), count(reply), len(chats))
-                for chat, reply in zip(chats, replies)]
+        prompt_tokens = self.gen.stats["prompt_tokens"]  # generate tokenized the prompts already
+        return [_Completion(reply, n, len(tok(reply, add_special_tokens=False)["input_ids"]), len(chats))
+                for reply, n in zip(replies, prompt_tokens)]
 
     async def close(self) -> None:
         if self._task is not None:
