@@ -9,19 +9,32 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write to a temp file in the same directory, then rename it over `path` (0644, like an ordinary file)."""
+def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644, durable: bool = False) -> None:
+    """Write to a temp file in the same directory, then rename it over `path` (0644, like an ordinary file).
+
+    `durable`: fsync the file before the rename and the directory after it, so a power cut can bring back
+    neither a half-written file nor the old directory entry (for data that is not rebuilt by a command).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private
+            os.fchmod(f.fileno(), mode)  # mkstemp makes it private
             f.write(data.encode() if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def sha256_file(path: str | Path) -> str:

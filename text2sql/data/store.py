@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.data.analysis import DIFFICULTIES, difficulty_of, normalize_question, normalize_sql
 from text2sql.errors import DataError
+from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -273,26 +273,10 @@ def update_pairs(ds: Dataset, change: Callable[[list[Pair]], list[Pair]], create
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` via a synced temp file in the same directory (call under the lock for pairs)."""
+    """Replace `path` with `text` durably, keeping its mode (call under the lock for pairs)."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that crashed; we hold the lock
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; keep the file as readable as a plain write would
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself must reach the disk too, or a power cut could bring back the old directory entry.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, text, mode=_file_mode(path), durable=True)
 
 
 def _file_mode(path: Path) -> int:
