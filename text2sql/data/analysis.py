@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -312,11 +311,3 @@ def _unwrap_cast(node: exp.Expression) -> exp.Expression:
     while isinstance(node, (exp.Cast, exp.TryCast, exp.Paren)):
         node = node.this
     return node
-
-
-def count_features(sqls: list[str], snapshot: SchemaSnapshot | None = None) -> Counter:
-    """How many of the queries use each feature."""
-    counts: Counter = Counter({f: 0 for f in FEATURES})
-    for sql in sqls:
-        counts.update(sql_features(sql, snapshot))
-    return counts
