@@ -392,10 +392,6 @@ def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
     return all(assign(i, set()) for i in range(len(left)))
 
 
-def _column(rows: list[tuple], index: int) -> list[tuple]:
-    return [(r[index],) for r in rows]
-
-
 def _project(rows: list[tuple], indexes: list[int]) -> list[tuple]:
     return [tuple(r[i] for i in indexes) for r in rows]
 
@@ -438,9 +434,6 @@ class _StrictCheck:
             return False
         return self.tie_pool is None or _sub_multiset(pred[cut:], _project(self.tie_pool, g_cols), self.rel_tol)
 
-    def column_matches(self, g: int, p: int) -> bool:
-        return self._rows_match([g], [p])
-
     def partial_matches(self, g_cols: list[int], p_cols: list[int]) -> bool:
         return self._rows_match(g_cols, p_cols)
 
@@ -467,9 +460,6 @@ class _LenientCheck:
     def __init__(self, gold, pred, rel_tol) -> None:
         self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
 
-    def column_matches(self, g: int, p: int) -> bool:
-        return _same_set(_column(self.gold, g), _column(self.pred, p), self.rel_tol)
-
     def partial_matches(self, g_cols: list[int], p_cols: list[int]) -> bool:
         return _same_set(_project(self.gold, g_cols), _project(self.pred, p_cols), self.rel_tol)
 
@@ -487,7 +477,7 @@ def _search_mapping(check, k: int, m: int, gold, pred) -> Comparison:
         return Comparison(True)
     if not check.gold and not check.pred:
         return Comparison(True)
-    candidates = [[p for p in range(m) if check.column_matches(g, p)] for g in range(k)]
+    candidates = [[p for p in range(m) if check.partial_matches([g], [p])] for g in range(k)]
     unmatched = [g for g in range(k) if not candidates[g]]
     if unmatched:
         names = ", ".join(str(gold.columns[g]) for g in unmatched[:3])
