@@ -1024,6 +1024,19 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _summary_rows(report: dict) -> list[tuple[str, str]]:
+    """The headline metrics as (label, value) rows, for the markdown and the HTML report alike."""
+    m = report["metrics"]
+    return [
+        (f"EX ({report['mode']})", f"{m['ex']:.1%} ({m['correct']}/{m['n']})"),
+        *((f"EX {k}", f"{v:.1%}") for k, v in m["ex_by_mode"].items() if k != report["mode"]),
+        ("valid SQL", f"{m['valid_sql_rate']:.1%}"),
+        ("exact match", f"{m['exact_match']:.1%}"),
+        ("gold failed (excluded)", str(m["gold_errors"])),
+        ("empty gold (flagged)", f"{m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%})"),
+    ]
+
+
 def render_markdown(report: dict) -> str:
     m = report["metrics"]
     out = [
@@ -1034,12 +1047,7 @@ def render_markdown(report: dict) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| EX ({report['mode']}) | {m['ex']:.1%} ({m['correct']}/{m['n']}) |",
-        *(f"| EX {k} | {v:.1%} |" for k, v in m["ex_by_mode"].items() if k != report["mode"]),
-        f"| valid SQL | {m['valid_sql_rate']:.1%} |",
-        f"| exact match | {m['exact_match']:.1%} |",
-        f"| gold failed (excluded) | {m['gold_errors']} |",
-        f"| empty gold (flagged) | {m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%}) |",
+        *(f"| {k} | {v} |" for k, v in _summary_rows(report)),
         "",
     ]
     for title, key in (("difficulty", "ex_by_difficulty"), ("tag", "ex_by_tag"), ("table", "ex_by_table")):
@@ -1087,17 +1095,7 @@ def render_html(report: dict) -> str:
         _bar_chart("EX by tag", slices("ex_by_tag"), "#3b7dd8"),
         _bar_chart("Verdicts (share of examples)", verdicts, "#d8823b"),
     ])
-    summary = "".join(
-        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
-        for k, v in [
-            (f"EX ({report['mode']})", f"{m['ex']:.1%} ({m['correct']}/{m['n']})"),
-            *((f"EX {k}", f"{v:.1%}") for k, v in m["ex_by_mode"].items() if k != report["mode"]),
-            ("valid SQL", f"{m['valid_sql_rate']:.1%}"),
-            ("exact match", f"{m['exact_match']:.1%}"),
-            ("gold failed (excluded)", str(m["gold_errors"])),
-            ("empty gold (flagged)", f"{m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%})"),
-        ]
-    )
+    summary = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _summary_rows(report))
     failing = [x for x in report["examples"] if x["verdict"] != "correct"]
     rows = "".join(
         f"<tr><td><code>{e(x['id'])}</code></td><td>{e(x['verdict'])}</td><td>{e(x['question'] or '')}</td>"
