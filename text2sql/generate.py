@@ -55,7 +55,7 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from text2sql.models import adapter_base, resolve_base_model, set_end_of_turn
-    from text2sql.prompt import load_prompt_settings
+    from text2sql.prompt import model_prompt_settings
 
     path = Path(model_dir).resolve() if Path(model_dir).exists() else cfg.path(model_dir)
     if not path.exists():
@@ -75,9 +75,7 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else adapter_base(path))
     set_end_of_turn(tokenizer, model)
-    # A checkpoint dir keeps its prompt settings one level up, in the run dir.
-    settings_dir = path if (path / "prompt.json").is_file() else path.parent
-    prompt, dataset = load_prompt_settings(settings_dir, cfg.prompt)
+    prompt, dataset = model_prompt_settings(path, cfg.prompt)
     return Generator(model, tokenizer, path, kind, prompt, dataset, cfg.generate.batch_size, cfg.generate.max_new_tokens,
                      cfg.generate.prefix_cache)
 

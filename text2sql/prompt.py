@@ -243,6 +243,13 @@ def load_prompt_settings(directory: Path, default: PromptConfig) -> tuple[Prompt
     return PromptConfig(**payload["prompt"]), payload.get("dataset")
 
 
+def model_prompt_settings(model_dir: Path, default: PromptConfig) -> tuple[PromptConfig, str | None]:
+    """`load_prompt_settings` for a model dir: a run, merged or base dir holds them itself; a checkpoint dir
+    keeps them one level up, in its run dir."""
+    model_dir = Path(model_dir)
+    return load_prompt_settings(model_dir if (model_dir / PROMPT_FILE).is_file() else model_dir.parent, default)
+
+
 def _words(text: str, numbers: bool = True) -> list[str]:
     return [_fold_plural(w) for w in _WORD.findall(text.lower()) if numbers or not w.isdigit()]
 

@@ -454,14 +454,12 @@ def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple[
     from transformers import AutoTokenizer
 
     from text2sql.models import resolve_base_model
-    from text2sql.prompt import load_prompt_settings
+    from text2sql.prompt import model_prompt_settings
 
     path = cfg.path(model_dir)
     if not path.exists():
         path = resolve_base_model(cfg, str(model_dir))
-    # As load_generator: a checkpoint dir keeps its prompt settings one level up, in the run dir.
-    settings_dir = path if (path / "prompt.json").is_file() else path.parent
-    prompt_cfg, dataset = load_prompt_settings(settings_dir, cfg.prompt)
+    prompt_cfg, dataset = model_prompt_settings(path, cfg.prompt)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # no tokenizer files, or unreadable ones
