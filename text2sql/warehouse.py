@@ -452,14 +452,14 @@ class QueryRunner:
                 self._idle.append(worker)
             return result
 
-    def run_many(self, sqls: list[str], max_rows: int | None = None) -> list[QueryResult]:
-        """Run queries in parallel across the workers; results in input order."""
+    def run_many(self, sqls: list[str], max_rows: int | None = None, checked: bool = False) -> list[QueryResult]:
+        """Run queries in parallel across the workers; results in input order (`checked` as in `run`)."""
         from concurrent.futures import ThreadPoolExecutor
 
         if self.size == 1 or len(sqls) <= 1:
-            return [self.run(s, max_rows) for s in sqls]
+            return [self.run(s, max_rows, checked) for s in sqls]
         with ThreadPoolExecutor(self.size) as pool:
-            return list(pool.map(lambda s: self.run(s, max_rows), sqls))
+            return list(pool.map(lambda s: self.run(s, max_rows, checked), sqls))
 
     def _take(self) -> _Worker:
         with self._lock:

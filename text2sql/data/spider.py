@@ -477,7 +477,7 @@ def _check_golds(cfg: Config, sqlite_path: Path, duck_path: Path, golds: list[tu
     spec = WarehouseSpec.from_duckdb_file(duck_path)
     with QueryRunner.from_config(cfg, spec=spec, workers=min(os.cpu_count() or 1, max(len(todo), 1)),
                                  timeout_s=timeout_s) as runner:
-        results = runner.run_many([candidates[0] for _, candidates, _ in todo])
+        results = runner.run_many([candidates[0] for _, candidates, _ in todo], checked=True)  # check_sql passed them
         for (i, candidates, expected), result in zip(todo, results):
             duck_sql, reason = candidates[0], _judge(expected, result, candidates[0])
             if reason and len(candidates) > 1 and _judge(expected, runner.run(candidates[1]), candidates[1]) == "":

@@ -194,7 +194,7 @@ def _check_statically(pairs: list[Pair], reports: list[PairReport], snapshot) ->
 
 def _run_once(runner, runnable: list[tuple[Pair, PairReport]]) -> list[tuple[Pair, PairReport, QueryResult]]:
     """Execution errors, empty and large results; returns the pairs that ran, with their results."""
-    results = runner.run_many([pair.sql for pair, _ in runnable])
+    results = runner.run_many([pair.sql for pair, _ in runnable], checked=True)  # _check_statically passed them
     ran = []
     for (pair, report), result in zip(runnable, results):
         report.rows = None if result.error_kind else len(result.rows)
@@ -214,7 +214,7 @@ def _run_once(runner, runnable: list[tuple[Pair, PairReport]]) -> list[tuple[Pai
 
 
 def _run_again(runner, ran: list[tuple[Pair, PairReport, QueryResult]]) -> None:
-    again = runner.run_many([pair.sql for pair, _, _ in ran])
+    again = runner.run_many([pair.sql for pair, _, _ in ran], checked=True)
     for (pair, report, result), second in zip(ran, again):
         if second.error_kind or not _same_rows(result.rows, second.rows, ordered=_orders_result(pair.sql)):
             detail = second.error or f"{len(result.rows)} vs {len(second.rows)} rows, or different values"
