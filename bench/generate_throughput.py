@@ -91,8 +91,11 @@ def main() -> None:
             "one_at_a_time": _timed(gen, messages[: args.single], args.max_new_tokens, 1)}
         gen.prefix_cache = True
         for name, r in result["without_prefix_cache"].items():
+            # The cache must not change what is generated: count the replies that match the cached run's.
+            r["same_replies"] = sum(a == b for a, b in zip(r["replies"], result[name]["replies"]))
             print(f"{name:14s} batch {r['batch_size']:3d} without the prefix cache: {r['predictions_per_s']:7.2f} "
-                  f"predictions/s; with it {result[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x")
+                  f"predictions/s; with it {result[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x; "
+                  f"same reply {r['same_replies']}/{r['prompts']}")
     if args.eval:
         from text2sql.evaluate import evaluate
         from text2sql.generate import predict
@@ -108,6 +111,8 @@ def main() -> None:
     print(f"batched / one-at-a-time predictions/s: {result['speedup_predictions_per_s']:.1f}x")
     if "end_to_end" in result:
         print(f"predict + evaluate on {args.split}: {result['end_to_end']['seconds']:.1f} s")
+    for r in [*batched_runs, single, *result.get("without_prefix_cache", {}).values()]:
+        r.pop("replies")
     if not args.smoke:
         args.out.mkdir(parents=True, exist_ok=True)
         name = "generate_throughput_8b_random" if args.random_8b else "generate_throughput"
@@ -136,12 +141,13 @@ def _timed(gen, messages, max_new_tokens, batch_size: int) -> dict:
 
     saved, gen.batch_size = gen.batch_size, batch_size
     try:
-        generate(gen, messages, max_new_tokens)
+        replies = generate(gen, messages, max_new_tokens)
     finally:
         gen.batch_size = saved
     s = gen.stats
     return {"batch_size": batch_size, "prompts": s["prompts"], "seconds": s["seconds"],
-            "predictions_per_s": s["prompts"] / s["seconds"], "new_tokens_per_s": s["new_tokens"] / s["seconds"]}
+            "predictions_per_s": s["prompts"] / s["seconds"], "new_tokens_per_s": s["new_tokens"] / s["seconds"],
+            "replies": replies}
 
 
 if __name__ == "__main__":

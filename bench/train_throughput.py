@@ -50,11 +50,12 @@ def main() -> None:
                         help="also run `text2sql train` with these overrides, named text2sql-NAME (repeatable)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile this many optimizer steps of each text2sql run after warm-up (torch.profiler): "
-                             "GPU time by kernel family, written to train_profile.{json,md}")
+                             "GPU time by kernel family and where the host's time went, written to train_profile.{json,md}")
     parser.add_argument("--no-baseline", action="store_true", help="skip (a): only text2sql runs and variants")
+    parser.add_argument("--no-defaults", action="store_true", help="skip (b) with the defaults: only the --variant runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    variants = [("text2sql", [])] + [parse_variant(v) for v in args.variant]
+    variants = ([] if args.no_defaults else [("text2sql", [])]) + [parse_variant(v) for v in args.variant]
 
     import torch
 
@@ -472,12 +473,15 @@ class StepProfiler:
 
 
 def summarize_profile(prof, wall_s: float, steps: int, cuda: bool) -> dict:
-    """GPU time per kernel family (or CPU op time without a GPU), the busiest kernels, and GPU busy = kernel time / wall."""
+    """GPU time per kernel family (or CPU op time without a GPU), the busiest kernels, and GPU busy = kernel time / wall;
+    plus where the host's time went (see host_time)."""
     from torch.autograd import DeviceType
 
-    rows = []
+    rows, host_rows = [], []
     for e in prof.key_averages():
         on_gpu = getattr(e, "device_type", None) == DeviceType.CUDA
+        if not on_gpu:
+            host_rows.append((e.key, e.self_cpu_time_total / 1e6, e.count))
         if cuda and not on_gpu:
             continue
         us = getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total
@@ -490,10 +494,38 @@ def summarize_profile(prof, wall_s: float, steps: int, cuda: bool) -> dict:
         family = next((f for f, words in KERNEL_FAMILIES if any(w in name for w in words)), "other")
         families[family] = families.get(family, 0.0) + s
     top = sorted(rows, key=lambda r: -r[1])[:15]
+    kernels = sum(n for _, _, n in rows) if cuda else 0
     return {"steps": steps, "wall_s": round(wall_s, 3), "kernel_s": round(total, 3),
             "gpu_busy": round(total / wall_s, 3) if cuda else None,
             "families": {f: round(v / total, 4) for f, v in sorted(families.items(), key=lambda kv: -kv[1])},
-            "top_kernels": [{"name": k[:160], "share": round(s / total, 4), "calls": n} for k, s, n in top]}
+            "top_kernels": [{"name": k[:160], "share": round(s / total, 4), "calls": n} for k, s, n in top],
+            "host": host_time(host_rows, wall_s, steps, kernels, total)}
+
+
+# Host-side events by what they cost: CUDA runtime calls by kind, then the operators' own CPU time.
+HOST_KINDS = [("waiting on the GPU (syncs)", ("synchronize",)),
+              ("kernel launches", ("launchkernel", "culaunch")),
+              ("allocations and copies", ("cudamalloc", "cudafree", "cudamemcpy", "cudamemset", "cudahostalloc")),
+              ("other CUDA runtime calls", ("cuda", "cu")),
+              ("operators (dispatch, autograd)", ("",))]
+
+
+def host_time(rows: list[tuple[str, float, int]], wall_s: float, steps: int, kernels: int, kernel_s: float) -> dict:
+    """Where the host's wall time went, from the profiler's CPU events (self time, all threads): each HOST_KINDS
+    share of the wall, and the rest, outside any recorded event (Python: Trainer, PEFT and bitsandbytes wrappers,
+    the collator). With few, short kernels per step, launches and Python time bound the step, not the GPU."""
+    kinds = dict.fromkeys([k for k, _ in HOST_KINDS], 0.0)
+    for key, s, _ in rows:
+        name = key.lower()
+        if name.startswith("profilerstep") or name.startswith("[memory]"):
+            continue
+        kind = next(k for k, words in HOST_KINDS if any(name.startswith(w) for w in words))
+        kinds[kind] += s
+    recorded = sum(kinds.values())
+    shares = {k: round(v / wall_s, 4) for k, v in kinds.items()}
+    shares["outside recorded events (Python)"] = round(max(0.0, wall_s - recorded) / wall_s, 4)
+    return {"share_of_wall": shares, "kernels_per_step": round(kernels / max(steps, 1)),
+            "mean_kernel_us": round(1e6 * kernel_s / kernels, 1) if kernels else None}
 
 
 def render_profile(p: dict) -> str:
@@ -503,6 +535,12 @@ def render_profile(p: dict) -> str:
     lines += [f"| {f} | {v:.1%} |" for f, v in p["families"].items()]
     lines += ["", "| top kernel | share | calls |", "|---|---|---|"]
     lines += [f"| `{k['name'][:90]}` | {k['share']:.1%} | {k['calls']} |" for k in p["top_kernels"][:10]]
+    host = p.get("host")
+    if host:
+        if host["kernels_per_step"]:
+            lines += ["", f"{host['kernels_per_step']:,} GPU kernels per step, {host['mean_kernel_us']} µs each on average."]
+        lines += ["", "| host time | share of wall |", "|---|---|"]
+        lines += [f"| {k} | {v:.1%} |" for k, v in host["share_of_wall"].items()]
     return "\n".join(lines)
 
 

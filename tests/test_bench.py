@@ -9,16 +9,18 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [
-    ["bench/train_throughput.py", "--smoke", "--steps", "3", "--warmup", "1", "--seq-len", "2600"],
-    ["bench/generate_throughput.py", "--smoke", "--prefix-cache-ablation"],
-    ["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"],
+@pytest.mark.parametrize("args, expected", [
+    (["bench/train_throughput.py", "--smoke", "--steps", "3", "--warmup", "1", "--seq-len", "2600"], []),
+    # The prefix cache changes no reply (the smoke model runs in float32 on the CPU).
+    (["bench/generate_throughput.py", "--smoke", "--prefix-cache-ablation"], ["same reply 6/6", "same reply 3/3"]),
+    (["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"], []),
 ])
-def test_bench_smoke(args, tmp_path):
+def test_bench_smoke(args, expected, tmp_path):
     done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x" in done.stdout.splitlines()[-1]  # the closing ratio line
+    assert all(e in done.stdout for e in expected), done.stdout[-2000:]
 
 
 @pytest.mark.slow
@@ -32,3 +34,14 @@ def test_train_bench_profiles_and_runs_variants(tmp_path):
     out = done.stdout
     assert "| tiny/text2sql |" in out and "| tiny/text2sql-nomask |" in out and "tiny/baseline" not in out
     assert out.count("kernel family") == 2 and "attention" in out  # one profile per text2sql run
+    assert out.count("| host time | share of wall |") == 2 and "| operators (dispatch, autograd) |" in out
+
+
+@pytest.mark.slow
+def test_train_bench_runs_only_the_variants_with_no_defaults(tmp_path):
+    args = ["bench/train_throughput.py", "--smoke", "--steps", "2", "--warmup", "1", "--seq-len", "2600",
+            "--no-baseline", "--no-defaults", "--variant", "mb1:train.micro_batch_size=1"]
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| tiny/text2sql-mb1 |" in done.stdout and "| tiny/text2sql |" not in done.stdout
