@@ -41,7 +41,8 @@ def main() -> None:
                         help="batch size(s) of the batched run (repeatable; default generate.batch_size)")
     parser.add_argument("--random-8b", action="store_true", help="a Llama-3.1-8B-shaped model with random weights")
     parser.add_argument("--prefix-cache-ablation", action="store_true",
-                        help="also time the best batch size and one-at-a-time with generate.prefix_cache off")
+                        help="also time the best batch size and one-at-a-time with generate.prefix_cache off, "
+                             "then with it on again")
     parser.add_argument("--eval", action="store_true", help="Also time predict + evaluate end to end")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -85,16 +86,19 @@ def main() -> None:
               "batched_runs": batched_runs, "one_at_a_time": single,
               "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"]}
     if args.prefix_cache_ablation:
+        runs = {"batched": (messages, batched["batch_size"]), "one_at_a_time": (messages[: args.single], 1)}
         gen.prefix_cache = False
-        result["without_prefix_cache"] = {
-            "batched": _timed(gen, messages, args.max_new_tokens, batched["batch_size"]),
-            "one_at_a_time": _timed(gen, messages[: args.single], args.max_new_tokens, 1)}
+        off = {name: _timed(gen, m, args.max_new_tokens, b) for name, (m, b) in runs.items()}
         gen.prefix_cache = True
-        for name, r in result["without_prefix_cache"].items():
+        # The cached runs again, after the uncached ones: warm-up or drift then favours neither side.
+        again = {name: _timed(gen, m, args.max_new_tokens, b) for name, (m, b) in runs.items()}
+        result["without_prefix_cache"], result["with_prefix_cache_again"] = off, again
+        for name, r in off.items():
             # The cache must not change what is generated: count the replies that match the cached run's.
             r["same_replies"] = sum(a == b for a, b in zip(r["replies"], result[name]["replies"]))
             print(f"{name:14s} batch {r['batch_size']:3d} without the prefix cache: {r['predictions_per_s']:7.2f} "
-                  f"predictions/s; with it {result[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x; "
+                  f"predictions/s; with it {result[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x before, "
+                  f"{again[name]['predictions_per_s'] / r['predictions_per_s']:.2f}x after; "
                   f"same reply {r['same_replies']}/{r['prompts']}")
     if args.eval:
         from text2sql.evaluate import evaluate
@@ -111,7 +115,8 @@ def main() -> None:
     print(f"batched / one-at-a-time predictions/s: {result['speedup_predictions_per_s']:.1f}x")
     if "end_to_end" in result:
         print(f"predict + evaluate on {args.split}: {result['end_to_end']['seconds']:.1f} s")
-    for r in [*batched_runs, single, *result.get("without_prefix_cache", {}).values()]:
+    for r in [*batched_runs, single, *result.get("without_prefix_cache", {}).values(),
+              *result.get("with_prefix_cache_again", {}).values()]:
         r.pop("replies")
     if not args.smoke:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -244,6 +244,9 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0}
+        from text2sql.train import set_expandable_segments
+
+        set_expandable_segments(False)  # the allocator's default: a text2sql run before may have turned them on
     _reset_memory(cuda)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if cuda:

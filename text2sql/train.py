@@ -84,6 +84,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
     cuda = torch.cuda.is_available()
+    if cuda:
+        set_expandable_segments(True)
     rank, world_size = _init_distributed(cuda)
     main = rank == 0  # under torchrun/accelerate launch only the first process writes the run dir
     method = resolve_method(cfg.train.method, cuda)
@@ -335,6 +337,25 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
     return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
             "gradient_checkpointing": checkpointing, "group_by_length": group_by_length, "liger": liger,
             "drop_padding_mask": t.drop_padding_mask and not packing, "mean_example_tokens": round(mean_len, 1)}
+
+
+def set_expandable_segments(on: bool) -> None:
+    """Turn the CUDA allocator's expandable segments on or off for allocations from now on, unless the user
+    set PYTORCH_CUDA_ALLOC_CONF. Batches of varying length (group_by_length) otherwise leave the allocator
+    splitting and caching odd-sized blocks: +11% tokens/s for SmolLM2-135M on the H200
+    (bench/results/train_throughput_135m.json)."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        return
+    import torch
+
+    # Private, but there since torch 2.1 (vLLM toggles it the same way); its name moved in torch 2.12.
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
+        torch.cuda.memory, "_set_allocator_settings", None)
+    try:
+        if setter is not None:
+            setter(f"expandable_segments:{on}")
+    except RuntimeError:  # a build that cannot: keep the default allocator
+        pass
 
 
 def _liger_available() -> bool:
