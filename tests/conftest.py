@@ -51,3 +51,19 @@ def project(tmp_path) -> Path:
     """A private small demo project (about a second to build) for tests that change the catalog."""
     build_project(tmp_path / "project")
     return tmp_path / "project"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(lakehouse_project) -> Path:
+    """The tiny Llama of tinymodel.py, its tokenizer trained on the demo schemas (built once per process)."""
+    from tinymodel import tiny_model_dir
+
+    return tiny_model_dir(str(lakehouse_project / "schemas"))
+
+
+@pytest.fixture
+def tiny_project(tmp_path, lakehouse_project, tiny_model) -> Path:
+    """text2sql.yaml of a private project that trains the tiny model on tinymodel.PAIRS."""
+    from tinymodel import make_project
+
+    return make_project(tmp_path / "proj", lakehouse_project, tiny_model)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tinymodel import make_project, one_torch_thread, tiny_model_dir
+from tinymodel import one_torch_thread
 
 from text2sql.config import load_config
 from text2sql.errors import ConfigError
@@ -24,16 +24,6 @@ from text2sql.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 # Checkpoint at step 3; no eval inside the short runs (train ends with one).
 SETTINGS = ["train.run_name=ddp", "train.save_steps=3", "train.eval_steps=1000"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(lakehouse_project) -> Path:
-    return tiny_model_dir(str(lakehouse_project / "schemas"))
-
-
-@pytest.fixture
-def project(tmp_path, lakehouse_project, tiny_model) -> Path:
-    return make_project(tmp_path / "proj", lakehouse_project, tiny_model)
 
 
 def torchrun() -> list[str]:
@@ -49,11 +39,11 @@ def accelerate_launch() -> list[str]:
             "--main_process_port", str(port)]
 
 
-def launch(launcher: list[str], project: Path, settings: list[str], *flags: str) -> subprocess.CompletedProcess:
+def launch(launcher: list[str], config_path: Path, settings: list[str], *flags: str) -> subprocess.CompletedProcess:
     """`<launcher> -m text2sql.cli train --set ... [flags]` with CUDA hidden; fails the test on a non-zero exit."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "T2S_RANK_REPORT": "1", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [*launcher, "-m", "text2sql.cli", "train", "--config", str(project), *[a for s in settings for a in ("--set", s)], *flags]
+    cmd = [*launcher, "-m", "text2sql.cli", "train", "--config", str(config_path), *[a for s in settings for a in ("--set", s)], *flags]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -90,14 +80,14 @@ def check_ddp_run(run: Path, steps: int) -> list[dict]:
     return log
 
 
-def test_torchrun_trains_one_model_on_two_ranks_and_resumes_on_two(project):
+def test_torchrun_trains_one_model_on_two_ranks_and_resumes_on_two(tiny_project):
     from safetensors.torch import load_file
 
     from text2sql.train import train
 
-    proc = launch(torchrun(), project, [*SETTINGS, "train.max_steps=3"])
+    proc = launch(torchrun(), tiny_project, [*SETTINGS, "train.max_steps=3"])
     run = Path(proc.stdout.split()[-1])
-    assert run == project.parent / "runs" / "ddp"
+    assert run == tiny_project.parent / "runs" / "ddp"
     log = check_ddp_run(run, steps=3)
     assert log[0]["epoch"] == 1.0, "the ranks split the data: 2 x 4 examples per step cover the 8 pairs"
     lora_b = [t for name, t in load_file(run / "adapter_model.safetensors").items() if "lora_B" in name]
@@ -107,25 +97,25 @@ def test_torchrun_trains_one_model_on_two_ranks_and_resumes_on_two(project):
 
     # A checkpoint of 2 ranks resumes on 2 ranks only.
     with one_torch_thread(), pytest.raises(ConfigError, match="trained on 2; relaunch with `torchrun --nproc_per_node 2`"):
-        train(load_config(project, [*SETTINGS, "train.max_steps=5"]), resume=True)
-    launch(torchrun(), project, [*SETTINGS, "train.max_steps=5"], "--resume")
+        train(load_config(tiny_project, [*SETTINGS, "train.max_steps=5"]), resume=True)
+    launch(torchrun(), tiny_project, [*SETTINGS, "train.max_steps=5"], "--resume")
     check_ddp_run(run, steps=5)
     manifest = json.loads((run / "manifest.json").read_text())
     assert [r["from"] for r in manifest["resumed"]] == ["checkpoint-3"]
 
 
-def test_accelerate_launch_with_the_sample_ddp_config(project):
+def test_accelerate_launch_with_the_sample_ddp_config(tiny_project):
     # No run_name: both ranks must use rank 0's timestamped dir.
-    proc = launch(accelerate_launch(), project, ["train.save_steps=3", "train.eval_steps=1000", "train.max_steps=2"])
+    proc = launch(accelerate_launch(), tiny_project, ["train.save_steps=3", "train.eval_steps=1000", "train.max_steps=2"])
     printed = [line for line in proc.stdout.splitlines() if line.startswith(os.sep)]  # the run dir, one per rank
-    assert printed == [str(next((project.parent / "runs").iterdir()))] * 2, "every rank returns rank 0's dir"
+    assert printed == [str(next((tiny_project.parent / "runs").iterdir()))] * 2, "every rank returns rank 0's dir"
     check_ddp_run(Path(printed[0]), steps=2)
 
 
-def test_fsdp_without_cuda_is_a_config_error(project, monkeypatch):
+def test_fsdp_without_cuda_is_a_config_error(tiny_project, monkeypatch):
     from text2sql.train import train
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="FSDP .* needs CUDA GPUs"):
-        train(load_config(project))
-    assert not (project.parent / "runs").exists(), "nothing written before the check"
+        train(load_config(tiny_project))
+    assert not (tiny_project.parent / "runs").exists(), "nothing written before the check"

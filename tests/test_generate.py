@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from tinymodel import PAIRS, make_project, one_torch_thread, tiny_model_dir
+from tinymodel import PAIRS, one_torch_thread
 
 from text2sql.cli import main
 from text2sql.config import load_config
@@ -18,16 +18,6 @@ from text2sql.generate import Generator, extract_sql, generate, load_generator
 def _one_thread():
     with one_torch_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_model(lakehouse_project):
-    return tiny_model_dir(str(lakehouse_project / "schemas"))
-
-
-@pytest.fixture
-def project(tmp_path, lakehouse_project, tiny_model):
-    return make_project(tmp_path / "proj", lakehouse_project, tiny_model)
 
 
 @pytest.mark.parametrize(
@@ -49,14 +39,14 @@ def test_extract_sql(reply, sql):
     assert extract_sql(reply) == sql
 
 
-def test_predict_writes_one_record_per_question_in_split_order(project):
-    result = CliRunner().invoke(main, ["predict", "--config", str(project), "--model", str(load_config(project).model.base),
-                                       "--split", "test", "--out", str(project.parent / "p.jsonl")])
+def test_predict_writes_one_record_per_question_in_split_order(tiny_project):
+    result = CliRunner().invoke(main, ["predict", "--config", str(tiny_project), "--model", str(load_config(tiny_project).model.base),
+                                       "--split", "test", "--out", str(tiny_project.parent / "p.jsonl")])
     assert result.exit_code == 0, result.output
-    out = project.parent / "p.jsonl"
+    out = tiny_project.parent / "p.jsonl"
     assert result.stdout.strip() == str(out)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    ids = [json.loads(line)["id"] for line in (project.parent / "datasets/demo/pairs.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in (tiny_project.parent / "datasets/demo/pairs.jsonl").read_text().splitlines()
            if json.loads(line)["split"] == "test"]
     assert [r["id"] for r in records] == ids
     for r in records:
@@ -65,11 +55,11 @@ def test_predict_writes_one_record_per_question_in_split_order(project):
         assert "<|im_end|>" not in r["raw"]
 
 
-def test_batched_generation_equals_one_at_a_time(project):
+def test_batched_generation_equals_one_at_a_time(tiny_project):
     from text2sql.catalog import load_snapshot
     from text2sql.prompt import build_messages
 
-    cfg = load_config(project)
+    cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     assert gen.kind == "base"
     snapshot = load_snapshot(cfg)
@@ -80,13 +70,13 @@ def test_batched_generation_equals_one_at_a_time(project):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_size):
+def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(tiny_project, batch_size):
     """The schema's KV cache, prefilled once and reused (pads after it), must not change a single reply."""
     from text2sql.catalog import load_snapshot
     from text2sql.generate import MIN_CACHED_PREFIX, _question_start
     from text2sql.prompt import build_messages, render_prompt
 
-    cfg = load_config(project)
+    cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     snapshot = load_snapshot(cfg)
     questions = [q for q, _, _ in PAIRS[:5]] + ["x", PAIRS[0][0]]  # a one-word question; a repeated one
@@ -102,13 +92,13 @@ def test_shared_prefix_cache_gives_the_replies_of_a_full_prefill(project, batch_
     assert generate(gen, chats[:2], max_new_tokens=16) == full[:2]  # a reused cache is not one a batch extended
 
 
-def test_a_retry_reuses_the_prefix_cache_of_its_question(project):
+def test_a_retry_reuses_the_prefix_cache_of_its_question(tiny_project):
     """serve's retry adds turns after the question: the cached system message + schema must still serve it."""
     from text2sql.catalog import load_snapshot
     from text2sql.prompt import build_messages
     from text2sql.serve import correction_messages
 
-    cfg = load_config(project)
+    cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     first = build_messages(PAIRS[0][0], load_snapshot(cfg), gen.prompt, gen.tokenizer)
     generate(gen, [first], max_new_tokens=8)
@@ -136,6 +126,6 @@ def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
     assert generate(gen, chats, max_new_tokens=8) == first
 
 
-def test_not_a_model_dir_is_a_model_error(project, tmp_path):
+def test_not_a_model_dir_is_a_model_error(tiny_project, tmp_path):
     with pytest.raises(ModelError, match="is not a model dir"):
-        load_generator(tmp_path, load_config(project))
+        load_generator(tmp_path, load_config(tiny_project))

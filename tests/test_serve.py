@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import build_project
-from tinymodel import pair_records, tiny_model_dir
+from tinymodel import pair_records
 
 from text2sql.config import load_config
 from text2sql.serve import RETRY_PROMPT, configure_logging, create_app
@@ -154,11 +154,6 @@ def config(path, *overrides):
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def tiny_model(lakehouse_project) -> Path:
-    return tiny_model_dir(str(lakehouse_project / "schemas"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tinymodel import PAIRS, make_project, one_torch_thread, tiny_model_dir
+from tinymodel import PAIRS, make_project, one_torch_thread
 
 from text2sql.cli import main
 from text2sql.config import load_config
@@ -28,16 +28,6 @@ def _one_thread(request):
         return
     with one_torch_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_model(lakehouse_project) -> Path:
-    return tiny_model_dir(str(lakehouse_project / "schemas"))
-
-
-@pytest.fixture
-def project(tmp_path, lakehouse_project, tiny_model) -> Path:
-    return make_project(tmp_path / "proj", lakehouse_project, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +203,10 @@ def test_dropping_the_padding_mask_changes_neither_loss_nor_gradients(tiny_model
         torch.testing.assert_close(g_dropped, g, rtol=1e-4, atol=1e-6)
 
 
-def test_training_with_packing_runs(project):
+def test_training_with_packing_runs(tiny_project):
     from text2sql.train import train
 
-    run = train(load_config(project, ["train.packing=true", "train.max_steps=2", "train.save_steps=1000"]))
+    run = train(load_config(tiny_project, ["train.packing=true", "train.max_steps=2", "train.save_steps=1000"]))
     sample = json.loads((run / "train_sample.json").read_text())
     assert sample["context"].count("<|im_start|>system") > 1, "several examples packed into one sequence"
 
@@ -236,17 +226,17 @@ main(args)
 """
 
 
-def test_resume_after_kill_continues_from_last_complete_checkpoint(project):
+def test_resume_after_kill_continues_from_last_complete_checkpoint(tiny_project):
     """Kill `text2sql train` after its first checkpoint, resume; the subprocess also shows that predict and
     train run without duckdb/pyiceberg."""
     from text2sql.train import last_checkpoint, train
 
-    run = project.parent / "runs" / "killed"
+    run = tiny_project.parent / "runs" / "killed"
     settings = ["train.run_name=killed", "train.save_steps=2", "train.eval_steps=100000"]
-    base = str(load_config(project).model.base)
-    predictions = project.parent / "base.jsonl"
-    cmd = [sys.executable, "-c", GPU_LIKE_CLI, "predict", "--config", str(project), "--model", base, "--split", "dev",
-           "--out", str(predictions), "--then", "train", "--config", str(project), "--set", "train.max_steps=2000"]
+    base = str(load_config(tiny_project).model.base)
+    predictions = tiny_project.parent / "base.jsonl"
+    cmd = [sys.executable, "-c", GPU_LIKE_CLI, "predict", "--config", str(tiny_project), "--model", base, "--split", "dev",
+           "--out", str(predictions), "--then", "train", "--config", str(tiny_project), "--set", "train.max_steps=2000"]
     cmd += [arg for s in settings for arg in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -263,7 +253,7 @@ def test_resume_after_kill_continues_from_last_complete_checkpoint(project):
     step = int(last_checkpoint(run).name.split("-")[1])
     assert step < 2000
 
-    done = train(load_config(project, [*settings, f"train.max_steps={step + 2}"]), resume=True)
+    done = train(load_config(tiny_project, [*settings, f"train.max_steps={step + 2}"]), resume=True)
     assert done == run
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["global_step"] == step + 2
@@ -272,62 +262,62 @@ def test_resume_after_kill_continues_from_last_complete_checkpoint(project):
     assert [r["step"] for r in logged if "loss" in r][-2:] == [step + 1, step + 2]
 
 
-def test_resume_without_checkpoint_is_a_clear_error(project):
+def test_resume_without_checkpoint_is_a_clear_error(tiny_project):
     with pytest.raises(ModelError, match="nothing to resume"):
         from text2sql.train import train
 
-        train(load_config(project), resume=True)
+        train(load_config(tiny_project), resume=True)
 
 
 # ---------------------------------------------------------------- bad input
 
 
-def test_unknown_method_is_a_config_error(project):
+def test_unknown_method_is_a_config_error(tiny_project):
     from text2sql.train import resolve_method
 
     with pytest.raises(ConfigError, match="train.method: 'sgd' is not one of"):
-        load_config(project, ["train.method=sgd"])
+        load_config(tiny_project, ["train.method=sgd"])
     with pytest.raises(ConfigError, match="is not one of auto, qlora, lora, full"):
         resolve_method("sgd", cuda=False)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
-def test_qlora_without_cuda_is_a_config_error(project):
+def test_qlora_without_cuda_is_a_config_error(tiny_project):
     from text2sql.train import train
 
     with pytest.raises(ConfigError, match="qlora needs a CUDA GPU"):
-        train(load_config(project, ["train.method=qlora"]))
-    assert not (project.parent / "runs").exists(), "nothing written before the check"
+        train(load_config(tiny_project, ["train.method=qlora"]))
+    assert not (tiny_project.parent / "runs").exists(), "nothing written before the check"
 
 
-def test_dataset_without_train_split_is_a_data_error(project):
+def test_dataset_without_train_split_is_a_data_error(tiny_project):
     from text2sql.train import train
 
-    pairs = project.parent / "datasets" / "demo" / "pairs.jsonl"
+    pairs = tiny_project.parent / "datasets" / "demo" / "pairs.jsonl"
     pairs.write_text("".join(line for line in pairs.read_text().splitlines(True) if '"train"' not in line))
     with pytest.raises(DataError, match="no usable train split"):
-        train(load_config(project))
+        train(load_config(tiny_project))
 
 
-def test_examples_longer_than_max_length_are_refused_not_cut(project):
+def test_examples_longer_than_max_length_are_refused_not_cut(tiny_project):
     from text2sql.train import train
 
     with pytest.raises(ConfigError, match=r"10 of 10 examples are longer than train.max_length=64 tokens"):
-        train(load_config(project, ["train.max_length=64"]))
-    assert not (project.parent / "runs").exists()
+        train(load_config(tiny_project, ["train.max_length=64"]))
+    assert not (tiny_project.parent / "runs").exists()
 
 
-def test_unknown_base_model_is_a_model_error_in_the_cli(project):
-    result = CliRunner().invoke(main, ["train", "--config", str(project), "--set", "model.base=no-such-model"])
+def test_unknown_base_model_is_a_model_error_in_the_cli(tiny_project):
+    result = CliRunner().invoke(main, ["train", "--config", str(tiny_project), "--set", "model.base=no-such-model"])
     assert result.exit_code == 1
     assert "error: unknown base model 'no-such-model'" in result.output
     assert "Traceback" not in result.output
 
 
-def test_base_model_resolution_errors(project, tmp_path, monkeypatch):
+def test_base_model_resolution_errors(tiny_project, tmp_path, monkeypatch):
     from text2sql.models import pull_model, resolve_base_model
 
-    cfg = load_config(project, [f"model.models_dir={tmp_path / 'models'}"])
+    cfg = load_config(tiny_project, [f"model.models_dir={tmp_path / 'models'}"])
     with pytest.raises(ModelError, match="not a Hugging Face model dir"):
         resolve_base_model(cfg, str(tmp_path))
     with pytest.raises(ModelError, match="GGUF file not found"):
