@@ -509,7 +509,7 @@ def summarize_profile(prof, wall_s: float, steps: int, cuda: bool) -> dict:
 HOST_KINDS = [("waiting on the GPU (syncs)", ("synchronize",)),
               ("kernel launches", ("launchkernel", "culaunch")),
               ("allocations and copies", ("cudamalloc", "cudafree", "cudamemcpy", "cudamemset", "cudahostalloc")),
-              ("other CUDA runtime calls", ("cuda", "cu")),
+              ("other CUDA runtime calls", ("cu",)),
               ("operators (dispatch, autograd)", ("",))]
 
 

@@ -1,11 +1,20 @@
 """The benchmarks' CPU smoke modes run (figures are not asserted: they are measured, on a GPU, in bench/results/)."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO
+
+
+def run_bench(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """A bench script in a subprocess, offline, its temp files under tmp_path; fails the test on a non-zero exit."""
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.mark.slow
@@ -16,9 +25,7 @@ from tests.conftest import REPO
     (["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"], []),
 ])
 def test_bench_smoke(args, expected, tmp_path):
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench(args, tmp_path)
     assert "x" in done.stdout.splitlines()[-1]  # the closing ratio line
     assert all(e in done.stdout for e in expected), done.stdout[-2000:]
 
@@ -28,9 +35,7 @@ def test_train_bench_profiles_and_runs_variants(tmp_path):
     """--profile breaks the profiled steps' time into kernel families; --variant adds a text2sql run with overrides."""
     args = ["bench/train_throughput.py", "--smoke", "--steps", "4", "--warmup", "1", "--seq-len", "2600",
             "--no-baseline", "--profile", "2", "--variant", "nomask:train.drop_padding_mask=false"]
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench(args, tmp_path)
     out = done.stdout
     assert "| tiny/text2sql |" in out and "| tiny/text2sql-nomask |" in out and "tiny/baseline" not in out
     assert out.count("kernel family") == 2 and "attention" in out  # one profile per text2sql run
@@ -41,7 +46,5 @@ def test_train_bench_profiles_and_runs_variants(tmp_path):
 def test_train_bench_runs_only_the_variants_with_no_defaults(tmp_path):
     args = ["bench/train_throughput.py", "--smoke", "--steps", "2", "--warmup", "1", "--seq-len", "2600",
             "--no-baseline", "--no-defaults", "--variant", "mb1:train.micro_batch_size=1"]
-    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench(args, tmp_path)
     assert "| tiny/text2sql-mb1 |" in done.stdout and "| tiny/text2sql |" not in done.stdout

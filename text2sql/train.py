@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -360,8 +359,6 @@ def set_expandable_segments(on: bool) -> None:
 
 def _liger_available() -> bool:
     """liger-kernel and the Triton it compiles with both import (it ships as pure Python; Triton may be missing)."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        return False
     try:
         import liger_kernel.transformers  # noqa: F401
     except ImportError:
