@@ -93,36 +93,52 @@ class SchemaSnapshot:
 
     @classmethod
     def from_duckdb(cls, path: str | Path) -> SchemaSnapshot:
-        """Build a snapshot from a plain DuckDB database file (e.g. an imported benchmark database)."""
+        """Build a snapshot from a plain DuckDB database file (an imported benchmark database, or the warehouse
+        of `warehouse.engine: duckdb`): tables of schema `main` by bare name, others as `schema.table`, with
+        their COMMENT ON text as table comment and column docs."""
         import duckdb
 
         path = Path(path)
         if not path.is_file():
             raise SchemaSnapshotError(f"database file not found: {path}")
-        con = duckdb.connect(str(path), read_only=True)
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as exc:
+            raise SchemaSnapshotError(f"cannot open DuckDB database {path}: {_one_line(exc)}") from None
         try:
             rows = con.execute(
-                "SELECT schema_name, table_name, column_name, data_type, is_nullable "
-                "FROM duckdb_columns() WHERE NOT internal ORDER BY schema_name, table_name, column_index"
+                "SELECT schema_name, table_name, column_name, data_type, is_nullable, comment "
+                "FROM duckdb_columns() WHERE NOT internal AND database_name = current_database() "
+                "ORDER BY schema_name, table_name, column_index"
+            ).fetchall()
+            comments = con.execute(
+                "SELECT schema_name, table_name, comment FROM duckdb_tables() "
+                "WHERE NOT internal AND database_name = current_database()"
             ).fetchall()
             fks = con.execute(
                 "SELECT schema_name, table_name, constraint_column_names, referenced_table, referenced_column_names "
-                "FROM duckdb_constraints() WHERE constraint_type = 'FOREIGN KEY'"
+                "FROM duckdb_constraints() WHERE constraint_type = 'FOREIGN KEY' AND database_name = current_database()"
             ).fetchall()
         finally:
             con.close()
+
+        def qualified(schema: str, table: str) -> str:
+            return table if schema == "main" else f"{schema}.{table}"
+
         by_table: dict[str, list[Column]] = {}
-        for schema, table, column, dtype, nullable in rows:
-            name = table if schema == "main" else f"{schema}.{table}"
-            by_table.setdefault(name, []).append(Column(column, dtype, "", not nullable))
+        for schema, table, column, dtype, nullable, doc in rows:
+            by_table.setdefault(qualified(schema, table), []).append(Column(column, dtype, doc or "", not nullable))
+        table_comments = {qualified(schema, table): comment or "" for schema, table, comment in comments}
         refs: dict[str, list[tuple[str, str, str]]] = {}
         for schema, table, cols, ref_table, ref_cols in fks:
-            name = table if schema == "main" else f"{schema}.{table}"
+            name = qualified(schema, table)
+            other = ref_table if schema == "main" or "." in ref_table else f"{schema}.{ref_table}"
             for c, rc in zip(cols, ref_cols):
-                refs.setdefault(name, []).append((c, ref_table, rc))
+                refs.setdefault(name, []).append((c, other, rc))
         tables = {}
         for name, cols in by_table.items():
-            t = TableSnapshot(name=name, ddl="", columns=cols, references=sorted(refs.get(name, [])))
+            t = TableSnapshot(name=name, ddl="", columns=cols, comment=" ".join(table_comments.get(name, "").split()),
+                              references=sorted(refs.get(name, [])))
             t.ddl = render_ddl(t)
             tables[name] = t
         digest = hashlib.sha256("\n".join(tables[n].ddl for n in sorted(tables)).encode()).hexdigest()
@@ -309,11 +325,10 @@ def render_ddl(t: TableSnapshot) -> str:
 
 
 def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[str] | None = None) -> dict:
-    """Write DDL for every table of the catalog, and manifest.json, into schemas/ (replacing what was there)."""
-    catalog_name = catalog_name or cfg.catalog.name
-    catalog = load_catalog(cfg, catalog_name)
-    names = list_table_names(catalog, namespaces or cfg.catalog.namespaces or None)
-    snapshots = [describe_table(catalog.load_table(n), n) for n in names]
+    """Write DDL for every table of the catalog (or of the DuckDB file of `warehouse.engine: duckdb`), and
+    manifest.json, into schemas/ (replacing what was there)."""
+    catalog_name, live = _live_tables(cfg, catalog_name, namespaces or cfg.catalog.namespaces or None)
+    snapshots = list(live.values())
     out = cfg.path(cfg.catalog.schemas_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "catalog": catalog_name, "tables": {}}
@@ -332,6 +347,24 @@ def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[
             stale.unlink()
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | None) -> tuple[str, dict]:
+    """(catalog name, {qualified name: TableSnapshot}) of the tables in the live catalog, or in the DuckDB file
+    that is the warehouse under `warehouse.engine: duckdb` (its `main` schema is namespace `main`)."""
+    if cfg.warehouse.engine == "duckdb":
+        path = cfg.path(cfg.warehouse.duckdb_path)
+        if not path.is_file():
+            raise CatalogError(f"warehouse.duckdb_path: {path} not found (the DuckDB database file to query)")
+        live = SchemaSnapshot.from_duckdb(path).tables
+        found = {n.rpartition(".")[0] or "main" for n in live}
+        missing = sorted(set(namespaces or []) - found)
+        if missing:
+            raise NoSuchTableError(f"namespace {missing[0]!r} not found; {path.name} has: {', '.join(sorted(found)) or 'none'}")
+        return path.stem, {n: t for n, t in live.items() if not namespaces or (n.rpartition(".")[0] or "main") in namespaces}
+    catalog_name = catalog_name or cfg.catalog.name
+    catalog = load_catalog(cfg, catalog_name)
+    return catalog_name, {n: describe_table(catalog.load_table(n), n) for n in list_table_names(catalog, namespaces)}
 
 
 def load_snapshot(cfg: Config) -> SchemaSnapshot:
@@ -368,11 +401,8 @@ def read_snapshot(schemas_dir: Path) -> SchemaSnapshot:
 def diff_schemas(cfg: Config, catalog_name: str | None = None) -> list[SchemaChange]:
     """Tables and columns added, removed or retyped in the live catalog since the schemas/ snapshot."""
     old = load_snapshot(cfg)
-    catalog_name = catalog_name or old.catalog
-    catalog = load_catalog(cfg, catalog_name)
-    namespaces = sorted({n.rsplit(".", 1)[0] for n in old.tables}) or None
-    live_names = list_table_names(catalog, namespaces)
-    live = {n: describe_table(catalog.load_table(n), n) for n in live_names}
+    namespaces = sorted({n.rpartition(".")[0] or "main" for n in old.tables}) or None
+    _, live = _live_tables(cfg, catalog_name or old.catalog, namespaces)
     changes = []
     for name in sorted(set(old.tables) | set(live)):
         if name not in live:

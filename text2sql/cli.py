@@ -69,6 +69,20 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def show_warehouse_engine() -> None:
+    """Print the line that says which warehouse engine opened the lakehouse (and why) on stderr."""
+    import logging
+
+    class EchoToStderr(logging.Handler):  # finds stderr when it writes (click's test runner swaps it per call)
+        def emit(self, record: logging.LogRecord) -> None:
+            click.echo(self.format(record), err=True)
+
+    log = logging.getLogger("text2sql.warehouse")
+    if not any(type(h).__name__ == "EchoToStderr" for h in log.handlers):
+        log.addHandler(EchoToStderr())
+        log.setLevel(logging.INFO)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="text2sql")
 def main() -> None:
@@ -266,6 +280,7 @@ def data_validate(dataset, config_path, overrides, as_json, strict, split, timeo
     from text2sql.data import load_pairs, validate_pairs
 
     cfg = load(config_path, overrides)
+    show_warehouse_engine()
     report = validate_pairs(cfg, load_pairs(cfg, dataset, split), dataset=dataset, timeout_s=timeout_s)
     if as_json:
         echo_json(report.to_json())
@@ -373,7 +388,8 @@ def data_import_spider(path, config_path, overrides, name, split, as_json):
         click.echo(f"database {db}: {info['tables']} tables, {info['rows']} rows" +
                    "".join(f"\n  {note}" for note in info["notes"]))
     reasons = ", ".join(f"{k} {n}" for k, n in report.reasons().items())
-    click.echo(f"kept {report.kept} of {report.questions} questions whose SQLite and DuckDB results agree"
+    ties = f", {len(report.ties)} of them up to rows tied at a LIMIT (any scores as correct)" if report.ties else ""
+    click.echo(f"kept {report.kept} of {report.questions} questions whose SQLite and DuckDB results agree{ties}"
                + (f" (dropped: {reasons})" if reasons else "") + f" in {report.seconds:.1f}s")
 
 # ---------------------------------------------------------------- end data
@@ -456,9 +472,12 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
 @click.option("--release", default=None, help="Report directory under eval.reports_dir (default: a timestamp).")
 @click.option("--model", "model_name", default=None,
               help="Model dir to generate with first (predict + eval); with --predictions, only a name for the report.")
+@click.option("--dialect", type=click.Choice(["duckdb", "sqlite"]), default=None,
+              help='SQL dialect of predictions without a "dialect" field (default duckdb); sqlite ones are rewritten '
+                   "for DuckDB as `data import spider` rewrites golds.")
 @click.pass_context
 @catch_errors
-def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name):
+def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name, dialect):
     """Score predictions by execution accuracy and write eval/reports/<release>/ (or: eval compare A B)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -471,7 +490,9 @@ def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, releas
         from text2sql.generate import predict
 
         predictions = predict(cfg, model_name, split=split or cfg.eval.split, dataset=dataset)
-    report = evaluate(cfg, predictions, dataset=dataset, split=split, mode=mode, release=release, model=model_name)
+    show_warehouse_engine()
+    report = evaluate(cfg, predictions, dataset=dataset, split=split, mode=mode, release=release, model=model_name,
+                      dialect=dialect)
     click.echo(format_summary(report))
 
 

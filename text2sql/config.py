@@ -17,6 +17,7 @@ from typing import Any
 from text2sql.errors import ConfigError
 
 CONFIG_FILENAME = "text2sql.yaml"
+WAREHOUSE_ENGINES = ("auto", "materialized", "iceberg", "duckdb")
 
 
 @dataclass
@@ -51,8 +52,12 @@ class LakehouseConfig:
 
 @dataclass
 class WarehouseConfig:
-    engine: str = "materialized"
-    """How DuckDB reads Iceberg: `materialized` (pyiceberg Arrow scan of the pinned snapshot cached in a read-only DuckDB file) or `iceberg` (DuckDB's iceberg extension over the metadata files)."""
+    engine: str = "auto"
+    """What queries run on: `materialized` (pyiceberg Arrow scan of the pinned snapshots cached in a read-only DuckDB file), `iceberg` (DuckDB's iceberg extension reads the pinned snapshots in place), `auto` (materialized up to `materialize_max_bytes`, else iceberg), or `duckdb` (the DuckDB database file `duckdb_path`, no Iceberg catalog)."""
+    materialize_max_bytes: int = 2_000_000_000
+    """With engine auto: the largest total data size (the pinned snapshots' `total-files-size` summaries) copied into a local DuckDB file; above it the iceberg engine reads the lakehouse in place."""
+    duckdb_path: str = ""
+    """With engine duckdb: the DuckDB database file that is the warehouse (opened read-only; `schema pull` reads its tables and comments)."""
     cache_dir: str = ".cache/warehouse"
     """Where materialized DuckDB files are cached, keyed by the snapshot ids in schemas/manifest.json."""
     timeout_s: float = 10.0
@@ -226,8 +231,14 @@ class Config:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.warehouse.engine not in ("materialized", "iceberg"):
-            problems.append(f"warehouse.engine: {self.warehouse.engine!r} is not one of materialized, iceberg")
+        w = self.warehouse
+        if w.engine not in WAREHOUSE_ENGINES:
+            problems.append(f"warehouse.engine: {w.engine!r} is not one of {', '.join(WAREHOUSE_ENGINES)}")
+        if w.engine == "duckdb" and not w.duckdb_path:
+            problems.append("warehouse.duckdb_path: empty, but warehouse.engine is duckdb: set it to the DuckDB "
+                            "database file to query")
+        if w.materialize_max_bytes < 0:
+            problems.append(f"warehouse.materialize_max_bytes: {w.materialize_max_bytes} must be >= 0 (bytes)")
         if self.train.method not in ("auto", "qlora", "lora", "full"):
             problems.append(f"train.method: {self.train.method!r} is not one of auto, qlora, lora, full")
         for key in ("packing", "gradient_checkpointing", "liger"):

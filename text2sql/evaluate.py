@@ -625,6 +625,50 @@ def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dic
     return predictions
 
 
+PREDICTION_DIALECTS = ("duckdb", "sqlite")
+"""SQL dialects a prediction may be written in; sqlite goes through the Spider import's gold rewrite."""
+
+
+def read_prediction_dialects(path: str | Path, default: str = "duckdb") -> dict[str, str]:
+    """{id: dialect} of a predictions file (already read by `read_predictions`): a line's `"dialect"`, else `default`.
+
+    Raises:
+        DataError: a dialect other than those in PREDICTION_DIALECTS (each named by file:line).
+    """
+    if default not in PREDICTION_DIALECTS:
+        raise DataError(f"--dialect {default!r} is not one of {', '.join(PREDICTION_DIALECTS)}")
+    dialects: dict[str, str] = {}
+    problems = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or record.get("id") is None:
+                continue
+            dialect = record.get("dialect") or default
+            if dialect not in PREDICTION_DIALECTS:
+                problems.append(f"{path}:{lineno}: dialect {dialect!r} is not one of {', '.join(PREDICTION_DIALECTS)}")
+            dialects[str(record["id"])] = dialect
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in predictions: " + "; ".join(problems[:10]))
+    return dialects
+
+
+def _to_duckdb(predictions: dict[str, str | None], pairs: list, dialects: dict[str, str], snapshot):
+    """The predictions of `pairs` written for SQLite, rewritten for DuckDB; and {id: SQL as written} of those."""
+    from text2sql.data.spider import transpile_prediction
+
+    columns = {name: {c.name: c.type for c in t.columns} for name, t in snapshot.tables.items()}
+    rewritten, as_written = dict(predictions), {}
+    for pair in pairs:
+        sql = predictions.get(pair.id)
+        if sql and dialects.get(pair.id) == "sqlite":
+            rewritten[pair.id], as_written[pair.id] = transpile_prediction(sql, columns), sql
+    return rewritten, as_written
+
+
 # ---------------------------------------------------------------- running and judging
 
 
@@ -637,6 +681,8 @@ class ScoredRun:
     """Examples whose gold failed, timed out or exceeded the row cap: left out of every metric."""
     schemas: dict[str, str] = field(default_factory=dict)
     """Fingerprint of each database evaluated on ("lakehouse" or the pair's db id)."""
+    engines: dict[str, str] = field(default_factory=dict)
+    """The warehouse engine each database ran on (materialized, iceberg, duckdb)."""
 
 
 def score_pairs(
@@ -649,13 +695,16 @@ def score_pairs(
     workers: int | None = None,
     use_cache: bool = True,
     cache_dir: Path | None = None,
+    dialects: dict[str, str] | None = None,
 ) -> ScoredRun:
     """Run every pair's gold and predicted SQL in the sandbox and judge the prediction.
 
     Pairs with `db` null run on the project lakehouse; others on the DuckDB file that the dataset's
     dataset.yaml lists for that db (`dataset`: a name under data.datasets_dir or a directory).
     A pair with no prediction scores `no_sql`. Gold results are cached under `.cache/gold/` (by SQL and
-    database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
+    database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False. `dialects` ({id:
+    dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for DuckDB first, and
+    their records keep the SQL as written in `predicted_sqlite`.
     """
     from text2sql.warehouse import QueryRunner
 
@@ -673,8 +722,13 @@ def score_pairs(
         fingerprint = _target_fingerprint(spec, snapshot)
         scored.schemas[db or "lakehouse"] = snapshot.fingerprint
         cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
+        scored.engines[db or "lakehouse"] = spec.engine
+        group_predictions, as_written = _to_duckdb(predictions, group, dialects or {}, snapshot)
         with QueryRunner.from_config(cfg, spec, workers=workers) as runner:
-            _score_group(group, predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+        for record in scored.examples + scored.excluded:
+            if record["id"] in as_written:
+                record["predicted_sqlite"] = as_written[record["id"]]
     order = {p.id: i for i, p in enumerate(pairs)}
     scored.examples.sort(key=lambda e: order[e["id"]])
     scored.excluded.sort(key=lambda e: order[e["id"]])
@@ -875,6 +929,7 @@ def evaluate(
     mode: str | None = None,
     release: str | None = None,
     model: str | None = None,
+    dialect: str | None = None,
 ) -> dict:
     """Score a predictions file against a dataset split and write the release report.
 
@@ -886,6 +941,8 @@ def evaluate(
         mode: strict | lenient | set (default eval.mode).
         release: report directory name under eval.reports_dir (default: a timestamp).
         model: what produced the predictions, recorded in the report.
+        dialect: the SQL dialect of predictions without a "dialect" field: duckdb (default) or sqlite (rewritten
+            for DuckDB as the Spider import rewrites golds).
 
     Returns:
         The report (also written as report.json, report.md and report.html); its "path" key is the directory.
@@ -905,8 +962,9 @@ def evaluate(
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, None if split == "all" else split)
     predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
+    dialects = read_prediction_dialects(predictions_path, dialect or "duckdb")
     started = time.perf_counter()
-    scored = score_pairs(cfg, pairs, predictions, dataset=dataset, mode=mode)
+    scored = score_pairs(cfg, pairs, predictions, dataset=dataset, mode=mode, dialects=dialects)
     report = {
         "release": release,
         "mode": mode,
@@ -917,8 +975,9 @@ def evaluate(
         "metrics": compute_metrics(scored.examples, scored.excluded, mode),
         "examples": scored.examples,
         "excluded": scored.excluded,
-        "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas),
+        "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
     }
+    report["inputs"]["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, "duckdb") for p in pairs))
     report["metrics"]["elapsed_s"] = round(time.perf_counter() - started, 3)
     out = cfg.path(cfg.eval.reports_dir) / release
     write_report(report, out)
@@ -961,7 +1020,8 @@ def compute_metrics(examples: list[dict], excluded: list[dict], mode: str) -> di
     }
 
 
-def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str]) -> dict:
+def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str],
+            engines: dict[str, str] | None = None) -> dict:
     """What the run depended on, so two reports can be told apart (or shown to be comparable)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -991,7 +1051,9 @@ def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str])
                      "pyiceberg": installed("pyiceberg")},
         "settings": {"mode_rel_tol": cfg.eval.rel_tol, "timeout_s": cfg.warehouse.timeout_s,
                      "max_rows": cfg.warehouse.max_rows, "memory_limit": cfg.warehouse.memory_limit,
-                     "engine": cfg.warehouse.engine},
+                     # the engine that ran (auto resolved), one name when every database ran on the same
+                     "engine": (next(iter(set(engines.values()))) if len(set(engines.values())) == 1 else engines)
+                     if engines else cfg.warehouse.engine},
     }
 
 

@@ -1,15 +1,21 @@
 """DuckDB over Iceberg, and the sandbox every untrusted query runs in.
 
 `WarehouseSpec.from_config(cfg)` describes how to open a DuckDB connection in which every catalog
-table is queryable as `namespace.table`, pinned to the snapshot recorded in `schemas/`:
+table is queryable as `namespace.table`, pinned to the snapshot recorded in `schemas/`, by one of the
+engines of `warehouse.engine`:
 
-- `materialized` (default): pyiceberg scans each table at its pinned snapshot into Arrow, once, into a
+- `materialized`: pyiceberg scans each table at its pinned snapshot into Arrow, once, into a
   DuckDB file under `warehouse.cache_dir` keyed by the snapshot fingerprint; queries then open that
-  file read-only. Fastest per query, and the sandbox needs no file access at all.
+  file read-only. Fastest per query, and the sandbox needs no file access at all; but a full copy.
 - `iceberg`: DuckDB's iceberg extension (loaded from the pip package's file) reads the Iceberg
-  metadata and parquet files on every query through views pinned with `snapshot_from_id`.
+  metadata and parquet files on every query through views pinned with `snapshot_from_id`: no copy.
+- `auto` (default): `materialized` while the pinned snapshots hold at most `warehouse.materialize_max_bytes`
+  (their `total-files-size` summaries, read through pyiceberg), else `iceberg` (`choose_engine`).
+- `duckdb`: the DuckDB database file `warehouse.duckdb_path` is the warehouse (no Iceberg catalog, no
+  snapshots: queries see what the file holds), opened read-only like a materialized file.
 
-`bench/warehouse_engines.py` measures both. Every query goes through `check_sql` (sqlglot: exactly one
+Which engine ran, and why, is logged on the `text2sql.warehouse` logger (the CLI prints it on stderr).
+`bench/warehouse_engines.py` measures materialized against iceberg. Every query goes through `check_sql` (sqlglot: exactly one
 read-only SELECT/WITH query whose tables and columns exist) and then `QueryRunner`: worker processes
 holding a read-only, locked-down connection (no external access, memory limit, thread count, row cap),
 with a timeout that interrupts the query and kills the worker if it does not stop.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import multiprocessing as mp
 import os
 import threading
@@ -32,6 +39,8 @@ from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
+
+log = logging.getLogger("text2sql.warehouse")
 
 # Table functions and scalar functions that reach outside the warehouse or inspect the host.
 FORBIDDEN_FUNCTIONS = frozenset("""
@@ -164,25 +173,82 @@ class WarehouseSpec:
     """Directories the locked connection may still read (the iceberg engine's warehouse)."""
     search_path: str = ""
     """Schemas searched for bare table names."""
+    engine: str = "duckdb"
+    """What reads the data: materialized | iceberg | duckdb (a DuckDB database file as it is)."""
 
     @classmethod
-    def from_duckdb_file(cls, path: str | Path) -> WarehouseSpec:
+    def from_duckdb_file(cls, path: str | Path, search_path: str = "") -> WarehouseSpec:
         path = Path(path)
         if not path.is_file():
             raise SchemaSnapshotError(f"database file not found: {path}")
-        return cls(database=str(path.resolve()))
+        return cls(database=str(path.resolve()), search_path=search_path, engine="duckdb")
 
     @classmethod
     def from_config(cls, cfg: Config, snapshot: SchemaSnapshot | None = None) -> WarehouseSpec:
-        """The project lakehouse at the snapshot pinned in schemas/ (materialized or through the iceberg extension);
-        `snapshot` when the caller has loaded it already."""
+        """The project warehouse at the snapshot pinned in schemas/, opened by the engine `choose_engine` picks
+        (logged); `snapshot` when the caller has loaded it already."""
         from text2sql.catalog import load_snapshot
 
         snapshot = snapshot or load_snapshot(cfg)
+        engine, reason = choose_engine(cfg, snapshot)
+        log.info("warehouse engine: %s (%s)", engine, reason)
+        if engine == "duckdb":
+            path = cfg.path(cfg.warehouse.duckdb_path)
+            if not path.is_file():
+                raise SchemaSnapshotError(f"warehouse.duckdb_path: {path} not found (the DuckDB database file to query)")
+            # Tables of schema main are listed by bare name: main stays on the path after the named schemas.
+            schemas = sorted({n.rpartition(".")[0] for n in snapshot.tables} - {""})
+            return cls.from_duckdb_file(path, ",".join([*schemas, "main"]))
         search_path = ",".join(snapshot.namespaces())
-        if cfg.warehouse.engine == "materialized":
-            return cls(database=str(materialize(cfg, snapshot)), search_path=search_path)
+        if engine == "materialized":
+            return cls(database=str(materialize(cfg, snapshot)), search_path=search_path, engine="materialized")
         return _iceberg_spec(cfg, snapshot, search_path)
+
+
+def choose_engine(cfg: Config, snapshot: SchemaSnapshot) -> tuple[str, str]:
+    """(engine, why): `warehouse.engine` itself, or for `auto` materialized or iceberg by the size of the pinned
+    snapshots (the sum of their `total-files-size` summaries, through pyiceberg) against
+    `warehouse.materialize_max_bytes`. A table whose size the summary does not give is never copied."""
+    w = cfg.warehouse
+    if w.engine != "auto":
+        return w.engine, f"warehouse.engine: {w.engine}"
+    limit = f"warehouse.materialize_max_bytes {_size(w.materialize_max_bytes)}"
+    total, unknown = pinned_data_bytes(cfg, snapshot)
+    if unknown:
+        return "iceberg", f"auto: the pinned snapshot of {unknown[0]} gives no total-files-size; not copied"
+    if total > w.materialize_max_bytes:
+        return "iceberg", f"auto: the pinned snapshots hold {_size(total)} > {limit}; read in place"
+    return "materialized", f"auto: the pinned snapshots hold {_size(total)} <= {limit}; copied into a local DuckDB file"
+
+
+def pinned_data_bytes(cfg: Config, snapshot: SchemaSnapshot) -> tuple[int, list[str]]:
+    """(bytes of data files in the snapshots pinned in schemas/, tables whose snapshot summary gives no size)."""
+    from text2sql.catalog import load_catalog
+
+    catalog = load_catalog(cfg, snapshot.catalog)
+    total, unknown = 0, []
+    for name, t in snapshot.tables.items():
+        if t.snapshot_id is None:  # a table with no snapshot holds no data
+            continue
+        pinned = _load_pinned_table(catalog, name, t.snapshot_id).snapshot_by_id(t.snapshot_id)
+        size = pinned.summary.additional_properties.get("total-files-size") if pinned.summary else None
+        try:
+            total += int(size)
+        except (TypeError, ValueError):
+            unknown.append(name)
+    return total, unknown
+
+
+def _size(n: int) -> str:
+    """A byte count for people.
+
+    >>> _size(2_000_000_000)
+    '2.0 GB'
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def materialize(cfg: Config, snapshot: SchemaSnapshot | None = None) -> Path:
@@ -251,7 +317,8 @@ def _iceberg_spec(cfg: Config, snapshot: SchemaSnapshot, search_path: str) -> Wa
             setup.append(f'CREATE SCHEMA IF NOT EXISTS "{ns}"')
         pin = f", snapshot_from_id={int(t.snapshot_id)}" if t.snapshot_id is not None else ""
         setup.append(f"CREATE VIEW {_qualified(name)} AS SELECT * FROM iceberg_scan('{location}'{pin})")
-    return WarehouseSpec(setup_sql=tuple(setup), allowed_directories=tuple(sorted(dirs)), search_path=search_path)
+    return WarehouseSpec(setup_sql=tuple(setup), allowed_directories=tuple(sorted(dirs)), search_path=search_path,
+                         engine="iceberg")
 
 
 def _extension_file(module) -> str:
