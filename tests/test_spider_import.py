@@ -121,8 +121,8 @@ def test_import_checks_each_gold_on_both_engines(cfg, tmp_path):
     assert "SELECT name FROM item WHERE name ILIKE '%p%'" in sqls
     assert "SELECT COUNT(*) // 2 FROM item" in sqls
     assert any("ARG_MAX(T1.name, T2.price)" in s for s in sqls)
-    assert "SELECT ANY_VALUE(T1.name), COUNT(*) FROM maker AS T1 JOIN item AS T2 ON T1.id = T2.maker_id GROUP BY T1.id" \
-        in sqls
+    assert ("SELECT ANY_VALUE(T1.name), COUNT(*) FROM maker AS T1 JOIN item AS T2 ON T1.id = T2.maker_id "
+            "GROUP BY T1.id") in sqls
     assert "SELECT ANY_VALUE(id) FROM item GROUP BY maker_id HAVING COUNT(*) > 1" in sqls  # 1 row, as on SQLite
     # SQLite puts NULL first under ASC, DuckDB last: kept only in the form that agrees.
     assert "SELECT name FROM item ORDER BY price NULLS FIRST" in sqls
@@ -163,13 +163,14 @@ def test_import_errors(cfg, tmp_path):
 
 
 def test_import_of_an_empty_folder_is_a_one_line_error(cfg, tmp_path):
-    empty = tmp_path / "empty"
+    empty, config = tmp_path / "empty", str(cfg.root / "text2sql.yaml")
     empty.mkdir()
-    result = CliRunner().invoke(main, ["data", "import", "spider", str(empty), "--config", str(cfg.root / "text2sql.yaml")])
+    result = CliRunner().invoke(main, ["data", "import", "spider", str(empty), "--config", config])
     assert result.exit_code == 1
-    assert result.output.count("\n") == 1 and result.output.startswith("error: ") and "dev.json not found" in result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "dev.json not found" in result.output
     (empty / "dev.json").write_text(json.dumps([{"db_id": "shop", "question": "q", "query": "SELECT 1"}]))
-    result = CliRunner().invoke(main, ["data", "import", "spider", str(empty), "--config", str(cfg.root / "text2sql.yaml")])
+    result = CliRunner().invoke(main, ["data", "import", "spider", str(empty), "--config", config])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "error: no SQLite database under" in result.output and "database/shop/shop.sqlite" in result.output
 

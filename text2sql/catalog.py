@@ -360,8 +360,9 @@ def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | 
         found = {n.rpartition(".")[0] or "main" for n in live}
         missing = sorted(set(namespaces or []) - found)
         if missing:
-            raise NoSuchTableError(f"namespace {missing[0]!r} not found; {path.name} has: {', '.join(sorted(found)) or 'none'}")
-        return path.stem, {n: t for n, t in live.items() if not namespaces or (n.rpartition(".")[0] or "main") in namespaces}
+            raise NoSuchTableError(f"namespace {missing[0]!r} not found; {path.name} has: {', '.join(sorted(found))}")
+        wanted = set(namespaces or found)
+        return path.stem, {n: t for n, t in live.items() if (n.rpartition(".")[0] or "main") in wanted}
     catalog_name = catalog_name or cfg.catalog.name
     catalog = load_catalog(cfg, catalog_name)
     return catalog_name, {n: describe_table(catalog.load_table(n), n) for n in list_table_names(catalog, namespaces)}

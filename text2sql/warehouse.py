@@ -15,8 +15,10 @@ engines of `warehouse.engine`:
   snapshots: queries see what the file holds), opened read-only like a materialized file.
 
 Which engine ran, and why, is logged on the `text2sql.warehouse` logger (the CLI prints it on stderr).
-`bench/warehouse_engines.py` measures materialized against iceberg. Every query goes through `check_sql` (sqlglot: exactly one
-read-only SELECT/WITH query whose tables and columns exist) and then `QueryRunner`: worker processes
+`bench/warehouse_engines.py` measures materialized against iceberg.
+
+Every query goes through `check_sql` (sqlglot: exactly one read-only SELECT/WITH query whose tables and
+columns exist) and then `QueryRunner`: worker processes
 holding a read-only, locked-down connection (no external access, memory limit, thread count, row cap),
 with a timeout that interrupts the query and kills the worker if it does not stop.
 """
@@ -195,7 +197,7 @@ class WarehouseSpec:
         if engine == "duckdb":
             path = cfg.path(cfg.warehouse.duckdb_path)
             if not path.is_file():
-                raise SchemaSnapshotError(f"warehouse.duckdb_path: {path} not found (the DuckDB database file to query)")
+                raise SchemaSnapshotError(f"warehouse.duckdb_path: {path} not found (the DuckDB file to query)")
             # Tables of schema main are listed by bare name: main stays on the path after the named schemas.
             schemas = sorted({n.rpartition(".")[0] for n in snapshot.tables} - {""})
             return cls.from_duckdb_file(path, ",".join([*schemas, "main"]))
