@@ -142,7 +142,7 @@ def test_validate_cli_exit_codes(cfg):
     result = cli(cfg, "data", "validate", "bad")
     assert result.exit_code == 1 and "unknown_table" in result.output and "1 with errors" in result.output
     result = cli(cfg, "data", "validate", "bad", "--json")
-    assert json.loads(result.output)["pairs"][0]["problems"][0]["kind"] == "unknown_table"
+    assert json.loads(result.stdout)["pairs"][0]["problems"][0]["kind"] == "unknown_table"  # stderr: the engine line
 
 
 # ---------------------------------------------------------------- store
