@@ -377,6 +377,7 @@ def data_import() -> None:
 def data_import_spider(path, config_path, overrides, name, split, as_json):
     """Spider format (dev.json, tables.json, database/*/*.sqlite) -> pairs + DuckDB files; keeps golds that agree."""
     from text2sql.data import import_spider
+    from text2sql.data.spider import REPORT_FILE
 
     report = import_spider(load(config_path, overrides), path, name=name, split=split)
     if as_json:
@@ -388,7 +389,7 @@ def data_import_spider(path, config_path, overrides, name, split, as_json):
         click.echo(f"database {db}: {info['tables']} tables, {info['rows']} rows" +
                    "".join(f"\n  {note}" for note in info["notes"]))
     reasons = ", ".join(f"{k} {n}" for k, n in report.reasons().items())
-    ties = f", {len(report.ties)} of them up to rows tied at a LIMIT (any scores as correct)" if report.ties else ""
+    ties = f", {len(report.ties)} of them up to rows tied at a LIMIT (see ties in {REPORT_FILE})" if report.ties else ""
     click.echo(f"kept {report.kept} of {report.questions} questions whose SQLite and DuckDB results agree{ties}"
                + (f" (dropped: {reasons})" if reasons else "") + f" in {report.seconds:.1f}s")
 

@@ -20,7 +20,8 @@ counts). The gold runs on SQLite and the rewrite on DuckDB; the pair is kept onl
 multiset of rows (numbers within a relative tolerance), in the same order when the query orders its result (rows
 that tie on the ORDER BY keys may swap); a canonical integer string equals the number (the column type change
 above). A gold whose ORDER BY ... LIMIT cuts through tied rows is kept when SQLite's rows differ from DuckDB's only
-in which tied rows they kept, as `text2sql eval` scores any tied row correct (listed in the report's `ties`).
+in which tied rows they kept (listed in the report's `ties`): `text2sql eval` accepts any tied row where the
+ORDER BY keys are output columns.
 
 An import that finds no questions, or none of their SQLite databases, is an error (nothing is written).
 Predictions written for SQLite go through the same rewrite (`transpile_prediction`, `eval --dialect sqlite`).
@@ -140,7 +141,7 @@ def import_spider(cfg: Config, path: str | Path, name: str = "spider-sample", sp
             notes = f"spider {split}[{i}]; SQLite gold: {' '.join(e['query'].split())}"
             if reason:
                 report.ties.append(_dropped(i, e, duck_sql, reason))
-                notes += "; its LIMIT cuts through tied rows: SQLite kept other tied rows (any scores as correct)"
+                notes += "; its LIMIT cuts through tied rows: SQLite kept other tied rows"
             pair = Pair(question=" ".join(e["question"].split()), sql=duck_sql, db=db, tags=["spider"],
                         author="spider", created=_today(), notes=notes,
                         split=split if split in SPLITS else None)
