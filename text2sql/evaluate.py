@@ -1051,7 +1051,7 @@ def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str],
                      "pyiceberg": installed("pyiceberg")},
         "settings": {"mode_rel_tol": cfg.eval.rel_tol, "timeout_s": cfg.warehouse.timeout_s,
                      "max_rows": cfg.warehouse.max_rows, "memory_limit": cfg.warehouse.memory_limit,
-                     # the engine that ran (auto resolved), one name when every database ran on the same
+                     # the engine that ran (auto resolved): one name when all databases ran on the same one
                      "engine": (next(iter(set(engines.values()))) if len(set(engines.values())) == 1 else engines)
                      if engines else cfg.warehouse.engine},
     }
