@@ -265,7 +265,8 @@ def test_a_failed_write_leaves_the_old_file(cfg, monkeypatch):
 _WRITER = """
 import sys
 from text2sql.config import load_config
-from text2sql.data.store import add_pairs, new_pair
+from text2sql.data.add import add_pairs
+from text2sql.data.store import new_pair
 cfg = load_config(sys.argv[1], [f"data.datasets_dir={sys.argv[2]}"])
 for i in range(100000):
     add_pairs(cfg, [new_pair({"question": f"Q {i} " + "x" * 2000, "sql": f"SELECT {i}"})], check=False)

@@ -555,7 +555,7 @@ def test_serve_command_errors(config_path):
     assert result.exit_code == 1 and "needs a bearer token" in result.output
     result = runner.invoke(main, ["serve", "--config", str(config_path), "--upstream", "http://x",
                                   "--set", "serve.max_concurrency=0"])
-    assert result.exit_code == 1 and "serve.max_concurrency: 0 must be at least 1" in result.output
+    assert result.exit_code == 1 and "serve.max_concurrency: must be >= 1, got 0" in result.output
 
 
 @pytest.mark.slow

@@ -113,7 +113,7 @@ def test_train_predict_and_serve_render_the_same_prompt(trained):
 def test_merge_saves_a_plain_model_that_agrees_with_the_adapter(trained, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from text2sql.train import merge_run
+    from text2sql.merge import merge_run
 
     _, run = trained
     # float32: the random tiny model's logits are nearly flat, so bf16 rounding could flip a greedy token.
@@ -359,7 +359,7 @@ def test_smollm2_from_gguf_learns_a_pair_on_cpu(tmp_path, lakehouse_project):
     got = [json.loads(line) for line in predict(cfg, run, split="train").read_text().splitlines()]
     assert got[0]["raw"] == pairs[0][1], got
 
-    from text2sql.train import merge_run
+    from text2sql.merge import merge_run
 
     parity = json.loads((merge_run(run) / "parity.json").read_text())  # bf16, as on the GPU
     assert parity["agreement"] == 1.0, parity

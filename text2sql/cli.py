@@ -15,6 +15,7 @@ import click
 
 from text2sql import __version__
 from text2sql.errors import Text2SQLError
+from text2sql.vocab import DIFFICULTIES, EVAL_MODES, SPLITS
 
 
 def catch_errors(fn):
@@ -239,18 +240,19 @@ def data() -> None:
 @click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Add many: a JSONL file, or a YAML/JSON list of records.")
 @click.option("--tags", default="", help="Comma-separated tags.")
-@click.option("--difficulty", type=click.Choice(["easy", "medium", "hard", "extra"]), default=None,
+@click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=None,
               help="Default: computed from the SQL.")
 @click.option("--author", default=None, help="Default: the OS user.")
 @click.option("--notes", default="", help="Anything a reviewer should know.")
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default=None, help="Default: unassigned.")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Default: unassigned.")
 @click.option("--db", default=None, help="Database id of a benchmark dataset (default: the lakehouse).")
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--force", is_flag=True, help="Add pairs that fail validation anyway (recorded as forced).")
 def data_add(config_path, overrides, question, sql, from_file, tags, difficulty, author, notes, split, db, dataset,
              force):
     """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers)."""
-    from text2sql.data.store import add_pairs, new_pair, read_pair_file
+    from text2sql.data.add import add_pairs, read_pair_file
+    from text2sql.data.store import new_pair
 
     if bool(from_file) == bool(question or sql) or (not from_file and not (question and sql)):
         raise click.UsageError("give --question and --sql, or --from FILE")
@@ -272,7 +274,7 @@ def data_add(config_path, overrides, question, sql, from_file, tags, difficulty,
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the per-pair report as JSON.")
 @click.option("--strict", is_flag=True, help="Warnings fail too.")
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default=None, help="Only this split.")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Only this split.")
 @click.option("--timeout-s", type=float, default=None, help="Per query (default warehouse.timeout_s).")
 @click.option("--verbose", "-v", is_flag=True, help="List the pairs that pass too.")
 def data_validate(dataset, config_path, overrides, as_json, strict, split, timeout_s, verbose):
@@ -352,10 +354,9 @@ def data_split(dataset, config_path, overrides, seed, ratios, reassign, as_json)
     if as_json:
         echo_json(report.to_json())
         return
-    difficulties = ["easy", "medium", "hard", "extra"]
-    click.echo(f"{'split':6s} " + " ".join(f"{d:>6s}" for d in difficulties) + "  total")
+    click.echo(f"{'split':6s} " + " ".join(f"{d:>6s}" for d in DIFFICULTIES) + "  total")
     for split, counts in report.counts.items():
-        click.echo(f"{split:6s} " + " ".join(f"{counts[d]:6d}" for d in difficulties) + f"  {sum(counts.values()):5d}")
+        click.echo(f"{split:6s} " + " ".join(f"{counts[d]:6d}" for d in DIFFICULTIES) + f"  {sum(counts.values()):5d}")
     click.echo(f"{report.groups} SQL templates; {report.changed} pair(s) assigned or moved (seed {report.seed})")
     if report.straddling:
         click.echo(f"warning: {len(report.straddling)} template group(s) already straddle splits; "
@@ -431,7 +432,7 @@ def train_cmd(config_path, overrides, resume):
               help="Merged model dir (default RUN/merged).")
 def merge_cmd(run, out):
     """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir."""
-    from text2sql.train import PARITY_FILE, merge_run
+    from text2sql.merge import PARITY_FILE, merge_run
 
     merged = merge_run(run, out)
     parity = json.loads((merged / PARITY_FILE).read_text())
@@ -468,7 +469,7 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
               help='JSONL file, one {"id": ..., "sql": ...} per line.')
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--split", default=None, help="Split to score, or 'all' (default eval.split).")
-@click.option("--mode", type=click.Choice(["strict", "lenient", "set"]), default=None,
+@click.option("--mode", type=click.Choice(EVAL_MODES), default=None,
               help="How results are compared (default eval.mode).")
 @click.option("--release", default=None, help="Report directory under eval.reports_dir (default: a timestamp).")
 @click.option("--model", "model_name", default=None,

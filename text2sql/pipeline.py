@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import DataError
+from text2sql.errors import DataError, require
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -37,16 +37,16 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
         release: report name under eval/reports/ (default `demo-<UTC date>`).
         rebuild: rebuild the lakehouse even if its catalog exists.
     """
-    import torch
-
     from text2sql.catalog import diff_schemas, pull_schemas
     from text2sql.data import load_pairs, validate_pairs
     from text2sql.evaluate import evaluate
     from text2sql.generate import predict
     from text2sql.lakehouse import create_lakehouse
     from text2sql.models import pull_model
-    from text2sql.train import merge_run, train
+    from text2sql.merge import merge_run
+    from text2sql.train import train
 
+    torch = require("torch", "train")  # before the first stage: all of them up to train would run for nothing
     release = release or f"demo-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M}"
     catalog_db = cfg.path(cfg.lakehouse.path) / "catalog.db"
     if rebuild or not catalog_db.exists():

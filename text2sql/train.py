@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion records, and merging adapters.
+"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion records (`text2sql.merge` merges adapters).
 
 Recipe (`train`): check settings -> pairs (train, dev) -> base model dir -> tokenizer with `<|im_end|>`
 as eos -> prompt/completion records from `text2sql.prompt` (none longer than max_length) -> run dir and
@@ -42,8 +42,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError
+from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError, require
 from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.vocab import METHODS
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -51,16 +52,13 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 HELD_PROMPTS = "held_prompts.json"
 LOG_FILE = "log.jsonl"
-PARITY_FILE = "parity.json"
 TRAIN_SAMPLE = "train_sample.json"
 """The first training sequence as the trainer feeds it: token ids, labels (-100 = no loss) and both decoded."""
 RANK_REPORT_ENV = "T2S_RANK_REPORT"
 RANK_REPORT = "rank{rank}.json"
 """Written by every rank at the end of training when $T2S_RANK_REPORT is set: its peak GPU memory, a checksum
 of its trainable weights (equal on all DDP ranks), and (step, seconds, tokens) at each log, for benchmarks."""
-METHODS = ("auto", "qlora", "lora", "full")
 HELD_PROMPT_COUNT = 8
-PARITY_MAX_NEW_TOKENS = 64
 _PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "bitsandbytes")
 
 
@@ -74,8 +72,11 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
             another number of processes than the run was trained on.
         DataError: the dataset has no train split.
         ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
+        MissingDependencyError: torch, transformers, peft or trl is not installed.
     """
-    import torch
+    torch = require("torch", "train")
+    for module in ("transformers", "peft", "trl"):
+        require(module, "train")
 
     from text2sql.models import resolve_base_model, set_end_of_turn
     from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
@@ -88,7 +89,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     rank, world_size = _init_distributed(cuda)
     main = rank == 0  # under torchrun/accelerate launch only the first process writes the run dir
     method = resolve_method(cfg.train.method, cuda)
-    _check_settings(cfg, method)
+    _check_device(method)
     dataset = cfg.data.dataset
     train_pairs, dev_pairs = _load_splits(cfg, dataset)
     base_dir = resolve_base_model(cfg)
@@ -183,93 +184,20 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16") -> Path:
-    """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
-
-    The merged dir has safetensors, the tokenizer, a generation config whose eos is the end-of-turn
-    token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
-    the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
-    `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
-    float32) is the dtype of the merge, the parity check and the saved weights.
-
-    Raises:
-        ModelError: not a run dir with an adapter, or its base model is missing.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from text2sql.generate import Generator, generate
-    from text2sql.models import adapter_base, set_end_of_turn
-    from text2sql.prompt import PROMPT_FILE
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "adapter_config.json").is_file():
-        why = "it was trained with method full and is already a plain model dir" if (run_dir / "config.json").is_file() else "no adapter_config.json"
-        raise ModelError(f"cannot merge {run_dir}: {why}")
-    base_dir = adapter_base(run_dir)
-    out = Path(out) if out else run_dir / "merged"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
-
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype).to(device)
-    model = PeftModel.from_pretrained(base, run_dir).eval()
-    set_end_of_turn(tokenizer, model)
-    adapter_replies = generate(Generator(model, tokenizer), held, PARITY_MAX_NEW_TOKENS)
-
-    merged = model.merge_and_unload()
-    set_end_of_turn(tokenizer, merged)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name in (PROMPT_FILE, MANIFEST):
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, tmp / ("run_manifest.json" if name == MANIFEST else name))
-        # Reload the way any consumer would (stock transformers, no PEFT) before comparing.
-        del merged, model, base
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype).to(device)
-        merged_replies = generate(Generator(reloaded, AutoTokenizer.from_pretrained(tmp)), held, PARITY_MAX_NEW_TOKENS)
-        same = [a == m for a, m in zip(adapter_replies, merged_replies)]
-        parity = {
-            "prompts": len(held),
-            "agreement": (sum(same) / len(same)) if same else None,
-            "max_new_tokens": PARITY_MAX_NEW_TOKENS,
-            "dtype": dtype,
-            "items": [{"adapter": a, "merged": m, "same": s} for a, m, s in zip(adapter_replies, merged_replies, same)],
-        }
-        _write_json(tmp / PARITY_FILE, parity)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 # ---------------------------------------------------------------- recipe steps
 
 
-def _check_settings(cfg: Config, method: str) -> None:
-    """Settings that cannot work together: fail before any weights load."""
+def _check_device(method: str) -> None:
+    """What this machine cannot do (the config's own values are checked when it is loaded): fail before any weights load."""
     import torch
 
     if method == "qlora":
         if not torch.cuda.is_available():
             raise ConfigError("train.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora (or auto) on this machine")
-        from text2sql.errors import require
-
         require("bitsandbytes", "train")
     if _fsdp_enabled() and not torch.cuda.is_available():
         raise ConfigError("FSDP (an accelerate FSDP config, ACCELERATE_USE_FSDP) needs CUDA GPUs; on CPUs launch DDP: "
                           "torchrun --nproc_per_node N or configs/accelerate/ddp.yaml")
-    if cfg.train.packing and cfg.train.max_length <= 0:
-        raise ConfigError("train.packing needs a positive train.max_length (the packed sequence length)")
-    if cfg.train.max_steps <= 0 and cfg.train.num_train_epochs <= 0:
-        raise ConfigError("train: set train.max_steps > 0 or train.num_train_epochs > 0")
 
 
 def _check_lengths(records: list[dict], tokenizer, max_length: int) -> list[int]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
+from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
@@ -80,7 +81,7 @@ def check_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLCheck:
     from sqlglot.errors import ParseError
 
     try:
-        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
     except ParseError as exc:
         return SQLCheck(False, "parse_error", _first_line(str(exc)))
     except Exception as exc:  # sqlglot's tokenizer raises a few other kinds on garbage input
@@ -140,7 +141,7 @@ def _check_names(tree, snapshot: SchemaSnapshot) -> SQLCheck:
         cols = {c.name: c.type for c in snapshot.tables[qualified].columns}
         (schema.setdefault(ns, {}) if ns else schema)[name] = cols
     try:
-        qualify(tree, schema=schema, dialect="duckdb", validate_qualify_columns=True)
+        qualify(tree, schema=schema, dialect=DIALECT, validate_qualify_columns=True)
     except OptimizeError as exc:
         message = _first_line(str(exc))
         col = message.split("'")[1] if message.count("'") >= 2 else ""

@@ -22,13 +22,15 @@ Stages (each a `text2sql data ...` command): `add_pairs`, `validate_pairs`, `ded
 `split_pairs`, `import_spider`; `load_pairs` is what training and evaluation read.
 """
 
-from text2sql.data.analysis import DIFFICULTIES, FEATURES, difficulty_of, normalize_sql, sql_features, sql_template
+from text2sql.data.analysis import FEATURES, difficulty_of, normalize_sql, sql_features, sql_template
 from text2sql.data.dedup import dedup_pairs
 from text2sql.data.spider import import_spider
 from text2sql.data.split import split_pairs
 from text2sql.data.stats import dataset_stats
-from text2sql.data.store import SPLITS, Dataset, Pair, add_pairs, load_dataset, load_pairs
+from text2sql.data.add import add_pairs
+from text2sql.data.store import Dataset, Pair, load_dataset, load_pairs
 from text2sql.data.validate import validate_pairs
+from text2sql.vocab import DIFFICULTIES, SPLITS
 
 __all__ = [
     "DIFFICULTIES", "FEATURES", "SPLITS", "Dataset", "Pair", "add_pairs", "dataset_stats", "dedup_pairs",

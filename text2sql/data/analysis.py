@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import sqlglot
 from sqlglot import exp
 
+from text2sql.vocab import DIALECT
+
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
 
-DIALECT = "duckdb"
-DIFFICULTIES = ("easy", "medium", "hard", "extra")
 FEATURES = (
     "join", "outer_join", "aggregation", "group_by", "having", "window", "cte", "subquery", "set_operation",
     "date_filter", "order_by", "limit", "case", "distinct",

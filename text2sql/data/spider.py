@@ -42,13 +42,13 @@ import sqlglot
 from sqlglot import exp
 
 from text2sql.errors import DataError
+from text2sql.vocab import ABS_TOL, DIALECT, REL_TOL, SPLITS
 
 if TYPE_CHECKING:
     from text2sql.config import Config
 
 DATABASES_DIR = "databases"
 REPORT_FILE = "import-report.json"
-REL_TOL = 1e-6
 TIES = "limit_ties"
 """Reason prefix of a gold kept although SQLite kept other rows tied at its LIMIT."""
 GITIGNORE = """\
@@ -94,7 +94,7 @@ def import_spider(cfg: Config, path: str | Path, name: str = "spider-sample", sp
     Raises:
         DataError: the benchmark files are missing or malformed, hold no questions, or none of their databases.
     """
-    from text2sql.data.store import SPLITS, Pair, load_dataset, update_pairs, write_dataset_info, write_text_atomic
+    from text2sql.data.store import Pair, load_dataset, update_pairs, write_dataset_info, write_text_atomic
 
     started = time.perf_counter()
     root = Path(path).expanduser()
@@ -387,7 +387,7 @@ def transpile_gold(sql: str, columns: dict[str, dict[str, str]], faithful_nulls:
         # matters when a key is NULL. Without it the SQL reads as a person would write it; the result check tells.
         for ordered in tree.find_all(exp.Ordered):
             ordered.set("nulls_first", False)
-    return tree.sql(dialect="duckdb")
+    return tree.sql(dialect=DIALECT)
 
 
 def transpile_prediction(sql: str, columns: dict[str, dict[str, str]]) -> str:
@@ -642,7 +642,7 @@ def _row_key(row: tuple) -> tuple:
 def _same_row(x: tuple, y: tuple, rel_tol: float) -> bool:
     for u, v in zip(x, y):
         if isinstance(u, float) and isinstance(v, float):
-            if not (u == v or math.isclose(u, v, rel_tol=rel_tol, abs_tol=1e-9) or (math.isnan(u) and math.isnan(v))):
+            if not (u == v or math.isclose(u, v, rel_tol=rel_tol, abs_tol=ABS_TOL) or (math.isnan(u) and math.isnan(v))):
                 return False
         elif u != v:
             return False

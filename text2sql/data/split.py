@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.analysis import DIFFICULTIES, sql_template
-from text2sql.data.store import SPLITS
+from text2sql.data.analysis import sql_template
+from text2sql.vocab import DIFFICULTIES, SPLITS
 from text2sql.errors import DataError
 
 if TYPE_CHECKING:

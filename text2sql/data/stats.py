@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.analysis import DIFFICULTIES, FEATURES, query_refs, sql_features
-from text2sql.data.store import SPLITS
+from text2sql.data.analysis import FEATURES, query_refs, sql_features
+from text2sql.vocab import DIFFICULTIES, SPLITS
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot

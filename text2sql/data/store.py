@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.analysis import DIFFICULTIES, difficulty_of, normalize_question, normalize_sql
+from text2sql.data.analysis import difficulty_of, normalize_question, normalize_sql
 from text2sql.errors import DataError
 from text2sql.files import write_atomic
+from text2sql.vocab import DIFFICULTIES, SPLITS
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 PAIRS_FILE = "pairs.jsonl"
 DATASET_FILE = "dataset.yaml"
 LOCK_SUFFIX = ".lock"
-SPLITS = ("train", "dev", "test")
 FIELDS = ("id", "question", "sql", "db", "tags", "difficulty", "author", "created", "notes", "split", "forced")
 """Record keys, in the order they are written."""
 _DATASET_KEYS = {"description", "databases", "source"}
@@ -293,82 +293,3 @@ def write_dataset_info(ds: Dataset, info: dict[str, Any]) -> None:
 
     ds.path.mkdir(parents=True, exist_ok=True)
     write_text_atomic(ds.path / DATASET_FILE, yaml.safe_dump(info, sort_keys=False, allow_unicode=True))
-
-
-# ---------------------------------------------------------------- adding
-
-
-@dataclass
-class AddResult:
-    added: list[Pair]
-    report: Any = None
-    """The ValidationReport of the new pairs (None when not checked)."""
-
-
-def add_pairs(cfg: Config, pairs: list[Pair], dataset: str | None = None, force: bool = False,
-              check: bool = True) -> AddResult:
-    """Validate new pairs, then append them to the dataset under its lock.
-
-    Args:
-        pairs: new pairs (see `new_pair` for the defaults `data add` fills in).
-        force: add pairs that fail validation anyway, with `forced: true` and the failure in `notes`.
-        check: validate at all (False only for pairs validated elsewhere).
-
-    Raises:
-        DataError: a pair fails validation (without force), or its id is already in the dataset or the batch.
-    """
-    ds = load_dataset(cfg, dataset)
-    ids: dict[str, int] = {}
-    for i, pair in enumerate(pairs):
-        if pair.id in ids:
-            raise DataError(f"pairs {ids[pair.id] + 1} and {i + 1} of this batch have the same id {pair.id!r}")
-        ids[pair.id] = i
-    report = None
-    if check:
-        from text2sql.data.validate import validate_pairs
-
-        report = validate_pairs(cfg, pairs, dataset=dataset, ds=ds)
-        failed = {r.id: r for r in report.pairs if r.status == "error"}
-        if failed and not force:
-            lines = [f"{pid}: {'; '.join(str(p) for p in r.errors)}" for pid, r in failed.items()]
-            raise DataError(f"{len(failed)} pair(s) fail validation (use --force to add anyway): " + " | ".join(lines))
-        for pair in pairs:
-            if pair.id in failed:
-                pair.forced = True
-                failure = "; ".join(str(p) for p in failed[pair.id].errors)
-                pair.notes = f"{pair.notes} [forced: {failure}]".strip()
-
-    def append(current: list[Pair]) -> list[Pair]:
-        existing = {p.id for p in current}
-        clash = [p.id for p in pairs if p.id in existing]
-        if clash:
-            raise DataError(f"{ds.pairs_file}: id(s) already present: {', '.join(clash)} (the same question and SQL?)")
-        return current + pairs
-
-    update_pairs(ds, append, create=True)
-    return AddResult(pairs, report)
-
-
-def read_pair_file(path: Path) -> list[dict[str, Any]]:
-    """Records to add from a JSONL file, or a YAML/JSON file holding a list of mappings."""
-    import yaml
-
-    if not path.is_file():
-        raise DataError(f"{path} not found")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        return records
-    try:
-        records = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a list of pairs, got {type(records).__name__}")
-    return records

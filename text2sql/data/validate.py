@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from text2sql.data.analysis import parse_sql
+from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -238,7 +239,7 @@ def _volatile_functions(sql: str) -> list[str]:
     for node in tree.walk():
         named = isinstance(node, exp.Anonymous) and node.name.lower() in _VOLATILE_NAMES
         if named or isinstance(node, _VOLATILE_NODES):
-            found.append(node.sql(dialect="duckdb"))
+            found.append(node.sql(dialect=DIALECT))
     return sorted(set(found))
 
 
@@ -346,7 +347,7 @@ def _probe(node: exp.Expression, with_: exp.Expression | None, top: bool) -> Lim
     query.set("offset", exp.Offset(expression=exp.Literal.number(start)) if start else None)
     if with_ is not None and query.args.get("with_") is None:
         query.set("with_", with_.copy())
-    return LimitProbe(query.sql(dialect="duckdb"), limit, offset, order is not None, key_columns, appended,
+    return LimitProbe(query.sql(dialect=DIALECT), limit, offset, order is not None, key_columns, appended,
                       "the query" if top else "a subquery")
 
 

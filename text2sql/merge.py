@@ -1,0 +1,118 @@
+"""Merging a LoRA/QLoRA run's adapter into its base model, and the parity check that the merge changed nothing.
+
+`merge_run(run_dir)`: adapter model -> greedy replies on the run's held prompts -> merge -> save a plain HF
+model dir (safetensors, tokenizer, prompt.json, the run's manifest) -> reload it with stock transformers ->
+greedy replies again -> `parity.json`. The replies are generated here, one prompt at a time, rather than
+through `text2sql.generate` (a later stage): both models see exactly the same input ids, with no padding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from text2sql.errors import ModelError, require
+from text2sql.files import write_atomic
+from text2sql.train import HELD_PROMPTS, MANIFEST
+
+PARITY_FILE = "parity.json"
+PARITY_MAX_NEW_TOKENS = 64
+MERGED_MANIFEST = "run_manifest.json"
+"""The run's manifest.json, as it is called in a merged dir (a merged dir is not a run dir)."""
+DTYPES = ("bfloat16", "float32")
+
+
+def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+    """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
+
+    The merged dir has safetensors, the tokenizer, a generation config whose eos is the end-of-turn
+    token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
+    the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
+    `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
+    float32) is the dtype of the merge, the parity check and the saved weights.
+
+    Raises:
+        ModelError: not a run dir with an adapter, or its base model is missing.
+        MissingDependencyError: torch, transformers or peft is not installed.
+    """
+    torch = require("torch", "train")
+    require("transformers", "train")
+    require("peft", "train")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from text2sql.models import adapter_base, set_end_of_turn
+    from text2sql.prompt import PROMPT_FILE
+
+    if dtype not in DTYPES:
+        raise ModelError(f"merge dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    run_dir = Path(run_dir)
+    if not (run_dir / "adapter_config.json").is_file():
+        why = "it was trained with method full and is already a plain model dir" if (run_dir / "config.json").is_file() else "no adapter_config.json"
+        raise ModelError(f"cannot merge {run_dir}: {why}")
+    base_dir = adapter_base(run_dir)
+    out = Path(out) if out else run_dir / "merged"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype).to(device)
+    model = PeftModel.from_pretrained(base, run_dir).eval()
+    set_end_of_turn(tokenizer, model)
+    adapter_replies = greedy_replies(model, tokenizer, held, PARITY_MAX_NEW_TOKENS)
+
+    merged = model.merge_and_unload()
+    set_end_of_turn(tokenizer, merged)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in (PROMPT_FILE, MANIFEST):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / (MERGED_MANIFEST if name == MANIFEST else name))
+        # Reload the way any consumer would (stock transformers, no PEFT) before comparing.
+        del merged, model, base
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype).to(device).eval()
+        merged_replies = greedy_replies(reloaded, AutoTokenizer.from_pretrained(tmp), held, PARITY_MAX_NEW_TOKENS)
+        same = [a == m for a, m in zip(adapter_replies, merged_replies)]
+        parity = {
+            "prompts": len(held),
+            "agreement": (sum(same) / len(same)) if same else None,
+            "max_new_tokens": PARITY_MAX_NEW_TOKENS,
+            "dtype": dtype,
+            "items": [{"adapter": a, "merged": m, "same": s} for a, m, s in zip(adapter_replies, merged_replies, same)],
+        }
+        write_atomic(tmp / PARITY_FILE, json.dumps(parity, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def greedy_replies(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+    """One greedy reply per chat (stop at eos; special tokens dropped), one chat at a time: no padding, so
+    two models given the same chats see the same input ids and any difference in the replies is theirs."""
+    import torch
+    from transformers import GenerationConfig
+
+    from text2sql.prompt import render_prompt
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    replies = []
+    with torch.inference_mode():
+        for messages in chats:
+            ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ids = ids.to(device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            replies.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False))
+    return replies
