@@ -37,6 +37,12 @@ class MissingDependencyError(Text2SQLError):
     """An optional package is not installed; the message gives the pip command."""
 
 
+TRAIN_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
+"""What `train` imports (the `[train]` extra, less the optional bitsandbytes)."""
+MODEL_PACKAGES = ("torch", "transformers")
+"""What loading a model for generation needs (`predict`, `serve --model`); adapters need peft as well."""
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise a MissingDependencyError naming the extra to install."""
     import importlib
@@ -44,6 +50,22 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"'{module}' is not installed: pip install 'text2sql[{extra}]'"
-        ) from exc
+        raise MissingDependencyError(_not_installed(module, extra)) from exc
+
+
+def require_all(modules: tuple[str, ...], extra: str) -> None:
+    """Raise a MissingDependencyError for the first of `modules` that is not installed, importing none of them:
+    a command says what is missing before it spends seconds importing torch."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing; a module set to None in sys.modules
+            found = False
+        if not found:
+            raise MissingDependencyError(_not_installed(module, extra))
+
+
+def _not_installed(module: str, extra: str) -> str:
+    return f"'{module}' is not installed: pip install 'text2sql[{extra}]'"

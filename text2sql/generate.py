@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ModelError, require
+from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.vocab import DIALECT
 
@@ -52,8 +52,8 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     Raises:
         ModelError: the path is none of these, or an adapter's base model is missing.
     """
-    torch = require("torch", "train")
-    require("transformers", "train")
+    require_all(MODEL_PACKAGES, "train")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from text2sql.models import adapter_base, resolve_base_model, set_end_of_turn
@@ -243,7 +243,7 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     """
     from text2sql.data import load_pairs
 
-    require("torch", "train")  # before the pairs are read: a missing package is the first thing to say
+    require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, split)
     gen = load_generator(model_dir, cfg)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from text2sql.errors import ModelError, require
+from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.train import HELD_PROMPTS, MANIFEST
 
@@ -38,9 +38,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
         ModelError: not a run dir with an adapter, or its base model is missing.
         MissingDependencyError: torch, transformers or peft is not installed.
     """
-    torch = require("torch", "train")
-    require("transformers", "train")
-    require("peft", "train")
+    require_all((*MODEL_PACKAGES, "peft"), "train")
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import DataError, require
+from text2sql.errors import TRAIN_PACKAGES, DataError, require_all
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -46,7 +46,9 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
     from text2sql.merge import merge_run
     from text2sql.train import train
 
-    torch = require("torch", "train")  # before the first stage: all of them up to train would run for nothing
+    require_all(TRAIN_PACKAGES, "train")  # before the first stage: the stages up to train would run for nothing
+    import torch
+
     release = release or f"demo-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M}"
     catalog_db = cfg.path(cfg.lakehouse.path) / "catalog.db"
     if rebuild or not catalog_db.exists():

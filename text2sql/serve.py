@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 # pydantic comes with pyiceberg (a core dependency); fastapi and uvicorn are imported only when serving.
 from pydantic import BaseModel, ConfigDict, Field
 
-from text2sql.errors import ConfigError, ModelError, require
+from text2sql.errors import MODEL_PACKAGES, ConfigError, ModelError, require, require_all
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -111,10 +111,10 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     if not model_dir and not upstream:
         raise ModelError("serve needs a model to generate with: give --model DIR (a merged model dir) "
                          "or --upstream URL")
-    if not upstream or model_dir:  # a local model, or an upstream's tokenizer
-        require("transformers", "train")
     if not upstream:
-        require("torch", "train")
+        require_all(MODEL_PACKAGES, "train")
+    elif model_dir:  # the tokenizer of the model the upstream serves
+        require_all(("transformers",), "train")
     snapshot = load_snapshot(cfg)
     if upstream:
         prompt_cfg, tokenizer, dataset = _prompt_settings_only(cfg, model_dir)

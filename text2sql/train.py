@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ConfigError, DataError, ModelError, Text2SQLError, require
+from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, Text2SQLError, require, require_all
 from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.vocab import METHODS
 
@@ -72,11 +72,10 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
             another number of processes than the run was trained on.
         DataError: the dataset has no train split.
         ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
-        MissingDependencyError: torch, transformers, peft or trl is not installed.
+        MissingDependencyError: a package of the [train] extra (torch, transformers, peft, trl, ...) is not installed.
     """
-    torch = require("torch", "train")
-    for module in ("transformers", "peft", "trl"):
-        require(module, "train")
+    require_all(TRAIN_PACKAGES, "train")
+    import torch
 
     from text2sql.models import resolve_base_model, set_end_of_turn
     from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
