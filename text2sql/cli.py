@@ -226,7 +226,9 @@ def demo(config_path, overrides, release, rebuild):
     run_pipeline(load(config_path, overrides), release=release, rebuild=rebuild, echo=main_echo)
 
 
-# ---------------------------------------------------------------- data (data helper's block)
+# ---------------------------------------------------------------- data
+
+
 @main.group()
 def data() -> None:
     """Curated NL/SQL pairs: add, validate, dedup, stats, split, import benchmarks."""
@@ -394,9 +396,8 @@ def data_import_spider(path, config_path, overrides, name, split, as_json):
     click.echo(f"kept {report.kept} of {report.questions} questions whose SQLite and DuckDB results agree{ties}"
                + (f" (dropped: {reasons})" if reasons else "") + f" in {report.seconds:.1f}s")
 
-# ---------------------------------------------------------------- end data
 
-# ---------------------------------------------------------------- model/train/merge/predict (train helper's block)
+# ---------------------------------------------------------------- model/train/merge/predict
 
 
 @main.group("model")
@@ -457,9 +458,8 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
 
     click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset))
 
-# ---------------------------------------------------------------- end train
 
-# ---------------------------------------------------------------- eval (eval helper's block)
+# ---------------------------------------------------------------- eval
 
 
 @main.group("eval", invoke_without_command=True)
@@ -519,9 +519,7 @@ def eval_compare(a, b, config_path, overrides, threshold, as_json):
         sys.exit(1)
 
 
-# ---------------------------------------------------------------- end eval
-
-# ---------------------------------------------------------------- serve (serve helper's block)
+# ---------------------------------------------------------------- serve
 
 
 @main.command("serve")
@@ -539,9 +537,6 @@ def serve(config_path, overrides, model_dir, host, port, upstream):
     from text2sql.serve import run
 
     run(load(config_path, overrides), model_dir, host=host, port=port, upstream=upstream)
-
-
-# ---------------------------------------------------------------- end serve
 
 
 if __name__ == "__main__":

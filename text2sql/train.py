@@ -23,7 +23,7 @@ Features and knobs (the `train` section of text2sql.yaml):
   resolved config, package versions, git commit), `prompt.json` (so predict/serve rebuild the same
   prompt), `held_prompts.json` (a few dev prompts `merge` uses for its parity check) and
   `train_sample.json` (the first training sequence with its loss mask, decoded).
-- several GPUs: the same command under `torchrun` or `accelerate launch` (configs/accelerate/). DDP by
+- several GPUs (`text2sql.distributed`): the same command under `torchrun` or `accelerate launch` (configs/accelerate/). DDP by
   default (each rank holds the whole, possibly 4-bit, base on GPU LOCAL_RANK); FSDP when accelerate says
   so (ACCELERATE_USE_FSDP), with the 4-bit weights stored as bf16 so FSDP can shard them. Rank 0 alone
   writes the run dir (its name is broadcast); `--resume` needs the world size recorded in the manifest.
@@ -42,8 +42,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, Text2SQLError, require, require_all
+from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, require, require_all
 from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.distributed import (
+    RANK_REPORT,
+    RANK_REPORT_ENV,
+    fsdp_enabled,
+    from_rank_zero,
+    init_distributed,
+    local_rank,
+    rank_reporter,
+)
 from text2sql.vocab import METHODS
 
 if TYPE_CHECKING:
@@ -54,10 +63,6 @@ HELD_PROMPTS = "held_prompts.json"
 LOG_FILE = "log.jsonl"
 TRAIN_SAMPLE = "train_sample.json"
 """The first training sequence as the trainer feeds it: token ids, labels (-100 = no loss) and both decoded."""
-RANK_REPORT_ENV = "T2S_RANK_REPORT"
-RANK_REPORT = "rank{rank}.json"
-"""Written by every rank at the end of training when $T2S_RANK_REPORT is set: its peak GPU memory, a checksum
-of its trainable weights (equal on all DDP ranks), and (step, seconds, tokens) at each log, for benchmarks."""
 HELD_PROMPT_COUNT = 8
 _PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "bitsandbytes")
 
@@ -85,7 +90,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     cuda = torch.cuda.is_available()
     if cuda:
         set_expandable_segments(True)
-    rank, world_size = _init_distributed(cuda)
+    rank, world_size = init_distributed(cuda)
     main = rank == 0  # under torchrun/accelerate launch only the first process writes the run dir
     method = resolve_method(cfg.train.method, cuda)
     _check_device(method)
@@ -108,7 +113,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     lengths = _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
     speed = speed_settings(cfg, method, cuda, base_dir, lengths)
     # Rank 0 picks (or finds) the run dir; every rank gets its answer, or its error.
-    run_dir, checkpoint = _from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size)
+    run_dir, checkpoint = from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size)
 
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     manifest: dict = {}
@@ -129,7 +134,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
         _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
         save_prompt_settings(run_dir, cfg.prompt, dataset)
     if os.environ.get(RANK_REPORT_ENV):
-        callbacks = [*(callbacks or []), _rank_reporter(run_dir / RANK_REPORT.format(rank=rank), rank, world_size)]
+        callbacks = [*(callbacks or []), rank_reporter(run_dir / RANK_REPORT.format(rank=rank), rank, world_size)]
 
     model = _load_model(base_dir, method, cuda)
     set_end_of_turn(tokenizer, model)
@@ -194,7 +199,7 @@ def _check_device(method: str) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("train.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora (or auto) on this machine")
         require("bitsandbytes", "train")
-    if _fsdp_enabled() and not torch.cuda.is_available():
+    if fsdp_enabled() and not torch.cuda.is_available():
         raise ConfigError("FSDP (an accelerate FSDP config, ACCELERATE_USE_FSDP) needs CUDA GPUs; on CPUs launch DDP: "
                           "torchrun --nproc_per_node N or configs/accelerate/ddp.yaml")
 
@@ -383,7 +388,7 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
-        fsdp = _fsdp_enabled()
+        fsdp = fsdp_enabled()
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
@@ -391,7 +396,7 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
             bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
         )
         if not fsdp:  # one GPU or DDP: each rank holds the whole quantized base on its own GPU; FSDP places shards
-            kwargs["device_map"] = {"": _local_rank()}
+            kwargs["device_map"] = {"": local_rank()}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     # No KV cache in training: it is useless there, and with it transformers would not build the
     # per-example (block-diagonal) mask that padding-free packing needs under SDPA/eager attention.
@@ -513,88 +518,6 @@ def _jsonl_logger(path: Path):
                     f.write(json.dumps(record, default=float) + "\n")
 
     return JsonlLogger()
-
-
-# ---------------------------------------------------------------- several processes (torchrun, accelerate launch)
-
-
-def _fsdp_enabled() -> bool:
-    """Whether this process was launched for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
-
-
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _init_distributed(cuda: bool) -> tuple[int, int]:
-    """(rank, world size) of this process; under torchrun or accelerate launch it joins the process group here
-    (NCCL on GPUs, gloo on CPUs), so that ranks can agree on the run dir before the Trainer exists.
-    A single plain process gets (0, 1)."""
-    import torch
-    from accelerate import PartialState
-
-    if cuda and "LOCAL_RANK" in os.environ:
-        torch.cuda.set_device(_local_rank())  # before anything touches the GPU: rank k uses GPU k of its host
-    state = PartialState(cpu=not cuda)
-    # Plain ints: TrainingArguments later resets the shared PartialState (and builds its own on the same group).
-    return state.process_index, state.num_processes
-
-
-def _from_rank_zero(rank: int, world_size: int, fn, *args):
-    """fn(*args) run on rank 0 only; every rank gets its result, or raises its Text2SQLError."""
-    result = None
-    if rank == 0:
-        try:
-            result = fn(*args)
-        except Text2SQLError as exc:
-            result = exc
-    if world_size > 1:
-        import torch.distributed as dist
-
-        box = [result]
-        dist.broadcast_object_list(box, src=0)
-        result = box[0]
-    if isinstance(result, Text2SQLError):
-        raise result
-    return result
-
-
-def _rank_reporter(path: Path, rank: int, world_size: int):
-    """A TrainerCallback writing this rank's report (RANK_REPORT) at the end of training."""
-    import time
-
-    import torch
-    from transformers import TrainerCallback
-
-    marks: list[tuple[int, float, int]] = []
-    start = time.perf_counter()
-
-    class RankReport(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                marks.append((state.global_step, time.perf_counter() - start, int(logs.get("num_tokens", 0))))
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            digest, count = hashlib.sha256(), 0
-            for _, p in sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda item: item[0]):
-                t = p.detach()
-                t = t.to_local() if hasattr(t, "to_local") else t  # an FSDP2 shard: this rank's part only
-                digest.update(t.to("cpu", torch.float32).contiguous().numpy().tobytes())
-                count += t.numel()
-            cuda = torch.cuda.is_available()
-            _write_json(path, {
-                "rank": rank, "world_size": world_size, "global_step": state.global_step,
-                "device": torch.cuda.get_device_name() if cuda else "cpu",
-                "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-                "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
-                "trainable_params": count, "trainable_sha256": digest.hexdigest(),
-                "marks": marks,  # (step, seconds since the callback was made, tokens seen by all ranks)
-            })
-
-    return RankReport()
 
 
 # ---------------------------------------------------------------- manifest
