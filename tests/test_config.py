@@ -80,7 +80,7 @@ BAD_VALUES = [
     ("serve", "port", 70000, "serve.port: must be <= 65535, got 70000"),
     ("warehouse", "timeout_s", -1, "warehouse.timeout_s: must be > 0, got -1.0"),
     ("warehouse", "memory_limit", "80%", "warehouse.memory_limit: '80%' is not a size"),
-    ("warehouse", "engine", "spark", "warehouse.engine: 'spark' is not one of materialized, iceberg"),
+    ("warehouse", "engine", "spark", "warehouse.engine: 'spark' is not one of auto, materialized, iceberg, duckdb"),
     ("prompt", "max_schema_tokens", -5, "prompt.max_schema_tokens: must be >= 1, got -5"),
     ("prompt", "k_shot", -1, "prompt.k_shot: must be >= 0, got -1"),
     ("eval", "split", "tset", "eval.split: 'tset' is not one of train, dev, test, all"),

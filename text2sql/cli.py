@@ -15,7 +15,7 @@ import click
 
 from text2sql import __version__
 from text2sql.errors import Text2SQLError
-from text2sql.vocab import DIFFICULTIES, EVAL_MODES, SPLITS
+from text2sql.vocab import DIFFICULTIES, EVAL_MODES, PREDICTION_DIALECTS, SPLITS
 
 
 def catch_errors(fn):
@@ -474,7 +474,7 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
 @click.option("--release", default=None, help="Report directory under eval.reports_dir (default: a timestamp).")
 @click.option("--model", "model_name", default=None,
               help="Model dir to generate with first (predict + eval); with --predictions, only a name for the report.")
-@click.option("--dialect", type=click.Choice(["duckdb", "sqlite"]), default=None,
+@click.option("--dialect", type=click.Choice(PREDICTION_DIALECTS), default=None,
               help='SQL dialect of predictions without a "dialect" field (default duckdb); sqlite ones are rewritten '
                    "for DuckDB as `data import spider` rewrites golds.")
 @click.pass_context

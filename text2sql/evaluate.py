@@ -47,7 +47,7 @@ from sqlglot import exp
 from text2sql.data.analysis import parse_sql
 from text2sql.errors import DataError
 from text2sql.files import sha256_file, write_atomic
-from text2sql.vocab import ABS_TOL, DIALECT, DIFFICULTIES
+from text2sql.vocab import ABS_TOL, DIALECT, DIFFICULTIES, PREDICTION_DIALECTS
 from text2sql.vocab import EVAL_MODES as MODES
 from text2sql.vocab import REL_TOL as DEFAULT_REL_TOL
 
@@ -623,11 +623,7 @@ def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dic
     return predictions
 
 
-PREDICTION_DIALECTS = ("duckdb", "sqlite")
-"""SQL dialects a prediction may be written in; sqlite goes through the Spider import's gold rewrite."""
-
-
-def read_prediction_dialects(path: str | Path, default: str = "duckdb") -> dict[str, str]:
+def read_prediction_dialects(path: str | Path, default: str = DIALECT) -> dict[str, str]:
     """{id: dialect} of a predictions file (already read by `read_predictions`): a line's `"dialect"`, else `default`.
 
     Raises:
@@ -960,7 +956,7 @@ def evaluate(
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, None if split == "all" else split)
     predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
-    dialects = read_prediction_dialects(predictions_path, dialect or "duckdb")
+    dialects = read_prediction_dialects(predictions_path, dialect or DIALECT)
     started = time.perf_counter()
     scored = score_pairs(cfg, pairs, predictions, dataset=dataset, mode=mode, dialects=dialects)
     report = {
@@ -975,7 +971,7 @@ def evaluate(
         "excluded": scored.excluded,
         "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
     }
-    report["inputs"]["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, "duckdb") for p in pairs))
+    report["inputs"]["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, DIALECT) for p in pairs))
     report["metrics"]["elapsed_s"] = round(time.perf_counter() - started, 3)
     out = cfg.path(cfg.eval.reports_dir) / release
     write_report(report, out)

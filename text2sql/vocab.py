@@ -16,6 +16,8 @@ DIFFICULTIES = ("easy", "medium", "hard", "extra")
 """Spider's difficulty levels (`text2sql.data.analysis.difficulty_of`), easiest first."""
 DIALECT = "duckdb"
 """sqlglot dialect of every query the pipeline parses, writes and runs."""
+PREDICTION_DIALECTS = (DIALECT, "sqlite")
+"""SQL dialects a prediction may be written in (`eval --dialect`); sqlite goes through the Spider import's gold rewrite."""
 WAREHOUSE_ENGINES = ("auto", "materialized", "iceberg", "duckdb")
 """`warehouse.engine`: what queries run on (see `text2sql.config.WarehouseConfig.engine`)."""
 REL_TOL = 1e-6
