@@ -143,7 +143,7 @@ def test_duckdb_engine_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="warehouse.duckdb_path: empty, but warehouse.engine is duckdb"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"warehouse.engine: 'lake' is not one of auto, materialized, iceberg, "
-                                          r"duckdb; warehouse.materialize_max_bytes: -1 must be >= 0"):
+                                          r"duckdb; warehouse.materialize_max_bytes: must be >= 0, got -1"):
         load_config(path, ["warehouse.engine=lake", "warehouse.materialize_max_bytes=-1"])
     result = CliRunner().invoke(main, ["schema", "pull", "--config", str(path),
                                        "--set", "warehouse.duckdb_path=gone.duckdb"])
