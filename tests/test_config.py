@@ -59,6 +59,8 @@ def test_overrides_are_typed(tmp_path):
         load_config(path, ["oops"])
     with pytest.raises(ConfigError, match="unknown key train.nope"):
         load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="unknown key train.section"):  # a class attribute, not a YAML key
+        load_config(path, ["train.section=x"])
 
 
 def test_relative_paths_resolve_against_the_config_dir(tmp_path):

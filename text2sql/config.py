@@ -431,9 +431,10 @@ def config_from_dict(raw: dict[str, Any], root: Path | None = None, source: str 
             problems.append(f"{name}: must be a mapping, got {type(value).__name__}")
             continue
         sub_hints = typing.get_type_hints(cls)
+        keys = {f.name for f in dataclasses.fields(cls)}  # not the ClassVar `section`
         kwargs = {}
         for key, v in value.items():
-            if key not in cls.__dataclass_fields__:
+            if key not in keys:
                 problems.append(f"unknown key {name}.{key}")
                 continue
             ok, coerced = _check_type(v, sub_hints[key])
