@@ -169,3 +169,14 @@ def test_serve_refuses_a_bad_setting_before_loading_anything(lakehouse_project):
     result = CliRunner().invoke(main, ["serve", "--config", str(lakehouse_project / "text2sql.yaml"),
                                        "--upstream", "http://127.0.0.1:9", "--set", "serve.max_batch_size=0"])
     assert result.exit_code == 1 and "serve.max_batch_size: must be >= 1, got 0" in result.output
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads `2e-5` as a string; `--set train.learning_rate=2e-5` must still mean 0.00002.
+    cfg = load_config(overrides=["train.learning_rate=2e-5", "eval.rel_tol=1E-9"])
+    assert cfg.train.learning_rate == pytest.approx(2e-5)
+    assert cfg.eval.rel_tol == pytest.approx(1e-9)
+    (tmp_path / "text2sql.yaml").write_text("train:\n  learning_rate: 3e-4\n")
+    assert load_config(tmp_path / "text2sql.yaml").train.learning_rate == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_config(overrides=["train.learning_rate=fast"])

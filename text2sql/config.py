@@ -456,6 +456,9 @@ def config_from_dict(raw: dict[str, Any], root: Path | None = None, source: str 
     return Config(**built, root=(root or Path.cwd()).resolve())
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -471,6 +474,8 @@ def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads `2e-5` (no dot) as a string; it is plainly a number
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if hint is str:
