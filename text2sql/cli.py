@@ -285,10 +285,13 @@ def data_validate(dataset, config_path, overrides, as_json, strict, split, timeo
 
     cfg = load(config_path, overrides)
     show_warehouse_engine()
-    report = validate_pairs(cfg, load_pairs(cfg, dataset, split), dataset=dataset, timeout_s=timeout_s)
+    report = validate_pairs(cfg, load_pairs(cfg, dataset, split), dataset=dataset, timeout_s=timeout_s,
+                            with_definitions=True)
     if as_json:
         echo_json(report.to_json())
     else:
+        for problem in report.definitions:
+            click.echo(f"error   {problem}")
         for r in report.pairs:
             if r.status != "ok" or verbose:
                 click.echo(f"{r.status:7s} {r.id}" + "".join(f"\n        {p}" for p in r.problems))

@@ -85,13 +85,15 @@ class PairReport:
 class ValidationReport:
     pairs: list[PairReport]
     seconds: float = 0.0
+    definitions: list[str] = field(default_factory=list)
+    """Problems of the dataset's definitions.yaml (`check_definitions`); each one fails validation."""
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.pairs if r.status == status)
 
     def passed(self, strict: bool = False) -> bool:
         """No errors (and, when strict, no warnings either)."""
-        return self.count("error") == 0 and (not strict or self.count("warning") == 0)
+        return self.count("error") == 0 and not self.definitions and (not strict or self.count("warning") == 0)
 
     def by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -102,23 +104,27 @@ class ValidationReport:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in self.by_kind().items())
+        defs = f"; definitions: {len(self.definitions)} errors" if self.definitions else ""
         return (f"{len(self.pairs)} pairs: {self.count('ok')} ok, {self.count('warning')} with warnings, "
-                f"{self.count('error')} with errors" + (f" ({kinds})" if kinds else "") + f" in {self.seconds:.1f}s")
+                f"{self.count('error')} with errors" + (f" ({kinds})" if kinds else "") + defs
+                + f" in {self.seconds:.1f}s")
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": {"pairs": len(self.pairs), "ok": self.count("ok"), "warning": self.count("warning"),
                             "error": self.count("error"), "by_kind": self.by_kind(), "seconds": round(self.seconds, 2)},
-                "pairs": [r.to_json() for r in self.pairs]}
+                "definitions": list(self.definitions), "pairs": [r.to_json() for r in self.pairs]}
 
 
 def validate_pairs(cfg: Config, pairs: list[Pair] | None = None, dataset: str | None = None,
-                   timeout_s: float | None = None, workers: int = 0, ds: Dataset | None = None) -> ValidationReport:
+                   timeout_s: float | None = None, workers: int = 0, ds: Dataset | None = None,
+                   with_definitions: bool = False) -> ValidationReport:
     """Check, run and probe every pair (default: all pairs of the dataset). Bad SQL never raises: it is reported.
 
     Args:
         pairs: the pairs to check; pairs whose `db` is set use that database of the dataset's dataset.yaml.
         timeout_s: per query (default warehouse.timeout_s).
         workers: query worker processes (0 = one per CPU core, at most one per pair).
+        with_definitions: also check the dataset's definitions.yaml against schemas/ (`check_definitions`).
 
     Raises:
         DataError: the dataset cannot be read. SchemaSnapshotError: schemas/ is missing or stale.
@@ -135,7 +141,21 @@ def validate_pairs(cfg: Config, pairs: list[Pair] | None = None, dataset: str | 
         by_db.setdefault(p.db, []).append(p)
     for db, group in by_db.items():
         _validate_group(cfg, ds, db, group, [reports[id(p)] for p in group], timeout_s, workers)
-    return ValidationReport([reports[id(p)] for p in pairs], time.perf_counter() - started)
+    definition_problems = _check_definitions_file(cfg, ds) if with_definitions else []
+    return ValidationReport([reports[id(p)] for p in pairs], time.perf_counter() - started, definition_problems)
+
+
+def _check_definitions_file(cfg: Config, ds: Dataset) -> list[str]:
+    """Problems of the dataset's definitions.yaml (none when it has none)."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.definitions import DEFINITIONS_FILE, check_definitions, read_definitions
+    from text2sql.errors import DataError
+
+    try:
+        defs = read_definitions(ds.path / DEFINITIONS_FILE)
+    except DataError as exc:
+        return [str(exc)]
+    return check_definitions(defs, load_snapshot(cfg)) if defs else []
 
 
 def _validate_group(cfg: Config, ds: Dataset, db: str | None, pairs: list[Pair], reports: list[PairReport],
