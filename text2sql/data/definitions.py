@@ -118,7 +118,7 @@ class Definitions:
 
         >>> d = Definitions({}, (Definition("net sales", "measure", "m", synonyms=("revenue",)),
         ...                      Definition("units sold", "measure", "m"), Definition("markup", "measure", "m")))
-        >>> [x.term for x in d.select("Revenue by month", max_tokens=12)]
+        >>> [x.term for x in d.select("Revenue by month", max_tokens=16)]
         ['net sales']
         """
         if not self.items or max_tokens <= 0:
