@@ -455,11 +455,12 @@ def merge_cmd(run, out):
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl).")
-def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
+@click.option("--strict", is_flag=True, help="Refuse when schemas/ changed since the model was trained.")
+def predict_cmd(config_path, overrides, model_dir, split, dataset, out, strict):
     """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
     from text2sql.generate import predict
 
-    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset))
+    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset, strict=strict))
 
 
 # ---------------------------------------------------------------- eval
@@ -535,11 +536,12 @@ def eval_compare(a, b, config_path, overrides, threshold, as_json):
 @click.option("--port", type=int, default=None, help="Bind port (default serve.port).")
 @click.option("--upstream", default=None, metavar="URL",
               help="OpenAI-compatible engine (vLLM, TGI) to generate with instead (default serve.upstream).")
-def serve(config_path, overrides, model_dir, host, port, upstream):
+@click.option("--strict", is_flag=True, help="Refuse to start when schemas/ changed since the model was trained.")
+def serve(config_path, overrides, model_dir, host, port, upstream, strict):
     """Serve question -> checked SQL over HTTP: /v1/sql and OpenAI-compatible /v1/chat/completions."""
     from text2sql.serve import run
 
-    run(load(config_path, overrides), model_dir, host=host, port=port, upstream=upstream)
+    run(load(config_path, overrides), model_dir, host=host, port=port, upstream=upstream, strict=strict)
 
 
 if __name__ == "__main__":

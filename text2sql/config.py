@@ -182,6 +182,10 @@ class PromptConfig(_Section):
     """Number of train-split examples retrieved into the prompt."""
     system: str = ""
     """Extra system instructions appended to the built-in ones."""
+    definitions: bool = True
+    """Put the dataset's business definitions (datasets/<name>/definitions.yaml) into the system message, after the schema."""
+    max_definition_tokens: int = 512
+    """Token budget for the definitions; beyond it only those whose term, synonyms or words the question uses are kept, most relevant first (`Definitions.select`). All 81 demo definitions take about 3,700 tokens (4 characters a token), more than train.max_length leaves beside the 1,895-token schema; at 512 a demo question gets a median of 9 definitions: 227 of the 249 pairs that filter on completed orders are shown that rule, 88 of the 92 that join the fiscal calendar that join (768: 14 definitions, 243 and 89, for 256 more prompt tokens)."""
 
     def _problems(self) -> list[str]:
         return self._at_least(1, "max_schema_tokens") + self._at_least(0, "k_shot")

@@ -1,7 +1,7 @@
 """Batched greedy generation with a base model, an adapter run dir or a merged dir; `predict` to JSONL.
 
-The prompt is rebuilt with the settings the model was trained with (its `prompt.json`), through
-`text2sql.prompt`, so predict and serve feed the model the text it was trained on. Generation runs
+The prompt is rebuilt with the settings the model was trained with (its `prompt.json`), by
+`text2sql.prompt.PromptBuilder`, so predict and serve feed the model the text it was trained on. Generation runs
 in eval mode with the KV cache on (a model left in training mode, dropout active, writes garbage),
 left-padded batches of similar lengths, stopping at the end-of-turn token.
 """
@@ -22,6 +22,7 @@ from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
+    from text2sql.prompt import PromptSettings
 
 _FENCE = re.compile(r"```(?:sql|duckdb)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
 _QUERY_START = re.compile(r"\b(SELECT|WITH|FROM)\b", re.IGNORECASE)
@@ -41,6 +42,8 @@ class Generator:
     batch_size: int = 16
     max_new_tokens: int = 256
     prefix_cache: bool = True
+    settings: PromptSettings | None = None
+    """Everything the model's prompt is made of (`prompt.model_prompt_settings`); `prompt` and `dataset` are its parts."""
     stats: dict[str, float] = field(default_factory=dict)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)
     """KV caches of the latest shared prefixes (token ids -> cache), most recent last."""
@@ -56,12 +59,10 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from text2sql.models import adapter_base, resolve_base_model, set_end_of_turn
+    from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
     from text2sql.prompt import model_prompt_settings
 
-    path = Path(model_dir).resolve() if Path(model_dir).exists() else cfg.path(model_dir)
-    if not path.exists():
-        path = resolve_base_model(cfg, str(model_dir))  # a known name such as smollm2-135m-instruct
+    path = resolve_model_dir(cfg, model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if (path / "adapter_config.json").is_file():
@@ -77,9 +78,9 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else adapter_base(path))
     set_end_of_turn(tokenizer, model)
-    prompt, dataset = model_prompt_settings(path, cfg.prompt)
-    return Generator(model, tokenizer, path, kind, prompt, dataset, cfg.generate.batch_size, cfg.generate.max_new_tokens,
-                     cfg.generate.prefix_cache)
+    settings = model_prompt_settings(path, cfg.prompt)
+    return Generator(model, tokenizer, path, kind, settings.prompt, settings.dataset, cfg.generate.batch_size,
+                     cfg.generate.max_new_tokens, cfg.generate.prefix_cache, settings=settings)
 
 
 def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
@@ -235,11 +236,12 @@ def extract_sql(text: str) -> str | None:
 
 
 def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
-            dataset: str | None = None) -> Path:
+            dataset: str | None = None, strict: bool = False) -> Path:
     """Generate SQL for every pair of a split; writes JSONL {id, sql, raw} and returns its path.
 
     Default output: `<model_dir>/predictions/<dataset>-<split>.jsonl` (for a known model name, under
-    `model.models_dir`). Raises DataError for a missing split, ModelError for an unusable model.
+    `model.models_dir`). Raises DataError for a missing split, ModelError for an unusable model,
+    SchemaSnapshotError with `strict` when schemas/ changed since the model was trained.
     """
     from text2sql.data import load_pairs
 
@@ -247,7 +249,7 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, split)
     gen = load_generator(model_dir, cfg)
-    messages = prompts_for(cfg, gen, pairs, dataset)
+    messages = prompts_for(cfg, gen, pairs, dataset, strict=strict)
     print(f"predict: {len(pairs)} {dataset}/{split} questions with the {gen.kind} model {gen.model_dir}"
           f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size})", file=sys.stderr)
     replies = generate(gen, messages)
@@ -260,29 +262,14 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     return out
 
 
-def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str) -> list[list[dict[str, str]]]:
-    """Chat messages for pairs, built as in training: the model's prompt settings, schema by `pair.db`,
-    k-shot examples from the train split of the dataset the model was trained on."""
-    from text2sql.prompt import build_messages, schema_loader
+def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str, strict: bool = False) -> list[list[dict[str, str]]]:
+    """Chat messages for pairs, built as in training (`prompt.PromptBuilder.for_model`): the model's prompt
+    settings, schema by `pair.db`, k-shot examples from the train split of the dataset the model was trained on."""
+    from text2sql.prompt import PromptBuilder, PromptSettings
 
-    schema_for = schema_loader(cfg, dataset)
-    k = gen.prompt.k_shot
-    index = example_index(cfg, gen.prompt, gen.dataset or dataset)
-    return [
-        build_messages(p.question, schema_for(p.db), gen.prompt, gen.tokenizer,
-                       index.search(p.question, k, db=p.db, exclude_id=p.id) if index else ())
-        for p in pairs
-    ]
-
-
-def example_index(cfg: Config, prompt: PromptConfig, dataset: str) -> Any:
-    """The k-shot example index over `dataset`'s train split (None for 0-shot prompts)."""
-    if prompt.k_shot <= 0:
-        return None
-    from text2sql.data import load_pairs
-    from text2sql.prompt import ExampleIndex
-
-    return ExampleIndex(load_pairs(cfg, dataset, "train"))
+    settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
+    builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, dataset, strict=strict)
+    return [builder.messages(p.question, p.db, p.id) for p in pairs]
 
 
 def _first_statement(sql: str) -> str:

@@ -87,6 +87,21 @@ def resolve_base_model(cfg: Config, name: str | None = None) -> Path:
     )
 
 
+def resolve_model_dir(cfg: Config, model_dir: str | Path) -> Path:
+    """The dir of a model to generate with (`--model`): a path as given (relative to the working directory),
+    else relative to the project root, else a known base model name (pulled if needed).
+
+    Raises:
+        ModelError: none of these.
+    """
+    given = Path(model_dir).expanduser()
+    if given.exists():
+        return given.resolve()
+    if cfg.path(given).exists():
+        return cfg.path(given).resolve()
+    return resolve_base_model(cfg, str(model_dir))  # a known name such as smollm2-135m-instruct
+
+
 def pull_model(cfg: Config, name: str | None = None) -> Path:
     """Make the local HF model dir for a known name or a .gguf file under `model.models_dir`; reuse a complete one.
 

@@ -1,9 +1,15 @@
-"""The one prompt builder: schema DDL + question (+ retrieved examples) -> chat messages.
+"""The one prompt builder: schema DDL + business definitions + question (+ retrieved examples) -> chat messages.
 
-Training, `predict`, `eval --model` and `serve` all build their inputs here and render them with
-`render_prompt`, so the model sees at inference exactly the text it was trained on. A training record
-is TRL's conversational prompt-completion format; TRL applies the chat template, whose assistant turn
-ends with the end-of-turn token (`<|im_end|>` for ChatML), so that token lies inside the loss mask.
+`PromptBuilder` is the only place model input is built: training records (`record`), `predict` and
+`eval --model` (`generate.prompts_for`) and `serve` all call it, and render with `render_prompt`, so the
+model sees at inference exactly the text it was trained on. A training run saves what its prompt is
+made of in `prompt.json` (`save_prompt_settings`: the prompt section, the instructions, the dataset,
+the business definitions themselves); `model_prompt_settings` reads them back for a model dir, so an
+edit to `INSTRUCTIONS`, to the config or to definitions.yaml never changes an old run's prompt.
+
+A training record is TRL's conversational prompt-completion format; TRL applies the chat template,
+whose assistant turn ends with the end-of-turn token (`<|im_end|>` for ChatML), so that token lies
+inside the loss mask.
 
 No heavy imports: a tokenizer, when given, is only used to count tokens and render the chat template.
 """
@@ -11,18 +17,26 @@ No heavy imports: a tokenizer, when given, is only used to count tokens and rend
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2sql.config import PromptConfig
+from text2sql.data.definitions import Definitions, load_definitions
+from text2sql.errors import SchemaSnapshotError
+from text2sql.files import write_atomic
+
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
-    from text2sql.config import PromptConfig
+    from text2sql.config import Config
 
 INSTRUCTIONS = (
     "You write one DuckDB SQL query that answers the user's question, using only the tables below. "
@@ -30,6 +44,8 @@ INSTRUCTIONS = (
 )
 PROMPT_FILE = "prompt.json"
 """Prompt settings saved in every run/merged dir, so predict and serve rebuild the training prompt."""
+RUN_MANIFESTS = ("manifest.json", "run_manifest.json")
+"""Where a run dir (manifest.json) or a merged dir (run_manifest.json) records the schema it was trained on."""
 
 # Question words that say what to do, not what to read ("list the ..." must not pick `list_price`).
 _QUESTION_STOPWORDS = frozenset(
@@ -47,16 +63,25 @@ def build_messages(
     cfg: PromptConfig,
     tokenizer: Any = None,
     examples: Iterable[Any] = (),
+    definitions: Definitions | None = None,
+    instructions: str = INSTRUCTIONS,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> list[dict[str, str]]:
-    """Chat messages for one question: system = instructions + schema DDL; earlier turns = examples; user = question.
+    """Chat messages for one question: system = instructions + schema DDL + business definitions; earlier
+    turns = examples; user = question. Use `PromptBuilder`, which fills in everything after `examples` the
+    same way for training and inference.
 
     Args:
         question: the natural-language question.
         snapshot: the schema (a `SchemaSnapshot`); only the tables `select_tables` keeps are shown.
-        cfg: the prompt section of the config (schema budget, extra system text).
-        tokenizer: counts schema tokens for the budget; without one, 4 characters count as a token.
+        cfg: the prompt section of the config (schema and definitions budgets, extra system text).
+        tokenizer: counts tokens for the budgets; without one, 4 characters count as a token.
             Pass the same tokenizer everywhere (train, predict, serve) or the pruning may differ.
         examples: pairs (anything with `.question` and `.sql`) shown as earlier user/assistant turns.
+        definitions: shown after the schema, within `cfg.max_definition_tokens` (none when `cfg.definitions`
+            is false).
+        instructions: the opening of the system message (a run's saved instructions).
+        count_tokens: the token counter (default: from `tokenizer`); `PromptBuilder` passes a cached one.
 
     >>> from text2sql.catalog import Column, SchemaSnapshot, TableSnapshot
     >>> from text2sql.config import PromptConfig
@@ -65,10 +90,14 @@ def build_messages(
     >>> [m["role"] for m in msgs], msgs[-1]["content"]
     (['system', 'user'], 'How many stores?')
     """
-    count = _token_counter(tokenizer)
+    count = count_tokens or _token_counter(tokenizer)
     tables = select_tables(question, snapshot, cfg.max_schema_tokens, count)
-    system = INSTRUCTIONS + (f"\n{cfg.system.strip()}" if cfg.system.strip() else "")
+    system = instructions + (f"\n{cfg.system.strip()}" if cfg.system.strip() else "")
     system += "\n\n" + snapshot.ddl(tables)
+    if definitions and cfg.definitions:
+        text = definitions.render(question, cfg.max_definition_tokens, count)
+        if text:
+            system += "\n\n" + text
     messages = [{"role": "system", "content": system}]
     for ex in examples:
         messages.append({"role": "user", "content": ex.question.strip()})
@@ -77,22 +106,14 @@ def build_messages(
     return messages
 
 
-def build_example(
-    pair: Any,
-    snapshot: SchemaSnapshot,
-    cfg: PromptConfig,
-    tokenizer: Any = None,
-    examples: Iterable[Any] = (),
-) -> dict[str, list[dict[str, str]]]:
-    """A training record in TRL's conversational prompt-completion format.
+def build_example(pair: Any, messages: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """A training record in TRL's conversational prompt-completion format: `messages` (the pair's prompt)
+    and the gold SQL as the assistant turn.
 
-    The completion is the gold SQL as the assistant turn; the chat template closes it with the
-    end-of-turn token, which TRL keeps inside the completion (loss) mask.
+    The chat template closes the completion with the end-of-turn token, which TRL keeps inside the
+    completion (loss) mask.
     """
-    return {
-        "prompt": build_messages(pair.question, snapshot, cfg, tokenizer, examples),
-        "completion": [{"role": "assistant", "content": pair.sql.strip()}],
-    }
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": pair.sql.strip()}]}
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -224,30 +245,195 @@ def schema_loader(cfg: Any, dataset: str) -> Callable[[str | None], SchemaSnapsh
     return schema_for
 
 
-def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str) -> Path:
-    """Write prompt.json (the prompt section + the dataset k-shot examples come from) into a run dir."""
+@dataclass(frozen=True)
+class PromptSettings:
+    """What a model's prompt is made of; saved in a run dir's prompt.json and read back from it."""
+
+    prompt: PromptConfig
+    instructions: str = INSTRUCTIONS
+    dataset: str | None = None
+    """The dataset the model was trained on: its train split gives the k-shot examples."""
+    definitions: Definitions | None = None
+    """The business definitions the model was trained with (saved in prompt.json); None = a model without
+    prompt.json (a base model): the builder reads the dataset's definitions.yaml."""
+    source: Path | None = None
+    """The prompt.json these came from; None = the project config."""
+    schema_fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Schema fingerprint per pair db ("None" = schemas/) the model was trained on, from the run manifest."""
+
+
+def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str,
+                         definitions: Definitions | None = None) -> Path:
+    """Write prompt.json into a run dir: the prompt section, the instructions, the dataset the k-shot examples
+    come from, and the business definitions themselves (with their file and fingerprint), so that predict and
+    serve rebuild the training prompt byte for byte even after definitions.yaml or `INSTRUCTIONS` change."""
     path = Path(directory) / PROMPT_FILE
-    payload = {"prompt": dataclasses.asdict(cfg), "instructions": INSTRUCTIONS, "dataset": dataset}
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    defs = definitions if (definitions is not None and cfg.definitions) else Definitions()
+    payload = {"prompt": dataclasses.asdict(cfg), "instructions": INSTRUCTIONS, "dataset": dataset,
+               "definitions": defs.to_json(), "definitions_file": defs.source,
+               "definitions_fingerprint": defs.fingerprint}
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def load_prompt_settings(directory: Path, default: PromptConfig) -> tuple[PromptConfig, str | None]:
-    """The prompt settings a model was trained with (and its dataset), or `default` for a plain base model."""
-    from text2sql.config import PromptConfig
+def load_prompt_settings(directory: Path, default: PromptConfig) -> PromptSettings:
+    """The prompt settings saved in `directory` (prompt.json), or `default` for a plain base model.
 
+    A prompt.json older than the definitions (no `definitions` key) means a model trained without them; one
+    without `instructions` was trained with today's `INSTRUCTIONS` (they were always saved).
+    """
     path = Path(directory) / PROMPT_FILE
     if not path.is_file():
-        return default, None
-    payload = json.loads(path.read_text())
-    return PromptConfig(**payload["prompt"]), payload.get("dataset")
+        return PromptSettings(default)
+    try:
+        payload = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(PromptConfig)}
+        prompt = PromptConfig(**{k: v for k, v in payload["prompt"].items() if k in known})
+        definitions = Definitions.from_json(payload.get("definitions") or {}, source=payload.get("definitions_file") or "")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        from text2sql.errors import ModelError
+
+        raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); retrain, or remove it to prompt as a base model") from None
+    fingerprints: dict[str, str] = {}
+    for name in RUN_MANIFESTS:
+        manifest = Path(directory) / name
+        if manifest.is_file():
+            try:
+                fingerprints = dict(json.loads(manifest.read_text()).get("schema_fingerprints") or {})
+            except (json.JSONDecodeError, AttributeError):
+                pass
+            break
+    return PromptSettings(prompt, payload.get("instructions") or INSTRUCTIONS, payload.get("dataset"), definitions,
+                          path, fingerprints)
 
 
-def model_prompt_settings(model_dir: Path, default: PromptConfig) -> tuple[PromptConfig, str | None]:
+def model_prompt_settings(model_dir: Path, default: PromptConfig) -> PromptSettings:
     """`load_prompt_settings` for a model dir: a run, merged or base dir holds them itself; a checkpoint dir
     keeps them one level up, in its run dir."""
     model_dir = Path(model_dir)
     return load_prompt_settings(model_dir if (model_dir / PROMPT_FILE).is_file() else model_dir.parent, default)
+
+
+class PromptBuilder:
+    """The only place model input is built: for training records, predict, eval and serve alike.
+
+    Holds what every prompt of one model needs, built once: the prompt settings (the project's for
+    training, the model's prompt.json for inference), the schema of each pair db, the k-shot example
+    index over the train split and the business definitions, and a token counter for the budgets.
+
+    >>> from text2sql.catalog import Column, SchemaSnapshot, TableSnapshot
+    >>> t = TableSnapshot("core.stores", "CREATE TABLE core.stores (id INTEGER);", [Column("id", "INTEGER")])
+    >>> builder = PromptBuilder(PromptSettings(PromptConfig()), schema_for=lambda db: SchemaSnapshot("d", {"core.stores": t}, "x"))
+    >>> builder.messages("How many stores?")[-1]
+    {'role': 'user', 'content': 'How many stores?'}
+    """
+
+    def __init__(self, settings: PromptSettings, tokenizer: Any = None,
+                 schema_for: Callable[[str | None], SchemaSnapshot] | None = None,
+                 examples: Sequence[Any] = (), definitions: Definitions | None = None):
+        """Prefer `for_training` and `for_model`; this takes the parts as they are.
+
+        Args:
+            settings: prompt section, instructions and (saved) definitions.
+            tokenizer: counts tokens for the budgets (the model's own; None = 4 characters a token).
+            schema_for: the schema of a pair db (`schema_loader`).
+            examples: the pairs k-shot examples are retrieved from (the train split).
+            definitions: used when `settings.definitions` is None (a model without saved settings).
+        """
+        self.settings = settings
+        self.prompt = settings.prompt
+        self.tokenizer = tokenizer
+        self._schema_for = schema_for
+        self._index = ExampleIndex(examples) if self.prompt.k_shot > 0 and examples else None
+        defs = settings.definitions if settings.definitions is not None else definitions
+        self.definitions = defs if (defs and self.prompt.definitions) else Definitions()
+        self._count = functools.lru_cache(maxsize=4096)(_token_counter(tokenizer))
+
+    @classmethod
+    def for_training(cls, cfg: Config, tokenizer: Any, train_pairs: Sequence[Any], dataset: str | None = None) -> PromptBuilder:
+        """The builder of a training run: the project's prompt section, today's instructions, the dataset's
+        definitions.yaml. `save` writes these settings into the run dir."""
+        dataset = dataset or cfg.data.dataset
+        definitions = load_definitions(cfg, dataset) if cfg.prompt.definitions else Definitions()
+        settings = PromptSettings(cfg.prompt, INSTRUCTIONS, dataset, definitions)
+        return cls(settings, tokenizer, schema_loader(cfg, dataset), train_pairs)
+
+    @classmethod
+    def for_model(cls, cfg: Config, settings: PromptSettings, tokenizer: Any, dataset: str | None = None,
+                  strict: bool = False, who: str = "predict") -> PromptBuilder:
+        """The builder for a model's inference: its saved settings (`model_prompt_settings`), the k-shot
+        examples of the dataset it was trained on, the schemas of `dataset`'s pair dbs.
+
+        Says on stderr which project prompt settings the saved ones override, and warns when schemas/ changed
+        since the model was trained.
+
+        Raises:
+            SchemaSnapshotError: with `strict`, schemas/ is not the snapshot the model was trained on.
+        """
+        from text2sql.data import load_pairs
+
+        dataset = dataset or cfg.data.dataset
+        schema_for = schema_loader(cfg, dataset)
+        if settings.source is not None:
+            _report_overrides(cfg.prompt, settings, who)
+            check_schema_unchanged(settings, schema_for, strict, who)
+        examples = load_pairs(cfg, settings.dataset or dataset, "train") if settings.prompt.k_shot > 0 else ()
+        definitions = None
+        if settings.definitions is None and settings.prompt.definitions:
+            definitions = load_definitions(cfg, settings.dataset or dataset)
+        return cls(settings, tokenizer, schema_for, examples, definitions)
+
+    def schema(self, db: str | None = None) -> SchemaSnapshot:
+        if self._schema_for is None:
+            raise SchemaSnapshotError("this prompt builder was given no schema")
+        return self._schema_for(db)
+
+    def messages(self, question: str, db: str | None = None, exclude_id: str | None = None) -> list[dict[str, str]]:
+        """The chat messages for one question asked against `db` (None = the project lakehouse).
+
+        `exclude_id`: the pair being asked, never retrieved as its own example (training and eval alike).
+        """
+        examples = self._index.search(question, self.prompt.k_shot, db=db, exclude_id=exclude_id) if self._index else ()
+        return build_messages(question, self.schema(db), self.prompt, self.tokenizer, examples, self.definitions,
+                              self.settings.instructions, self._count)
+
+    def record(self, pair: Any) -> dict[str, list[dict[str, str]]]:
+        """A training record (TRL prompt-completion) for a pair; its prompt is `messages` of its question."""
+        return build_example(pair, self.messages(pair.question, pair.db, pair.id))
+
+    def save(self, directory: Path) -> Path:
+        """Write these settings as the run's prompt.json (`save_prompt_settings`)."""
+        return save_prompt_settings(directory, self.prompt, self.settings.dataset or "", self.definitions)
+
+
+def check_schema_unchanged(settings: PromptSettings, schema_for: Callable[[str | None], SchemaSnapshot],
+                           strict: bool = False, who: str = "predict") -> bool:
+    """Is schemas/ the snapshot the model was trained on (the run manifest's fingerprint)? Warns on stderr when
+    not, or raises with `strict`. True when unchanged or unknown (a base model, an old manifest)."""
+    trained = settings.schema_fingerprints.get("None")
+    if not trained:
+        return True
+    now = schema_for(None).fingerprint
+    if now == trained:
+        return True
+    message = (f"schemas/ changed since the model was trained (fingerprint {trained[:12]} in its manifest, "
+               f"{now[:12]} now): it may name tables or columns that no longer exist; "
+               "`text2sql schema diff` lists the changes, retrain to follow them")
+    if strict:
+        raise SchemaSnapshotError(message + " (--strict)")
+    print(f"{who}: warning: {message}", file=sys.stderr)
+    return False
+
+
+def _report_overrides(project: PromptConfig, settings: PromptSettings, who: str) -> None:
+    """Say which prompt settings of the project (YAML or --set) the model's saved ones replace."""
+    differ = [f.name for f in dataclasses.fields(PromptConfig)
+              if getattr(project, f.name) != getattr(settings.prompt, f.name)]
+    if differ:
+        saved = ", ".join(f"prompt.{k}={getattr(settings.prompt, k)!r}" for k in differ)
+        ignored = ", ".join(f"prompt.{k}={getattr(project, k)!r}" for k in differ)
+        print(f"{who}: the model's {settings.source} sets {saved}; the project's {ignored} is ignored "
+              "(a model is prompted as it was trained)", file=sys.stderr)
 
 
 def _words(text: str, numbers: bool = True) -> list[str]:

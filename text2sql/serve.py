@@ -12,7 +12,7 @@ Endpoints (all but /healthz need `Authorization: Bearer $TEXT2SQL_TOKEN` when th
   the way vLLM would serve them: that is what another instance's `--upstream` sends.
 - `GET /v1/models`, `GET /healthz`.
 
-Each question takes these steps, in `_Pipeline.answer`: the prompt from schemas/ through `prompt.build_messages`
+Each question takes these steps, in `_Pipeline.answer`: the prompt from schemas/ through `prompt.PromptBuilder`
 with the model's own prompt settings (exactly as `predict` builds it) -> the backend -> `extract_sql` ->
 `warehouse.check_sql` -> when asked, the sandboxed `QueryRunner` -> on an error, `serve.retries` more attempts
 with the error added as a user turn (`correction_messages`).
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from text2sql.catalog import SchemaSnapshot
-    from text2sql.config import Config, PromptConfig
+    from text2sql.config import Config
+    from text2sql.prompt import PromptBuilder, PromptSettings
     from text2sql.warehouse import QueryResult, QueryRunner
 
 MODEL_ID = "text2sql"
@@ -83,7 +84,8 @@ def correction_messages(messages: list[dict[str, str]], failed: str, kind: str, 
             {"role": "user", "content": RETRY_PROMPT.format(kind=kind, message=message)}]
 
 
-def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str | None = None) -> "FastAPI":
+def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str | None = None,
+               strict: bool = False) -> "FastAPI":
     """The FastAPI app: loads the schema snapshot, the model (or the upstream client) and the query sandbox.
 
     Args:
@@ -91,10 +93,12 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         model_dir: a merged/adapter/base model dir (or known name) to generate with; with `upstream`, only its
             tokenizer and prompt.json are used (so the prompt is the one it was trained with).
         upstream: an OpenAI-compatible engine URL (default `serve.upstream`); empty = generate locally.
+        strict: refuse to start when schemas/ changed since the model was trained (else a warning).
 
     Raises:
         ModelError: neither a model nor an upstream is given, or the model cannot be loaded.
-        SchemaSnapshotError: schemas/ is missing or the warehouse cannot be opened.
+        SchemaSnapshotError: schemas/ is missing or the warehouse cannot be opened; with `strict`, schemas/
+            changed since the model was trained.
     """
     require("fastapi", "serve")
     from fastapi import FastAPI, Request
@@ -103,7 +107,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     from starlette.exceptions import HTTPException
 
     from text2sql.catalog import load_snapshot
-    from text2sql.generate import example_index
+    from text2sql.prompt import PromptBuilder
     from text2sql.warehouse import QueryRunner
 
     s = cfg.serve
@@ -117,7 +121,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         require_all(("transformers",), "train")
     snapshot = load_snapshot(cfg)
     if upstream:
-        prompt_cfg, tokenizer, dataset = _prompt_settings_only(cfg, model_dir)
+        settings, tokenizer = _prompt_settings_only(cfg, model_dir)
         backend: _LocalBackend | _UpstreamBackend = _UpstreamBackend(
             upstream, s.upstream_model, os.environ.get(s.upstream_token_env, "") if s.upstream_token_env else "",
             s.upstream_timeout_s, s.max_concurrency)
@@ -125,15 +129,14 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         from text2sql.generate import load_generator
 
         gen = load_generator(model_dir, cfg)
-        prompt_cfg, dataset = gen.prompt, gen.dataset
+        settings = gen.settings
         # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
         # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
         backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
-    index = example_index(cfg, prompt_cfg, dataset or cfg.data.dataset)
-    pipeline = _Pipeline(snapshot, backend, prompt_cfg, tokenizer, index,
-                         runner, s.retries, s.query_workers)
+    prompts = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
+    pipeline = _Pipeline(snapshot, backend, prompts, runner, s.retries, s.query_workers)
     token = os.environ.get(s.token_env, "") if s.token_env else ""
     max_new_tokens = cfg.generate.max_new_tokens
     max_rows_cap = cfg.warehouse.max_rows
@@ -223,7 +226,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
 
 
 def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = None, port: int | None = None,
-        upstream: str | None = None) -> None:
+        upstream: str | None = None, strict: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (the `text2sql serve` command).
 
     Raises:
@@ -237,7 +240,7 @@ def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = N
         raise ConfigError(f"serving on {host} needs a bearer token: set ${s.token_env or 'TEXT2SQL_TOKEN'} "
                           "(serve.token_env names the variable), or bind 127.0.0.1")
     configure_logging()
-    app = create_app(cfg, model_dir, upstream)
+    app = create_app(cfg, model_dir, upstream, strict)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info",
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, lifespan="on"))
     server.run()
@@ -404,19 +407,15 @@ class _Answer:
 class _Pipeline:
     """Question -> prompt -> backend -> SQL -> check -> (execute) -> (retry with the error)."""
 
-    def __init__(self, snapshot: "SchemaSnapshot", backend: Any, prompt_cfg: "PromptConfig", tokenizer: Any,
-                 index: Any, runner: "QueryRunner", retries: int, query_workers: int):
-        self.snapshot, self.backend, self.prompt_cfg, self.tokenizer = snapshot, backend, prompt_cfg, tokenizer
-        self.index, self.runner, self.retries = index, runner, retries
+    def __init__(self, snapshot: "SchemaSnapshot", backend: Any, prompts: "PromptBuilder", runner: "QueryRunner",
+                 retries: int, query_workers: int):
+        self.snapshot, self.backend, self.prompts = snapshot, backend, prompts
+        self.runner, self.retries = runner, retries
         self._queries = ThreadPoolExecutor(max(1, query_workers), thread_name_prefix="text2sql-query")
 
     def messages(self, question: str) -> list[dict[str, str]]:
         """The prompt, built as `generate.predict` builds it for a lakehouse question (db None)."""
-        from text2sql.prompt import build_messages
-
-        k = self.prompt_cfg.k_shot
-        examples = self.index.search(question, k, db=None) if self.index is not None else ()
-        return build_messages(question, self.snapshot, self.prompt_cfg, self.tokenizer, examples)
+        return self.prompts.messages(question, db=None)
 
     async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0) -> _Answer:
         from text2sql.generate import extract_sql
@@ -449,24 +448,24 @@ class _Pipeline:
         self.runner.close()
 
 
-def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple["PromptConfig", Any, str | None]:
-    """Upstream mode: the model's prompt settings and tokenizer (for the schema budget), without its weights."""
+def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple["PromptSettings", Any]:
+    """Upstream mode: the model's prompt settings and tokenizer (for the prompt budgets), without its weights;
+    the model dir is found as `load_generator` finds it."""
+    from text2sql.prompt import PromptSettings, model_prompt_settings
+
     if not model_dir:
-        return cfg.prompt, None, None  # the schema budget is then counted as 4 characters a token
+        return PromptSettings(cfg.prompt), None  # the budgets are then counted as 4 characters a token
     from transformers import AutoTokenizer
 
-    from text2sql.models import resolve_base_model
-    from text2sql.prompt import model_prompt_settings
+    from text2sql.models import resolve_model_dir
 
-    path = cfg.path(model_dir)
-    if not path.exists():
-        path = resolve_base_model(cfg, str(model_dir))
-    prompt_cfg, dataset = model_prompt_settings(path, cfg.prompt)
+    path = resolve_model_dir(cfg, model_dir)
+    settings = model_prompt_settings(path, cfg.prompt)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # no tokenizer files, or unreadable ones
-        raise ModelError(f"cannot load the tokenizer of {path} (needed for the prompt's schema budget): {exc}") from exc
-    return prompt_cfg, tokenizer, dataset
+        raise ModelError(f"cannot load the tokenizer of {path} (needed for the prompt's budgets): {exc}") from exc
+    return settings, tokenizer
 
 
 # ---------------------------------------------------------------- backends

@@ -83,7 +83,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     import torch
 
     from text2sql.models import resolve_base_model, set_end_of_turn
-    from text2sql.prompt import ExampleIndex, build_example, save_prompt_settings, schema_loader
+    from text2sql.prompt import PromptBuilder
 
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
@@ -98,18 +98,10 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     train_pairs, dev_pairs = _load_splits(cfg, dataset)
     base_dir = resolve_base_model(cfg)
     tokenizer = _load_tokenizer(base_dir)
-    schema_for = schema_loader(cfg, dataset)
-    index = ExampleIndex(train_pairs) if cfg.prompt.k_shot > 0 else None
-
-    def records(pairs):
-        # A pair never retrieves itself as an example (exclude_id), in training as in prediction.
-        return [
-            build_example(p, schema_for(p.db), cfg.prompt, tokenizer,
-                          index.search(p.question, cfg.prompt.k_shot, db=p.db, exclude_id=p.id) if index else ())
-            for p in pairs
-        ]
-
-    train_records, dev_records = records(train_pairs), records(dev_pairs)
+    # The one prompt builder (predict and serve rebuild it from the run's prompt.json); a pair never retrieves
+    # itself as a k-shot example, in training as in prediction.
+    prompts = PromptBuilder.for_training(cfg, tokenizer, train_pairs, dataset)
+    train_records, dev_records = [prompts.record(p) for p in train_pairs], [prompts.record(p) for p in dev_pairs]
     lengths = _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
     speed = speed_settings(cfg, method, cuda, base_dir, lengths)
     # Rank 0 picks (or finds) the run dir; every rank gets its answer, or its error.
@@ -125,14 +117,14 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
             print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
                   file=sys.stderr)
         # The manifest is written before the weights load, so even a run killed at once says what it was.
-        schemas = {str(db): schema_for(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
+        schemas = {str(db): prompts.schema(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
         manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
         manifest["resolved_train"] = speed
         manifest["world_size"] = world_size  # `--resume` needs the same number of processes
         print(f"train: speed settings {speed}", file=sys.stderr)
         _write_json(run_dir / MANIFEST, manifest)
         _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
-        save_prompt_settings(run_dir, cfg.prompt, dataset)
+        prompts.save(run_dir)
     if os.environ.get(RANK_REPORT_ENV):
         callbacks = [*(callbacks or []), rank_reporter(run_dir / RANK_REPORT.format(rank=rank), rank, world_size)]
 

@@ -19,10 +19,12 @@ whose term or synonyms the question mentions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +96,9 @@ class Definitions:
 
     def to_json(self) -> dict[str, Any]:
         """What run dirs save (prompt.json), so a run's prompt does not change when the file does."""
-        return {"version": DEFINITIONS_FORMAT, "aliases": dict(self.aliases),
+        # Aliases as [alias, table] pairs: a JSON object written with sort_keys would reorder them, and their
+        # order is part of the prompt.
+        return {"version": DEFINITIONS_FORMAT, "aliases": [[a, t] for a, t in self.aliases.items()],
                 "definitions": [{k: v for k, v in asdict(d).items() if v or k in ("term", "kind", "meaning")}
                                 for d in self.items]}
 
@@ -112,9 +116,12 @@ class Definitions:
         """The definitions the prompt shows for `question`, in file order. Deterministic.
 
         All of them when header and lines fit in `max_tokens`. Otherwise each definition is scored against
-        the question: 4 when its term appears as a phrase, 3 per synonym phrase that appears, plus 1 per
-        content word shared with term or synonyms (plural `s` folded); those with a positive score are taken,
-        highest first (ties in file order), while they fit (one too big for what is left is skipped).
+        the question: 4 when its term appears as a phrase, 3 per synonym phrase that appears, plus 1/df(w) per
+        content word w shared with term or synonyms (plural `s` folded; df = how many definitions use w, so
+        "order", in a dozen terms, adds little). A definition whose meaning names another's term passes it half
+        its score (net sales -> "completed orders", gross margin -> net sales -> ...), so what a relevant term
+        is built from comes along. Those with a positive score are taken, highest first (ties in file order),
+        while they fit (one too big for what is left is skipped).
 
         >>> d = Definitions({}, (Definition("net sales", "measure", "m", synonyms=("revenue",)),
         ...                      Definition("units sold", "measure", "m"), Definition("markup", "measure", "m")))
@@ -126,16 +133,20 @@ class Definitions:
         lines = [d.render() for d in self.items]
         if count_tokens("\n".join([self.header(), *lines])) <= max_tokens:
             return list(self.items)
-        q_words = _words(question)
+        q_words = set(_words(question))
         q_text = " " + " ".join(_words(question, keep_stopwords=True)) + " "
-        scored = []
+        own, df, references = self._index
+        scores = []
         for i, d in enumerate(self.items):
             score = 4 * _has_phrase(q_text, d.term)
             score += sum(3 * _has_phrase(q_text, s) for s in d.synonyms)
-            own = set(_words(" ".join([d.term, *d.synonyms])))
-            score += len(own & set(q_words))
-            if score > 0:
-                scored.append((-score, i))
+            scores.append(score + sum(1 / df[w] for w in own[i] & q_words))
+        for _ in range(3):  # three steps down the chain of "built from" is as deep as definitions go
+            passed = list(scores)
+            for i, j in references:
+                passed[j] = max(passed[j], scores[i] / 2)
+            scores = passed
+        scored = [(-score, i) for i, score in enumerate(scores) if score > 0]
         used = count_tokens(self.header())
         kept = []
         for _, i in sorted(scored):
@@ -143,7 +154,21 @@ class Definitions:
             if used + size <= max_tokens:
                 kept.append(i)
                 used += size
+        # Lines counted one by one can come out a little under the text they make together: drop the least
+        # relevant until the whole fits.
+        while kept and count_tokens("\n".join([self.header(), *(lines[i] for i in sorted(kept))])) > max_tokens:
+            kept.pop()
         return [self.items[i] for i in sorted(kept)]
+
+    @functools.cached_property
+    def _index(self) -> tuple[list[set[str]], Counter, list[tuple[int, int]]]:
+        """What `select` needs of the definitions alone, built once: each one's term and synonym words, the
+        number of definitions using each word, and (i, j) for each definition i whose meaning names term j."""
+        own = [set(_words(" ".join([d.term, *d.synonyms]))) for d in self.items]
+        texts = [" " + " ".join(_words(d.meaning, keep_stopwords=True)) + " " for d in self.items]
+        references = [(i, j) for i in range(len(self.items)) for j, other in enumerate(self.items)
+                      if i != j and _has_phrase(texts[i], other.term)]
+        return own, Counter(w for words in own for w in words), references
 
     def render(self, question: str = "", max_tokens: int | None = None,
                count_tokens: Callable[[str], int] = lambda text: math.ceil(len(text) / 4)) -> str:
@@ -198,6 +223,8 @@ def _parse(raw: Any, source: str) -> Definitions:
     if raw.get("version", DEFINITIONS_FORMAT) != DEFINITIONS_FORMAT:
         problems.append(f"version {raw.get('version')!r} is not supported (expected {DEFINITIONS_FORMAT})")
     aliases = raw.get("aliases") or {}
+    if isinstance(aliases, list) and all(isinstance(a, list) and len(a) == 2 for a in aliases):
+        aliases = dict(aliases)  # `to_json`'s ordered pairs
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         problems.append("aliases must map alias names to qualified table names")
         aliases = {}
