@@ -169,13 +169,19 @@ def schema_pull(config_path, overrides, catalog_name, namespaces):
 @config_option
 @set_option
 @click.option("--catalog", "catalog_name", default=None, help="Catalog name (default: the one in schemas/).")
-def schema_diff(config_path, overrides, catalog_name):
-    """List tables and columns added, removed or retyped since the snapshot (exit 1 if any)."""
-    from text2sql.catalog import diff_schemas
+@click.option("--dataset", default=None, help="Dataset whose pairs are checked against the changes (default data.dataset).")
+def schema_diff(config_path, overrides, catalog_name, dataset):
+    """List tables and columns added, removed or retyped since the snapshot, the pairs that read what was removed
+    or retyped, and the runs trained on the snapshot (exit 1 if anything changed)."""
+    from text2sql.catalog import diff_schemas, load_snapshot
+    from text2sql.data.impact import schema_impact
 
-    changes = diff_schemas(load(config_path, overrides), catalog_name=catalog_name)
+    cfg = load(config_path, overrides)
+    changes = diff_schemas(cfg, catalog_name=catalog_name)
     for change in changes:
         click.echo(str(change))
+    for line in schema_impact(cfg, changes, load_snapshot(cfg), dataset).lines():
+        click.echo(line)
     if changes:
         sys.exit(1)
     click.echo("schemas/ matches the catalog")
