@@ -146,3 +146,38 @@ def test_lakehouse_is_rich_and_deterministic(lakehouse_project, tmp_path):
     for wanted in ("DECIMAL(", "DATE", "TIMESTAMPTZ", "STRUCT(", "[]"):
         assert wanted in types
     assert all(t["comment"] and t["identifier_fields"] for t in tables.values())
+
+
+def test_value_hints_list_the_values_of_low_cardinality_text_columns(lakehouse_project, tmp_path):
+    """The distinct values of the pinned snapshot go into the DDL comment, unless the doc names them all already,
+    there are too many, or the list is too long; the DDL still runs in DuckDB, and the manifest keeps them."""
+    cfg = load_config(lakehouse_project / "text2sql.yaml", [f"catalog.schemas_dir={tmp_path / 'schemas'}"])
+    pull_schemas(cfg)
+    snapshot = load_snapshot(cfg)
+    stores = snapshot.table("core.stores").ddl
+    assert "country VARCHAR NOT NULL, -- ISO country code; values: 'CA', 'US'" in stores
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA core")
+    con.execute(stores)
+    holidays = snapshot.table("core.fiscal_calendar").column("holiday_name").values
+    assert "New Year's Day" in holidays and list(holidays) == sorted(holidays)
+    assert "'New Year''s Day'" in snapshot.table("core.fiscal_calendar").ddl  # quoted as SQL literals
+    orders = snapshot.table("sales.orders")
+    assert orders.column("status").values == ()  # its doc names completed, cancelled and pending already
+    assert "values:" not in orders.ddl
+    customers = snapshot.table("core.customers")
+    assert customers.column("first_name").values == () and customers.column("email").values == ()  # too many
+
+    # The limits: fewer values allowed, or a shorter list, and the hints go.
+    few = load_config(lakehouse_project / "text2sql.yaml", [f"catalog.schemas_dir={tmp_path / 'few'}",
+                                                            "catalog.max_hint_values=5", "catalog.max_hint_chars=60"])
+    pull_schemas(few)
+    small = load_snapshot(few)
+    assert small.table("core.stores").column("country").values == ("CA", "US")
+    assert small.table("core.stores").column("city").values == ()  # 16 cities > 5
+    assert small.table("core.fiscal_calendar").column("holiday_name").values == ()  # over 60 characters
+    off = load_config(lakehouse_project / "text2sql.yaml", [f"catalog.schemas_dir={tmp_path / 'off'}",
+                                                            "catalog.max_hint_values=0"])
+    pull_schemas(off)
+    assert "values:" not in load_snapshot(off).ddl()
+    assert diff_schemas(cfg) == []  # hints are comments: no schema change

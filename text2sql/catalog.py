@@ -1,7 +1,9 @@
 """Iceberg catalogs -> `schemas/`: DuckDB-compatible CREATE TABLE DDL snapshots plus a manifest.
 
 `schemas/<namespace>/<table>.sql` holds one table's DDL: table comment, partitioning and identifier
-fields as comments, column docs as inline comments. `schemas/manifest.json` records, per table, the
+fields as comments, column docs as inline comments, and value hints: the distinct values of a
+low-cardinality text column (`-- values: 'cancelled', 'completed', 'pending'`), read from the pinned
+snapshot, so a model writes literals that exist. `schemas/manifest.json` records, per table, the
 Iceberg schema id and snapshot id the DDL was taken from, the DDL's sha256 and its columns, so the
 rest of the pipeline (validation, prompts, evaluation) works from files, without a catalog.
 Everything is sorted and stably formatted so that a schema change reads as a small diff.
@@ -36,6 +38,8 @@ class Column:
     """DuckDB type, e.g. DECIMAL(10,2), STRUCT(city VARCHAR), VARCHAR[]."""
     doc: str = ""
     required: bool = False
+    values: tuple[str, ...] = ()
+    """Value hint: every distinct value of a low-cardinality text column, sorted (empty = none)."""
 
 
 @dataclass
@@ -229,13 +233,19 @@ def list_table_names(catalog: Catalog, namespaces: list[str] | None = None) -> l
     return sorted(names)
 
 
-def describe_table(table: Table, name: str) -> TableSnapshot:
-    """A TableSnapshot (DDL, columns, partitioning) of an Iceberg table at its current snapshot."""
+def describe_table(table: Table, name: str, max_hint_values: int = 0, max_hint_chars: int = 0) -> TableSnapshot:
+    """A TableSnapshot (DDL, columns, partitioning) of an Iceberg table at its current snapshot.
+
+    With `max_hint_values`, text columns with at most that many distinct values at the snapshot get them as
+    value hints (`value_hints`).
+    """
     schema = table.schema()
-    columns = [Column(f.name, duckdb_type(f.field_type), _doc(f), f.required) for f in schema.fields]
+    snapshot = table.current_snapshot()
+    hints = value_hints(table, max_hint_values, max_hint_chars) if max_hint_values > 0 and snapshot else {}
+    columns = [Column(f.name, duckdb_type(f.field_type), _doc(f), f.required, hints.get(f.name, ()))
+               for f in schema.fields]
     partitioning = [f"{pf.transform}({schema.find_field(pf.source_id).name})" for pf in table.spec().fields]
     identifier = [schema.find_field(i).name for i in sorted(schema.identifier_field_ids)]
-    snapshot = table.current_snapshot()
     t = TableSnapshot(
         name=name, ddl="", columns=columns, comment=table.properties.get("comment", ""),
         partitioning=partitioning, identifier_fields=identifier,
@@ -244,6 +254,46 @@ def describe_table(table: Table, name: str) -> TableSnapshot:
     )
     t.ddl = render_ddl(t)
     return t
+
+
+def value_hints(table: Table, max_values: int, max_chars: int) -> dict[str, tuple[str, ...]]:
+    """Distinct values of each top-level text column of the table's current (pinned) snapshot that has at most
+    `max_values` of them, sorted; a column is left out when its hint would exceed `max_chars`, when a value is
+    long or holds a line break, or when its doc already names every value (the hint would add nothing).
+
+    One scan of the text columns, batch by batch; a column drops out as soon as it passes `max_values`, and
+    the scan stops when none is left.
+    """
+    from pyiceberg.types import StringType
+
+    fields = [f for f in table.schema().fields if isinstance(f.field_type, StringType)]
+    if not fields or table.current_snapshot() is None:
+        return {}
+    seen: dict[str, set[str]] = {f.name: set() for f in fields}
+    scan = table.scan(selected_fields=tuple(seen), snapshot_id=table.current_snapshot().snapshot_id)
+    for batch in scan.to_arrow_batch_reader():
+        for name in list(seen):
+            values = seen[name]
+            values.update(v for v in batch.column(name).unique().to_pylist() if v is not None)
+            if len(values) > max_values:
+                del seen[name]
+        if not seen:
+            break
+    hints = {}
+    for f in fields:
+        values = sorted(seen.get(f.name, ()))
+        if not values or any(len(v) > 40 or "\n" in v or "\r" in v for v in values):
+            continue
+        doc_words = set(re.findall(r"[a-z0-9_]+", (f.doc or "").lower()))
+        if all(v.lower() in doc_words for v in values):
+            continue
+        if len(_hint_text(values)) <= max_chars:
+            hints[f.name] = tuple(values)
+    return hints
+
+
+def _hint_text(values) -> str:
+    return "values: " + ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
 def _doc(f) -> str:
@@ -315,7 +365,10 @@ def render_ddl(t: TableSnapshot) -> str:
     for i, c in enumerate(t.columns):
         comma = "," if i < len(t.columns) - 1 else ""
         null = " NOT NULL" if c.required else ""
-        doc = " -- " + " ".join(c.doc.split()) if c.doc else ""
+        notes = [" ".join(c.doc.split())] if c.doc else []
+        if c.values:
+            notes.append(_hint_text(c.values))
+        doc = " -- " + "; ".join(notes) if notes else ""
         lines.append(f"  {_quote(c.name)} {c.type}{null}{comma}{doc}")
     lines.append(");")
     return "\n".join(lines) + "\n"
@@ -326,8 +379,9 @@ def render_ddl(t: TableSnapshot) -> str:
 
 def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[str] | None = None) -> dict:
     """Write DDL for every table of the catalog (or of the DuckDB file of `warehouse.engine: duckdb`), and
-    manifest.json, into schemas/ (replacing what was there)."""
-    catalog_name, live = _live_tables(cfg, catalog_name, namespaces or cfg.catalog.namespaces or None)
+    manifest.json, into schemas/ (replacing what was there). Iceberg tables get value hints
+    (`catalog.max_hint_values`)."""
+    catalog_name, live = _live_tables(cfg, catalog_name, namespaces or cfg.catalog.namespaces or None, hints=True)
     snapshots = list(live.values())
     out = cfg.path(cfg.catalog.schemas_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +391,10 @@ def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[
         write_atomic(out / rel, t.ddl)
         entry = asdict(t)
         del entry["ddl"], entry["name"]
+        # A column's value hint is recorded only where it has one, so the manifest of a catalog without
+        # hints reads as before.
+        entry["columns"] = [{k: list(v) if k == "values" else v for k, v in c.items() if k != "values" or v}
+                            for c in entry["columns"]]
         entry["references"] = [list(r) for r in t.references]
         entry.update(file=rel.as_posix(), ddl_sha256=hashlib.sha256(t.ddl.encode()).hexdigest())
         manifest["tables"][t.name] = dict(sorted(entry.items()))
@@ -349,9 +407,11 @@ def pull_schemas(cfg: Config, catalog_name: str | None = None, namespaces: list[
     return manifest
 
 
-def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | None) -> tuple[str, dict]:
+def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | None,
+                 hints: bool = False) -> tuple[str, dict]:
     """(catalog name, {qualified name: TableSnapshot}) of the tables in the live catalog, or in the DuckDB file
-    that is the warehouse under `warehouse.engine: duckdb` (its `main` schema is namespace `main`)."""
+    that is the warehouse under `warehouse.engine: duckdb` (its `main` schema is namespace `main`). `hints`:
+    read value hints from the catalog's pinned snapshots (one scan of each table's text columns)."""
     if cfg.warehouse.engine == "duckdb":
         path = cfg.path(cfg.warehouse.duckdb_path)
         if not path.is_file():
@@ -365,7 +425,8 @@ def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | 
         return path.stem, {n: t for n, t in live.items() if (n.rpartition(".")[0] or "main") in wanted}
     catalog_name = catalog_name or cfg.catalog.name
     catalog = load_catalog(cfg, catalog_name)
-    return catalog_name, {n: describe_table(catalog.load_table(n), n) for n in list_table_names(catalog, namespaces)}
+    limits = (cfg.catalog.max_hint_values, cfg.catalog.max_hint_chars) if hints else (0, 0)
+    return catalog_name, {n: describe_table(catalog.load_table(n), n, *limits) for n in list_table_names(catalog, namespaces)}
 
 
 def load_snapshot(cfg: Config) -> SchemaSnapshot:
@@ -389,7 +450,8 @@ def read_snapshot(schemas_dir: Path) -> SchemaSnapshot:
             if hashlib.sha256(ddl.encode()).hexdigest() != e["ddl_sha256"]:
                 raise SchemaSnapshotError(f"{ddl_path} was edited by hand (hash differs from {MANIFEST}): run `text2sql schema pull`")
             tables[name] = TableSnapshot(
-                name=name, ddl=ddl, columns=[Column(**c) for c in e["columns"]], comment=e.get("comment", ""),
+                name=name, ddl=ddl, columns=[Column(**{**c, "values": tuple(c.get("values", ()))}) for c in e["columns"]],
+                comment=e.get("comment", ""),
                 partitioning=e.get("partitioning", []), identifier_fields=e.get("identifier_fields", []),
                 references=[tuple(r) for r in e.get("references", [])],
                 schema_id=e.get("schema_id"), snapshot_id=e.get("snapshot_id"),

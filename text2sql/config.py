@@ -79,9 +79,13 @@ class CatalogConfig(_Section):
     """Namespaces `schema pull` snapshots; empty = all."""
     schemas_dir: str = "schemas"
     """Where `schema pull` writes DDL snapshots and manifest.json."""
+    max_hint_values: int = 20
+    """Value hints: `schema pull` lists the distinct values of a text column with at most this many (order status, channel, segment, ...) in its DDL comment, so the model writes literals that exist; 0 = none."""
+    max_hint_chars: int = 200
+    """Value hints: the longest list of values one column comment gets; a longer one is left out."""
 
     def _problems(self) -> list[str]:
-        return self._not_empty("name", "schemas_dir")
+        return self._not_empty("name", "schemas_dir") + self._at_least(0, "max_hint_values", "max_hint_chars")
 
 
 @dataclass
@@ -176,8 +180,8 @@ class ModelConfig(_Section):
 class PromptConfig(_Section):
     section: ClassVar[str] = "prompt"
 
-    max_schema_tokens: int = 2048
-    """Token budget for schema DDL in the prompt; beyond it only the tables `prompt.select_tables` ranks first are kept. 2048 holds the whole demo schema (1,895 SmolLM2 tokens); at 1024, 79.5 % of demo questions keep every table their SQL needs."""
+    max_schema_tokens: int = 2304
+    """Token budget for schema DDL in the prompt; beyond it only the tables `prompt.select_tables` ranks first are kept. 2304 holds the whole demo schema (1,895 SmolLM2 tokens before value hints; 7,381 characters with them, about 2,050 tokens at its 3.6 characters a token); at 1024, 79.5 % of demo questions keep every table their SQL needs."""
     k_shot: int = 0
     """Number of train-split examples retrieved into the prompt."""
     system: str = ""
@@ -185,10 +189,10 @@ class PromptConfig(_Section):
     definitions: bool = True
     """Put the dataset's business definitions (datasets/<name>/definitions.yaml) into the system message, after the schema."""
     max_definition_tokens: int = 512
-    """Token budget for the definitions; beyond it only those whose term, synonyms or words the question uses are kept, most relevant first (`Definitions.select`). All 81 demo definitions take about 3,700 tokens (4 characters a token), more than train.max_length leaves beside the 1,895-token schema; at 512 a demo question gets a median of 9 definitions: 227 of the 249 pairs that filter on completed orders are shown that rule, 88 of the 92 that join the fiscal calendar that join (768: 14 definitions, 243 and 89, for 256 more prompt tokens)."""
+    """Token budget for the definitions; beyond it only those whose term, synonyms or words the question uses are kept, most relevant first (`Definitions.select`). All 81 demo definitions take about 3,700 tokens (4 characters a token), more than train.max_length leaves beside the ~2,050-token schema; at 512 a demo question gets a median of 9 definitions: 227 of the 249 pairs that filter on completed orders are shown that rule, 88 of the 92 that join the fiscal calendar that join (768: 14 definitions, 243 and 89, for 256 more prompt tokens)."""
 
     def _problems(self) -> list[str]:
-        return self._at_least(1, "max_schema_tokens") + self._at_least(0, "k_shot")
+        return self._at_least(1, "max_schema_tokens") + self._at_least(0, "k_shot", "max_definition_tokens")
 
 
 @dataclass

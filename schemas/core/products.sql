@@ -7,7 +7,7 @@ CREATE TABLE core.products (
   product_name VARCHAR NOT NULL, -- Display name
   category VARCHAR NOT NULL, -- Top-level category: Apparel, Home, Electronics, Beauty, Sports or Grocery
   subcategory VARCHAR NOT NULL, -- Subcategory within the category
-  brand VARCHAR NOT NULL, -- Brand name
+  brand VARCHAR NOT NULL, -- Brand name; values: 'Acme', 'Brightline', 'Harbor & Co', 'Kestrel', 'Lumen', 'Northwind', 'Oakridge', 'Pinecrest', 'Solstice', 'Summit', 'Tidal', 'Vela'
   unit_cost DECIMAL(10,2) NOT NULL, -- Cost of one unit to the company, USD
   list_price DECIMAL(10,2) NOT NULL, -- Current list price of one unit, USD
   launched_on DATE NOT NULL, -- Date the product was first sold

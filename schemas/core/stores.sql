@@ -5,8 +5,8 @@ CREATE TABLE core.stores (
   store_name VARCHAR NOT NULL, -- Display name
   channel VARCHAR NOT NULL, -- Sales channel: retail, outlet or online
   region VARCHAR NOT NULL, -- Sales region: North, South, East, West or Online
-  city VARCHAR, -- City of a physical store; NULL for online stores
-  country VARCHAR NOT NULL, -- ISO country code
+  city VARCHAR, -- City of a physical store; NULL for online stores; values: 'Atlanta', 'Austin', 'Boston', 'Chicago', 'Dallas', 'Denver', 'Detroit', 'Miami', 'Minneapolis', 'New York', 'Philadelphia', 'Portland', 'San Francisco', 'Seattle', 'Toronto', 'Vancouver'
+  country VARCHAR NOT NULL, -- ISO country code; values: 'CA', 'US'
   opened_on DATE NOT NULL, -- Opening date
   square_meters INTEGER -- Selling floor area; NULL for online stores
 );
