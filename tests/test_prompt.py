@@ -204,7 +204,7 @@ def test_a_schema_change_since_training_warns_or_refuses(tiny_project, tmp_path,
         PromptBuilder.for_model(cfg, model_prompt_settings(run, cfg.prompt), None, strict=True)
 
 
-def test_predict_strict_exits_1_when_the_schema_changed(tiny_project, tiny_model, tmp_path):
+def test_predict_and_serve_strict_exit_1_when_the_schema_changed(tiny_project, tiny_model, tmp_path):
     import shutil
 
     from click.testing import CliRunner
@@ -220,6 +220,10 @@ def test_predict_strict_exits_1_when_the_schema_changed(tiny_project, tiny_model
     assert result.exit_code == 1
     assert "error: schemas/ changed since the model was trained" in result.output
     assert not (model / "predictions").exists()
+    # serve (upstream mode: the model dir gives tokenizer and prompt settings) refuses before it listens.
+    result = CliRunner().invoke(main, ["serve", "--model", str(model), "--upstream", "http://127.0.0.1:9", "--strict",
+                                       "--config", str(tiny_project), "--set", "serve.token_env=''"])
+    assert result.exit_code == 1 and "error: schemas/ changed since the model was trained" in result.output
 
 
 @pytest.mark.slow

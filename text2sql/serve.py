@@ -134,8 +134,9 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
         backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
-    runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
+    # Before the query workers start: with `strict` a changed schema stops here, leaving nothing running.
     prompts = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
+    runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
     pipeline = _Pipeline(snapshot, backend, prompts, runner, s.retries, s.query_workers)
     token = os.environ.get(s.token_env, "") if s.token_env else ""
     max_new_tokens = cfg.generate.max_new_tokens
