@@ -64,7 +64,7 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
     echo(f"2/7 schema: {len(manifest['tables'])} tables in {cfg.catalog.schemas_dir}/"
          + (f" ({len(changes)} changes since the last snapshot)" if changes else ""))
 
-    report = validate_pairs(cfg, dataset=cfg.data.dataset)
+    report = validate_pairs(cfg, dataset=cfg.data.dataset, with_definitions=True)
     echo(f"3/7 validate: {report.summary()}")
     if not report.passed():
         raise DataError(f"dataset {cfg.data.dataset!r} has invalid pairs: run `text2sql data validate` for details")
