@@ -77,7 +77,8 @@ def test_fragment_problems(cfg, sql, fragment):
 def test_queries_may_define_their_own_aliases_and_struct_fields_resolve(cfg):
     write_dataset(cfg, "aliases: {c: core.customers}\ndefinitions:\n"
                        "  - {term: city, kind: dimension, meaning: m, sql: c.address.city}\n"
-                       "  - {term: firsts, kind: filter, meaning: m, sql: 'SELECT x.customer_id FROM sales.orders AS x'}\n")
+                       "  - {term: firsts, kind: filter, meaning: m,"
+                       " sql: 'SELECT x.customer_id FROM sales.orders AS x'}\n")
     assert check_definitions(load_definitions(cfg, "d"), load_snapshot(cfg)) == []
 
 

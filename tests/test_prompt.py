@@ -166,9 +166,11 @@ def test_a_run_keeps_its_instructions_and_definitions_when_the_sources_change(ti
 
     # A prompt.json written before definitions existed: the old instructions, and no definitions.
     payload = json.loads((run / "prompt.json").read_text())
-    old = {"prompt": {"max_schema_tokens": 150, "k_shot": 0, "system": ""}, "instructions": "Old words.", "dataset": "demo"}
+    old = {"prompt": {"max_schema_tokens": 150, "k_shot": 0, "system": ""}, "instructions": "Old words.",
+           "dataset": "demo"}
     (run / "prompt.json").write_text(json.dumps(old))
-    system = PromptBuilder.for_model(cfg, model_prompt_settings(run, cfg.prompt), None).messages(pair.question)[0]["content"]
+    builder = PromptBuilder.for_model(cfg, model_prompt_settings(run, cfg.prompt), None)
+    system = builder.messages(pair.question)[0]["content"]
     assert system.startswith("Old words.\n\n-- ") and "Business definitions" not in system
     assert payload["definitions_fingerprint"] == settings.definitions.fingerprint
 
@@ -247,7 +249,8 @@ def test_definitions_reach_train_predict_and_serve_prompts_byte_identically(tiny
         "  eval_steps: 100\n  logging_steps: 1\n  lora_r: 4\n  lora_alpha: 8\n  max_length: 1024\n"
         "generate:\n  max_new_tokens: 4\n  batch_size: 4\nserve:\n  token_env: ''\n  retries: 0\n"))
     (path.parent / "datasets" / "demo").mkdir(parents=True)
-    (path.parent / "datasets" / "demo" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_records()))
+    pairs = path.parent / "datasets" / "demo" / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_records()))
     definitions = with_definitions(path)
     with one_torch_thread():
         run = train(load_config(path, ["train.run_name=defs"]))

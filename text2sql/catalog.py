@@ -426,7 +426,8 @@ def _live_tables(cfg: Config, catalog_name: str | None, namespaces: list[str] | 
     catalog_name = catalog_name or cfg.catalog.name
     catalog = load_catalog(cfg, catalog_name)
     limits = (cfg.catalog.max_hint_values, cfg.catalog.max_hint_chars) if hints else (0, 0)
-    return catalog_name, {n: describe_table(catalog.load_table(n), n, *limits) for n in list_table_names(catalog, namespaces)}
+    names = list_table_names(catalog, namespaces)
+    return catalog_name, {n: describe_table(catalog.load_table(n), n, *limits) for n in names}
 
 
 def load_snapshot(cfg: Config) -> SchemaSnapshot:
@@ -450,7 +451,8 @@ def read_snapshot(schemas_dir: Path) -> SchemaSnapshot:
             if hashlib.sha256(ddl.encode()).hexdigest() != e["ddl_sha256"]:
                 raise SchemaSnapshotError(f"{ddl_path} was edited by hand (hash differs from {MANIFEST}): run `text2sql schema pull`")
             tables[name] = TableSnapshot(
-                name=name, ddl=ddl, columns=[Column(**{**c, "values": tuple(c.get("values", ()))}) for c in e["columns"]],
+                name=name, ddl=ddl,
+                columns=[Column(**{**c, "values": tuple(c.get("values", ()))}) for c in e["columns"]],
                 comment=e.get("comment", ""),
                 partitioning=e.get("partitioning", []), identifier_fields=e.get("identifier_fields", []),
                 references=[tuple(r) for r in e.get("references", [])],

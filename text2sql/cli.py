@@ -169,7 +169,8 @@ def schema_pull(config_path, overrides, catalog_name, namespaces):
 @config_option
 @set_option
 @click.option("--catalog", "catalog_name", default=None, help="Catalog name (default: the one in schemas/).")
-@click.option("--dataset", default=None, help="Dataset whose pairs are checked against the changes (default data.dataset).")
+@click.option("--dataset", default=None,
+              help="Dataset whose pairs are checked against the changes (default data.dataset).")
 def schema_diff(config_path, overrides, catalog_name, dataset):
     """List tables and columns added, removed or retyped since the snapshot, the pairs that read what was removed
     or retyped, and the runs trained on the snapshot (exit 1 if anything changed)."""

@@ -43,7 +43,7 @@ class Generator:
     max_new_tokens: int = 256
     prefix_cache: bool = True
     settings: PromptSettings | None = None
-    """Everything the model's prompt is made of (`prompt.model_prompt_settings`); `prompt` and `dataset` are its parts."""
+    """What the model's prompt is made of (`prompt.model_prompt_settings`); `prompt` and `dataset` are parts of it."""
     stats: dict[str, float] = field(default_factory=dict)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)
     """KV caches of the latest shared prefixes (token ids -> cache), most recent last."""
@@ -262,7 +262,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     return out
 
 
-def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str, strict: bool = False) -> list[list[dict[str, str]]]:
+def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str,
+                strict: bool = False) -> list[list[dict[str, str]]]:
     """Chat messages for pairs, built as in training (`prompt.PromptBuilder.for_model`): the model's prompt
     settings, schema by `pair.db`, k-shot examples from the train split of the dataset the model was trained on."""
     from text2sql.prompt import PromptBuilder, PromptSettings

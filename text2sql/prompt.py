@@ -289,11 +289,13 @@ def load_prompt_settings(directory: Path, default: PromptConfig) -> PromptSettin
         payload = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(PromptConfig)}
         prompt = PromptConfig(**{k: v for k, v in payload["prompt"].items() if k in known})
-        definitions = Definitions.from_json(payload.get("definitions") or {}, source=payload.get("definitions_file") or "")
+        definitions = Definitions.from_json(payload.get("definitions") or {},
+                                            source=payload.get("definitions_file") or "")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         from text2sql.errors import ModelError
 
-        raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); retrain, or remove it to prompt as a base model") from None
+        raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); "
+                         "retrain, or remove it to prompt as a base model") from None
     fingerprints: dict[str, str] = {}
     for name in RUN_MANIFESTS:
         manifest = Path(directory) / name
@@ -323,7 +325,8 @@ class PromptBuilder:
 
     >>> from text2sql.catalog import Column, SchemaSnapshot, TableSnapshot
     >>> t = TableSnapshot("core.stores", "CREATE TABLE core.stores (id INTEGER);", [Column("id", "INTEGER")])
-    >>> builder = PromptBuilder(PromptSettings(PromptConfig()), schema_for=lambda db: SchemaSnapshot("d", {"core.stores": t}, "x"))
+    >>> schema = SchemaSnapshot("d", {"core.stores": t}, "x")
+    >>> builder = PromptBuilder(PromptSettings(PromptConfig()), schema_for=lambda db: schema)
     >>> builder.messages("How many stores?")[-1]
     {'role': 'user', 'content': 'How many stores?'}
     """
@@ -350,7 +353,8 @@ class PromptBuilder:
         self._count = functools.lru_cache(maxsize=4096)(_token_counter(tokenizer))
 
     @classmethod
-    def for_training(cls, cfg: Config, tokenizer: Any, train_pairs: Sequence[Any], dataset: str | None = None) -> PromptBuilder:
+    def for_training(cls, cfg: Config, tokenizer: Any, train_pairs: Sequence[Any],
+                     dataset: str | None = None) -> PromptBuilder:
         """The builder of a training run: the project's prompt section, today's instructions, the dataset's
         definitions.yaml. `save` writes these settings into the run dir."""
         dataset = dataset or cfg.data.dataset

@@ -117,7 +117,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
             print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
                   file=sys.stderr)
         # The manifest is written before the weights load, so even a run killed at once says what it was.
-        schemas = {str(db): prompts.schema(db).fingerprint for db in sorted({p.db for p in train_pairs + dev_pairs}, key=str)}
+        dbs = sorted({p.db for p in train_pairs + dev_pairs}, key=str)
+        schemas = {str(db): prompts.schema(db).fingerprint for db in dbs}
         manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
         manifest["resolved_train"] = speed
         manifest["world_size"] = world_size  # `--resume` needs the same number of processes

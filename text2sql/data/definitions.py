@@ -328,7 +328,8 @@ def check_definitions(defs: Definitions, snapshot: SchemaSnapshot) -> list[str]:
             if table.column(name) is None:
                 close = difflib.get_close_matches(name, [c.name for c in table.columns], n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
-                problems.append(f"{label}: unknown column {parts[0]}.{name} ({table.name} has no column {name!r}{hint})")
+                problems.append(f"{label}: unknown column {parts[0]}.{name} "
+                                f"({table.name} has no column {name!r}{hint})")
     return problems
 
 
