@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.config import PromptConfig
 from text2sql.data.definitions import Definitions, load_definitions
-from text2sql.errors import SchemaSnapshotError
+from text2sql.data.impact import RUN_MANIFESTS
+from text2sql.errors import ModelError, SchemaSnapshotError
 from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ INSTRUCTIONS = (
 )
 PROMPT_FILE = "prompt.json"
 """Prompt settings saved in every run/merged dir, so predict and serve rebuild the training prompt."""
-RUN_MANIFESTS = ("manifest.json", "run_manifest.json")
-"""Where a run dir (manifest.json) or a merged dir (run_manifest.json) records the schema it was trained on."""
 
 # Question words that say what to do, not what to read ("list the ..." must not pick `list_price`).
 _QUESTION_STOPWORDS = frozenset(
@@ -263,13 +262,13 @@ class PromptSettings:
 
 
 def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str,
-                         definitions: Definitions | None = None) -> Path:
+                         definitions: Definitions | None = None, instructions: str | None = None) -> Path:
     """Write prompt.json into a run dir: the prompt section, the instructions, the dataset the k-shot examples
     come from, and the business definitions themselves (with their file and fingerprint), so that predict and
     serve rebuild the training prompt byte for byte even after definitions.yaml or `INSTRUCTIONS` change."""
     path = Path(directory) / PROMPT_FILE
     defs = definitions if (definitions is not None and cfg.definitions) else Definitions()
-    payload = {"prompt": dataclasses.asdict(cfg), "instructions": INSTRUCTIONS, "dataset": dataset,
+    payload = {"prompt": dataclasses.asdict(cfg), "instructions": instructions or INSTRUCTIONS, "dataset": dataset,
                "definitions": defs.to_json(), "definitions_file": defs.source,
                "definitions_fingerprint": defs.fingerprint}
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -292,8 +291,6 @@ def load_prompt_settings(directory: Path, default: PromptConfig) -> PromptSettin
         definitions = Definitions.from_json(payload.get("definitions") or {},
                                             source=payload.get("definitions_file") or "")
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        from text2sql.errors import ModelError
-
         raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); "
                          "retrain, or remove it to prompt as a base model") from None
     fingerprints: dict[str, str] = {}
@@ -407,7 +404,8 @@ class PromptBuilder:
 
     def save(self, directory: Path) -> Path:
         """Write these settings as the run's prompt.json (`save_prompt_settings`)."""
-        return save_prompt_settings(directory, self.prompt, self.settings.dataset or "", self.definitions)
+        return save_prompt_settings(directory, self.prompt, self.settings.dataset or "", self.definitions,
+                                    self.settings.instructions)
 
 
 def check_schema_unchanged(settings: PromptSettings, schema_for: Callable[[str | None], SchemaSnapshot],

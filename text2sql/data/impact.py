@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from text2sql.config import Config
 
 RUN_MANIFESTS = ("manifest.json", "run_manifest.json")
-"""A run dir's manifest, and the copy a merged dir keeps."""
+"""Where a run dir (manifest.json) or a merged dir (run_manifest.json, `merge`'s copy) records the schema
+fingerprints it was trained on."""
 
 
 @dataclass
