@@ -175,6 +175,17 @@ def test_a_run_keeps_its_instructions_and_definitions_when_the_sources_change(ti
     assert payload["definitions_fingerprint"] == settings.definitions.fingerprint
 
 
+def test_training_refuses_definitions_the_schema_does_not_back(tiny_project):
+    from text2sql.errors import DataError
+
+    path = with_definitions(tiny_project, "aliases: {o: sales.orders}\ndefinitions:\n"
+                                          "  - {term: order total, kind: measure, meaning: m, sql: SUM(o.total)}\n")
+    with pytest.raises(DataError, match=rf"{path}: term 'order total': unknown column o.total"):
+        PromptBuilder.for_training(load_config(tiny_project), None, [])
+    builder = PromptBuilder.for_training(load_config(tiny_project, ["prompt.definitions=false"]), None, [])
+    assert "Business definitions" not in builder.messages("How many orders?")[0]["content"]
+
+
 def test_saved_settings_say_which_project_settings_they_override(tiny_project, tmp_path, capsys):
     cfg = load_config(tiny_project)
     run = tmp_path / "run"

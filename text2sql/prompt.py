@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.config import PromptConfig
-from text2sql.data.definitions import Definitions, load_definitions
+from text2sql.data.definitions import Definitions, check_definitions, load_definitions
 from text2sql.data.impact import RUN_MANIFESTS
-from text2sql.errors import ModelError, SchemaSnapshotError
+from text2sql.errors import DataError, ModelError, SchemaSnapshotError
 from text2sql.files import write_atomic
 
 if TYPE_CHECKING:
@@ -353,11 +353,20 @@ class PromptBuilder:
     def for_training(cls, cfg: Config, tokenizer: Any, train_pairs: Sequence[Any],
                      dataset: str | None = None) -> PromptBuilder:
         """The builder of a training run: the project's prompt section, today's instructions, the dataset's
-        definitions.yaml. `save` writes these settings into the run dir."""
+        definitions.yaml. `save` writes these settings into the run dir.
+
+        Raises:
+            DataError: the definitions name a table or column schemas/ does not have (a model would learn them).
+        """
         dataset = dataset or cfg.data.dataset
+        schema_for = schema_loader(cfg, dataset)
         definitions = load_definitions(cfg, dataset) if cfg.prompt.definitions else Definitions()
+        if definitions:
+            problems = check_definitions(definitions, schema_for(None))
+            if problems:
+                raise DataError("; ".join(problems) + " (fix them, or train with --set prompt.definitions=false)")
         settings = PromptSettings(cfg.prompt, INSTRUCTIONS, dataset, definitions)
-        return cls(settings, tokenizer, schema_loader(cfg, dataset), train_pairs)
+        return cls(settings, tokenizer, schema_for, train_pairs)
 
     @classmethod
     def for_model(cls, cfg: Config, settings: PromptSettings, tokenizer: Any, dataset: str | None = None,

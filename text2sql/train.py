@@ -75,7 +75,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     Raises:
         ConfigError: unknown method, qlora or FSDP without CUDA, packing without max_length, `resume` on
             another number of processes than the run was trained on.
-        DataError: the dataset has no train split.
+        DataError: the dataset has no train split, or its definitions.yaml names a column schemas/ lacks.
         ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
         MissingDependencyError: a package of the [train] extra (torch, transformers, peft, trl, ...) is not installed.
     """
