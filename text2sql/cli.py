@@ -452,11 +452,13 @@ def merge_cmd(run, out):
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl).")
-def predict_cmd(config_path, overrides, model_dir, split, dataset, out):
+@click.option("--select", "select_", is_flag=True,
+              help="With generate.num_candidates > 1: pick each answer here on the warehouse (default: eval does).")
+def predict_cmd(config_path, overrides, model_dir, split, dataset, out, select_):
     """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
     from text2sql.generate import predict
 
-    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset))
+    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset, select=select_))
 
 
 # ---------------------------------------------------------------- eval
