@@ -114,6 +114,7 @@ def lakehouse_tiny_project(root: Path, lakehouse_project: Path, tiny_model: Path
     return path
 
 
+@pytest.mark.slow
 def test_predict_writes_seeded_candidates_and_eval_selects_among_them(tmp_path, lakehouse_project, tiny_model):
     """The greedy reply comes first with its exact log-probability; the samples repeat with the seed; eval picks
     an answer per question and reports the gain next to the cost."""
