@@ -170,3 +170,22 @@ def test_predict_writes_seeded_candidates_and_eval_selects_among_them(tmp_path, 
     assert selection["predictions_per_s"] == stats["predictions_per_s"]
     assert selection["gain"] == pytest.approx(selection["ex_selected"] - selection["ex_greedy"])
     assert "candidate selection" in (Path(report["path"]) / "report.md").read_text()
+
+
+def test_serve_answers_with_the_result_most_candidates_agree_on(lakehouse_project):
+    """Through a real OpenAI-compatible engine: the greedy reply is wrong, two of three samples agree."""
+    import httpx
+    from test_serve import ScriptedEngine, config, serving
+
+    stores = ["SELECT count(*) AS n FROM core.stores", "SELECT count(store_id) FROM core.stores"]
+    cfg = config(lakehouse_project / "text2sql.yaml", "generate.num_candidates=4", "generate.temperature=0.9",
+                 "generate.seed=5")
+    with ScriptedEngine() as engine, serving(cfg, upstream=engine.url) as url:
+        engine.script("SELECT nme FROM core.stores", stores[0], "SELECT count(*) FROM core.products", stores[1])
+        body = httpx.post(f"{url}/v1/sql", json={"question": "How many stores?", "execute": True}, timeout=60).json()
+        requests = [r["body"] for r in engine.requests]
+        truth = httpx.post(f"{url}/v1/sql", json={"question": "?", "execute": True}, timeout=60)  # scripted: stores[1]
+    assert body["valid"] is True and body["retried"] is False and body["sql"] in stores
+    assert body["rows"] == truth.json()["rows"] and body["rows"][0][0] > 0
+    assert len(requests) == 4 and requests[0]["temperature"] == 0 and requests[0]["logprobs"] is True
+    assert sorted(r["seed"] for r in requests[1:]) == [5, 6, 7] and {r["temperature"] for r in requests[1:]} == {0.9}
