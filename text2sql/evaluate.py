@@ -1007,6 +1007,7 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
         "num_candidates": selected.num_candidates, "questions": len(selected.selections), "changed": len(changed),
         "ex_greedy": ex_greedy, "ex_selected": ex_selected, "gain": round(ex_selected - ex_greedy, 4),
         "reasons": dict(reasons), "predictions_per_s": stats.get("predictions_per_s"),
+        "greedy_predictions_per_s": stats.get("greedy_predictions_per_s"),
         "selection_s": round(selected.seconds, 3),
     }
 
@@ -1130,6 +1131,8 @@ def _summary_rows(report: dict) -> list[tuple[str, str]]:
 
 def _selection_row(sel: dict) -> str:
     speed = f", {sel['predictions_per_s']:.2f} predictions/s" if sel.get("predictions_per_s") else ""
+    if sel.get("greedy_predictions_per_s"):
+        speed += f" (greedy alone {sel['greedy_predictions_per_s']:.2f})"
     return (f"{sel['num_candidates']} candidates: EX {sel['ex_selected']:.1%} vs greedy {sel['ex_greedy']:.1%} "
             f"({sel['gain']:+.1%}){speed}")
 

@@ -106,9 +106,9 @@ class Candidate:
 
 
 def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None,
-             sampling: Sampling | None = None) -> list[str]:
+             sampling: Sampling | None = None, logprobs: bool = False) -> list[str]:
     """Greedy (or, with `sampling`, sampled) replies, one per chat, in batches (KV cache, stop at eos); special
-    tokens dropped. Each reply's log-probability goes to `gen.stats["logprobs"]`.
+    tokens dropped. With `logprobs`, each reply's log-probability goes to `gen.stats["logprobs"]`.
 
     The part of the prompts a batch shares (system message, schema) comes from a kept KV cache when
     `gen.prefix_cache` is on; the pads go after it, so every reply still follows its prompt directly.
@@ -137,7 +137,7 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
     # Longest first, so each batch holds prompts of similar length (less padding) and memory peaks early.
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     replies: list[str] = [""] * len(ids)
-    logprobs: list[float] = [0.0] * len(ids)
+    scores: list[float] = [0.0] * len(ids)
     model.eval()
     device = next(model.parameters()).device
     started, new_tokens = time.perf_counter(), 0
@@ -149,19 +149,20 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
             if prefix_len < MIN_CACHED_PREFIX:
                 prefix_len = 0
             input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
-            scorer = _ReplyLogprob(tok.eos_token_id)
+            processors = [_ReplyLogprob(tok.eos_token_id)] if logprobs else []
             if prefix_len:
-                out = _generate_with_prefix(gen, input_ids, mask, tuple(rows[0][:prefix_len]), config, [scorer])
+                out = _generate_with_prefix(gen, input_ids, mask, tuple(rows[0][:prefix_len]), config, processors)
             else:
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                     logits_processor=[scorer])
+                                     logits_processor=processors)
             generated = out[:, input_ids.shape[1]:]
             new_tokens += int((generated != tok.pad_token_id).sum())
-            for i, row, logprob in zip(batch, generated, scorer.finish(out).tolist()):
+            summed = processors[0].finish(out).tolist() if logprobs else [0.0] * len(batch)
+            for i, row, logprob in zip(batch, generated, summed):
                 replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                logprobs[i] = logprob
+                scores[i] = logprob
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids),
-                 "prompt_tokens": [len(r) for r in ids], "logprobs": logprobs}
+                 "prompt_tokens": [len(r) for r in ids], **({"logprobs": scores} if logprobs else {})}
     return replies
 
 
@@ -174,17 +175,17 @@ def generate_candidates(gen: Generator, messages: list[list[dict[str, str]]], nu
     import time
 
     started = time.perf_counter()
-    greedy = generate(gen, messages, max_new_tokens)
+    greedy = generate(gen, messages, max_new_tokens, logprobs=True)
     stats = dict(gen.stats)
     out = [[Candidate(raw, extract_sql(raw), lp)] for raw, lp in zip(greedy, stats["logprobs"])]
     extra = num_candidates - 1
     if extra > 0 and messages:
         repeated = [m for m in messages for _ in range(extra)]
-        sampled = generate(gen, repeated, max_new_tokens, sampling)
+        sampled = generate(gen, repeated, max_new_tokens, sampling, logprobs=True)
         for k, (raw, lp) in enumerate(zip(sampled, gen.stats["logprobs"])):
             out[k // extra].append(Candidate(raw, extract_sql(raw), lp))
         stats["new_tokens"] += gen.stats["new_tokens"]
-    stats.update(seconds=time.perf_counter() - started, candidates=num_candidates)
+    stats.update(seconds=time.perf_counter() - started, greedy_seconds=stats["seconds"], candidates=num_candidates)
     gen.stats = stats
     return out
 
@@ -375,6 +376,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     stats = {"questions": s["prompts"], "num_candidates": n, "seconds": round(s["seconds"], 3),
              "predictions_per_s": round(s["prompts"] / s["seconds"], 3) if s["seconds"] else None,
              "new_tokens_per_s": round(s["new_tokens"] / s["seconds"], 1) if s["seconds"] else None}
+    if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
+        stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
     write_atomic(stats_path(out), json.dumps(stats, indent=2) + "\n")
     print(f"predict: wrote {out} ({s['prompts'] / s['seconds']:.1f} predictions/s, "
           f"{s['new_tokens'] / s['seconds']:.0f} new tokens/s)", file=sys.stderr)
