@@ -52,7 +52,7 @@ def test_merge_takes_the_checkpoint_with_the_higher_dev_ex(scored_run, tmp_path)
 
     from text2sql.checkpoints import record_dev_ex, score_predictions
     from text2sql.data import load_pairs
-    from text2sql.train import merge_run
+    from text2sql.merge import merge_run
 
     cfg, run = scored_run
     if not (run / "checkpoint-3").is_dir():  # save_total_limit 1 removed it (checkpoint-6 was as good): remake it
