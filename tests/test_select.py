@@ -80,9 +80,9 @@ def test_results_group_by_value_not_by_column_name_or_row_order():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("generate.num_candidates", "0", "generate.num_candidates: 0 must be at least 1"),
-    ("generate.temperature", "0", "generate.temperature: 0.0 must be positive"),
-    ("generate.top_p", "1.5", r"generate.top_p: 1.5 must be in \(0, 1\]"),
+    ("generate.num_candidates", "0", "generate.num_candidates: must be >= 1, got 0"),
+    ("generate.temperature", "0", r"generate.temperature: must be > 0, got 0.0"),
+    ("generate.top_p", "1.5", r"generate.top_p: must be in \(0, 1\], got 1.5"),
     ("train.select_by", "loss", "train.select_by: 'loss' is not one of auto, dev_ex, last"),
 ])
 def test_bad_selection_settings_name_the_key(tmp_path, key, value, message):
