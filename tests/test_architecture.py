@@ -21,8 +21,10 @@ STAGES = [
     ("data", ["text2sql.data"]),  # the package and every module in it
     ("prompt", ["text2sql.prompt"]),
     ("train", ["text2sql.models", "text2sql.train", "text2sql.distributed", "text2sql.merge"]),
+    ("select", ["text2sql.select"]),  # candidate selection: needs only the sandbox; generate, evaluate, serve use it
     ("generate", ["text2sql.generate"]),
     ("evaluate", ["text2sql.evaluate"]),
+    ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
     ("serve", ["text2sql.serve"]),
     ("top", ["text2sql.cli", "text2sql.pipeline"]),
 ]

@@ -432,20 +432,24 @@ def model_pull(name, config_path, overrides):
 @click.option("--resume", is_flag=True, help="Continue the latest run (or train.run_name) from its last complete checkpoint.")
 def train_cmd(config_path, overrides, resume):
     """Fine-tune model.base on the dataset's train split (qlora on a GPU, lora on CPU); prints the run dir."""
+    from text2sql.checkpoints import dev_ex_callbacks
     from text2sql.train import train
 
-    click.echo(train(load(config_path, overrides), resume=resume))
+    cfg = load(config_path, overrides)
+    click.echo(train(cfg, resume=resume, callbacks=dev_ex_callbacks(cfg)))
 
 
 @main.command("merge")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Merged model dir (default RUN/merged).")
-def merge_cmd(run, out):
+@click.option("--checkpoint", default="best", show_default=True, metavar="last|best|PATH",
+              help="Which adapter: the final weights, the checkpoint with the best dev EX, or a checkpoint dir.")
+def merge_cmd(run, out, checkpoint):
     """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir."""
     from text2sql.merge import PARITY_FILE, merge_run
 
-    merged = merge_run(run, out)
+    merged = merge_run(run, out, checkpoint=checkpoint)
     parity = json.loads((merged / PARITY_FILE).read_text())
     if parity["prompts"]:
         same = sum(item["same"] for item in parity["items"])
@@ -463,11 +467,14 @@ def merge_cmd(run, out):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl).")
 @click.option("--strict", is_flag=True, help="Refuse when schemas/ changed since the model was trained.")
-def predict_cmd(config_path, overrides, model_dir, split, dataset, out, strict):
+@click.option("--select", "select_", is_flag=True,
+              help="With generate.num_candidates > 1: pick each answer here on the warehouse (default: eval does).")
+def predict_cmd(config_path, overrides, model_dir, split, dataset, out, strict, select_):
     """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
     from text2sql.generate import predict
 
-    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset, strict=strict))
+    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset, strict=strict,
+                       select=select_))
 
 
 # ---------------------------------------------------------------- eval

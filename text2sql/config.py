@@ -171,6 +171,8 @@ class ModelConfig(_Section):
     """Base model: a known name, a local HF model dir, a .gguf file, or a hub id where a hub is reachable."""
     models_dir: str = ".models"
     """Where `model pull` writes local HF model dirs."""
+    gpu_base: str = "qwen2.5-coder-1.5b-instruct"
+    """Base model `text2sql demo` trains on a CUDA GPU instead of `base` (empty = `base` there too)."""
 
     def _problems(self) -> list[str]:
         return self._not_empty("base", "models_dir")
@@ -245,6 +247,10 @@ class TrainConfig(_Section):
     """Keep at most this many checkpoints."""
     seed: int = 42
     """Training seed."""
+    select_by: str = "auto"
+    """Which checkpoint `merge` takes by default: dev_ex = at each save, score EX on the dev split (sandboxed, as
+    `eval` does) and keep the best; last = the final weights; auto = dev_ex when the dataset has a dev split and the
+    warehouse sandbox can run here (DuckDB installed, schemas/ pulled), else last."""
 
     def _problems(self) -> list[str]:
         problems = self._one_of("method", METHODS)
@@ -262,6 +268,7 @@ class TrainConfig(_Section):
             problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        problems += self._one_of("select_by", ("auto", "dev_ex", "last"))
         return problems + self._at_least(
             1, "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps",
             "eval_steps", "save_steps", "save_total_limit")
@@ -277,9 +284,22 @@ class GenerateConfig(_Section):
     """Prompts per generation batch."""
     prefix_cache: bool = True
     """Prefill the part of the prompt all questions share (system message, schema) once and reuse its KV cache: on a CPU the ~2k-token schema prefill is most of a short answer's time."""
+    num_candidates: int = 1
+    """SQL candidates per question: 1 = the greedy reply alone; N > 1 = the greedy reply and N-1 samples, each checked
+    and run in the sandbox, the answer being the result most of them agree on (self-consistency; ties go to the
+    likelier candidate). Costs about N times the generation time."""
+    temperature: float = 0.7
+    """Sampling temperature of the extra candidates (num_candidates > 1)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold of the extra candidates."""
+    seed: int = 0
+    """Seed of the candidate sampling: the same seed, model and prompts give the same candidates."""
 
     def _problems(self) -> list[str]:
-        return self._at_least(1, "max_new_tokens", "batch_size")
+        problems = self._at_least(1, "max_new_tokens", "batch_size", "num_candidates") + self._positive("temperature")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p: must be in (0, 1], got {self.top_p!r}")
+        return problems
 
 
 @dataclass

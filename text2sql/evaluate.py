@@ -958,7 +958,11 @@ def evaluate(
     predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
     dialects = read_prediction_dialects(predictions_path, dialect or DIALECT)
     started = time.perf_counter()
-    scored = score_pairs(cfg, pairs, predictions, dataset=dataset, mode=mode, dialects=dialects)
+    from text2sql.select import select_predictions  # records with candidates: pick each answer first
+
+    selected = select_predictions(cfg, pairs, predictions, predictions_path, dataset)
+    scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
+                         dialects=dialects)
     report = {
         "release": release,
         "mode": mode,
@@ -972,11 +976,40 @@ def evaluate(
         "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
     }
     report["inputs"]["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, DIALECT) for p in pairs))
+    if selected is not None:
+        report["selection"] = _selection_metrics(cfg, pairs, scored, selected, predictions_path, dataset, mode,
+                                                 dialects)
     report["metrics"]["elapsed_s"] = round(time.perf_counter() - started, 3)
     out = cfg.path(cfg.eval.reports_dir) / release
     write_report(report, out)
     report["path"] = str(out)
     return report
+
+
+def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, predictions_path, dataset, mode,
+                       dialects) -> dict:
+    """Candidate selection's gain (EX of the selected answers against the greedy replies alone, scored the same
+    way) next to its cost (predictions/s of the run that made the candidates, from predict's stats file)."""
+    from text2sql.generate import stats_path  # no heavy imports at module level there
+
+    changed = [p for p in pairs if selected.greedy.get(p.id) != selected.predictions.get(p.id)]
+    rescored = score_pairs(cfg, changed, selected.greedy, dataset=dataset, mode=mode,
+                           dialects=dialects).examples if changed else []
+    greedy_correct = {e["id"]: e["verdict"] == "correct" for e in scored.examples}
+    greedy_correct.update({e["id"]: e["verdict"] == "correct" for e in rescored if e["id"] in greedy_correct})
+    n = len(scored.examples)
+    ex_greedy = round(sum(greedy_correct.values()) / n, 4) if n else 0.0
+    ex_selected = compute_metrics(scored.examples, scored.excluded, mode)["ex"]
+    reasons = Counter(s.get("reason", "") for s in selected.selections.values())
+    stats_file = stats_path(predictions_path)
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    return {
+        "num_candidates": selected.num_candidates, "questions": len(selected.selections), "changed": len(changed),
+        "ex_greedy": ex_greedy, "ex_selected": ex_selected, "gain": round(ex_selected - ex_greedy, 4),
+        "reasons": dict(reasons), "predictions_per_s": stats.get("predictions_per_s"),
+        "greedy_predictions_per_s": stats.get("greedy_predictions_per_s"),
+        "selection_s": round(selected.seconds, 3),
+    }
 
 
 def compute_metrics(examples: list[dict], excluded: list[dict], mode: str) -> dict:
@@ -1069,6 +1102,8 @@ def format_summary(report: dict) -> str:
         f"exact match {m['exact_match']:.1%}   "
         + "  ".join(f"{k} {v:.1%}" for k, v in m["ex_by_mode"].items() if k != report["mode"]),
     ]
+    if report.get("selection"):
+        lines.append(f"candidate selection: {_selection_row(report['selection'])}")
     if m["gold_errors"] or m["empty_gold"]:
         lines.append(f"excluded (gold failed) {m['gold_errors']}   empty gold {m['empty_gold']} "
                      f"(EX without them {m['ex_nonempty_gold']:.1%})")
@@ -1088,9 +1123,18 @@ def _summary_rows(report: dict) -> list[tuple[str, str]]:
         *((f"EX {k}", f"{v:.1%}") for k, v in m["ex_by_mode"].items() if k != report["mode"]),
         ("valid SQL", f"{m['valid_sql_rate']:.1%}"),
         ("exact match", f"{m['exact_match']:.1%}"),
+        *((("candidate selection", _selection_row(report["selection"])),) if report.get("selection") else ()),
         ("gold failed (excluded)", str(m["gold_errors"])),
         ("empty gold (flagged)", f"{m['empty_gold']} (EX without them {m['ex_nonempty_gold']:.1%})"),
     ]
+
+
+def _selection_row(sel: dict) -> str:
+    speed = f", {sel['predictions_per_s']:.2f} predictions/s" if sel.get("predictions_per_s") else ""
+    if sel.get("greedy_predictions_per_s"):
+        speed += f" (greedy alone {sel['greedy_predictions_per_s']:.2f})"
+    return (f"{sel['num_candidates']} candidates: EX {sel['ex_selected']:.1%} vs greedy {sel['ex_greedy']:.1%} "
+            f"({sel['gain']:+.1%}){speed}")
 
 
 def render_markdown(report: dict) -> str:

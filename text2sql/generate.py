@@ -83,8 +83,33 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
                      cfg.generate.max_new_tokens, cfg.generate.prefix_cache, settings=settings)
 
 
-def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None) -> list[str]:
-    """Greedy replies, one per chat, in batches (KV cache, stop at eos); special tokens dropped.
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled instead of greedy decoding (the extra candidates of `generate_candidates`)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One reply to a question: its raw text, the SQL in it, and the model's log-probability of the reply."""
+
+    raw: str
+    sql: str | None
+    logprob: float
+    """Sum of the log-probabilities of the reply's tokens (up to and with its eos), under the model's own
+    distribution (before temperature and top-p)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sql": self.sql, "raw": self.raw, "logprob": round(self.logprob, 4)}
+
+
+def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None,
+             sampling: Sampling | None = None, logprobs: bool = False) -> list[str]:
+    """Greedy (or, with `sampling`, sampled) replies, one per chat, in batches (KV cache, stop at eos); special
+    tokens dropped. With `logprobs`, each reply's log-probability goes to `gen.stats["logprobs"]`.
 
     The part of the prompts a batch shares (system message, schema) comes from a kept KV cache when
     `gen.prefix_cache` is on; the pads go after it, so every reply still follows its prompt directly.
@@ -107,9 +132,13 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
         max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=False, use_cache=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
+    if sampling is not None:
+        config.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        torch.manual_seed(sampling.seed)  # batches run in a fixed order: one seed fixes every sample
     # Longest first, so each batch holds prompts of similar length (less padding) and memory peaks early.
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     replies: list[str] = [""] * len(ids)
+    scores: list[float] = [0.0] * len(ids)
     model.eval()
     device = next(model.parameters()).device
     started, new_tokens = time.perf_counter(), 0
@@ -121,17 +150,89 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
             if prefix_len < MIN_CACHED_PREFIX:
                 prefix_len = 0
             input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
+            processors = [_ReplyLogprob(tok.eos_token_id)] if logprobs else []
             if prefix_len:
-                out = _generate_with_prefix(gen, input_ids, mask, tuple(rows[0][:prefix_len]), config)
+                out = _generate_with_prefix(gen, input_ids, mask, tuple(rows[0][:prefix_len]), config, processors)
             else:
-                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                     logits_processor=processors)
             generated = out[:, input_ids.shape[1]:]
             new_tokens += int((generated != tok.pad_token_id).sum())
-            for i, row in zip(batch, generated):
+            summed = processors[0].finish(out).tolist() if logprobs else [0.0] * len(batch)
+            for i, row, logprob in zip(batch, generated, summed):
                 replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                scores[i] = logprob
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids),
-                 "prompt_tokens": [len(r) for r in ids]}
+                 "prompt_tokens": [len(r) for r in ids], **({"logprobs": scores} if logprobs else {})}
     return replies
+
+
+def generate_candidates(gen: Generator, messages: list[list[dict[str, str]]], num_candidates: int,
+                        sampling: Sampling, max_new_tokens: int | None = None) -> list[list[Candidate]]:
+    """`num_candidates` replies per chat: the greedy one first, then `num_candidates - 1` samples (seeded).
+
+    `gen.stats` then covers both passes (seconds, new tokens, prompts = questions).
+    """
+    import time
+
+    started = time.perf_counter()
+    greedy = generate(gen, messages, max_new_tokens, logprobs=True)
+    stats = dict(gen.stats)
+    out = [[Candidate(raw, extract_sql(raw), lp)] for raw, lp in zip(greedy, stats["logprobs"])]
+    extra = num_candidates - 1
+    if extra > 0 and messages:
+        repeated = [m for m in messages for _ in range(extra)]
+        sampled = generate(gen, repeated, max_new_tokens, sampling, logprobs=True)
+        for k, (raw, lp) in enumerate(zip(sampled, gen.stats["logprobs"])):
+            out[k // extra].append(Candidate(raw, extract_sql(raw), lp))
+        stats["new_tokens"] += gen.stats["new_tokens"]
+    stats.update(seconds=time.perf_counter() - started, greedy_seconds=stats["seconds"], candidates=num_candidates)
+    gen.stats = stats
+    return out
+
+
+class _ReplyLogprob:
+    """A logits processor that sums, per row, the log-probability of each generated token up to and with eos.
+
+    It sees the model's logits before temperature and top-p (generate applies those after the processors it is
+    given), keeps the last step's log-softmax, and scores the token chosen from it at the next step (or in
+    `finish`, for the last one). One [batch, vocab] tensor at a time, unlike `output_scores`.
+    """
+
+    def __init__(self, eos_token_id: int) -> None:
+        self.eos = eos_token_id
+        self.previous = None
+        self.total = None
+        self.alive = None
+
+    def _score(self, chosen) -> None:
+        import torch
+
+        if self.previous is None:
+            return
+        step = self.previous.gather(1, chosen[:, None]).squeeze(1)
+        self.total += torch.where(self.alive, step, torch.zeros_like(step))
+        self.alive &= chosen != self.eos
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.total is None:
+            self.total = torch.zeros(scores.shape[0], dtype=torch.float32, device=scores.device)
+            self.alive = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        self._score(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences):
+        """The sums, once generate has returned `sequences` (whose last column is the last chosen token)."""
+        import torch
+
+        if self.total is None:
+            return torch.zeros(sequences.shape[0])
+        self._score(sequences[:, -1])
+        self.previous = None
+        return self.total.cpu()
 
 
 MIN_CACHED_PREFIX = 32
@@ -185,7 +286,7 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.prepare_inputs_for_generation).parameters else "past_key_values"
 
 
-def _generate_with_prefix(gen: Generator, input_ids, mask, prefix: tuple[int, ...], config):
+def _generate_with_prefix(gen: Generator, input_ids, mask, prefix: tuple[int, ...], config, processors=()):
     """`generate` on rows that all start with `prefix`: from its cached KV when there is one, else with a fresh
     cache that is then cut back to the prefix (row 0) and kept, so a miss costs no extra prefill."""
     import copy
@@ -199,9 +300,11 @@ def _generate_with_prefix(gen: Generator, input_ids, mask, prefix: tuple[int, ..
         cache = copy.deepcopy(kept)  # generate extends the cache it is given: keep the original clean
         if input_ids.shape[0] > 1:
             cache.batch_repeat_interleave(input_ids.shape[0])
-        return model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **{argument: cache})
+        return model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                              logits_processor=list(processors), **{argument: cache})
     cache = DynamicCache()
-    out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **{argument: cache})
+    out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                         logits_processor=list(processors), **{argument: cache})
     if input_ids.shape[0] > 1:
         import torch
 
@@ -236,8 +339,13 @@ def extract_sql(text: str) -> str | None:
 
 
 def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
-            dataset: str | None = None, strict: bool = False) -> Path:
+            dataset: str | None = None, strict: bool = False, select: bool = False) -> Path:
     """Generate SQL for every pair of a split; writes JSONL {id, sql, raw} and returns its path.
+
+    With `generate.num_candidates` > 1 each record also holds `candidates: [{sql, raw, logprob}]` (the greedy
+    reply first, then the samples) and `sql` is the greedy one; `select` (needs the warehouse) then picks the
+    answer here (`text2sql.select`): `sql` becomes it, `greedy_sql` keeps the greedy one and `selection` says
+    why. Otherwise `eval --predictions` selects. Timing goes to `<out stem>.stats.json` beside the JSONL.
 
     Default output: `<model_dir>/predictions/<dataset>-<split>.jsonl` (for a known model name, under
     `model.models_dir`). Raises DataError for a missing split, ModelError for an unusable model,
@@ -250,16 +358,54 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     pairs = load_pairs(cfg, dataset, split)
     gen = load_generator(model_dir, cfg)
     messages = prompts_for(cfg, gen, pairs, dataset, strict=strict)
+    n = cfg.generate.num_candidates
     print(f"predict: {len(pairs)} {dataset}/{split} questions with the {gen.kind} model {gen.model_dir}"
-          f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size})", file=sys.stderr)
-    replies = generate(gen, messages)
+          f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size}"
+          + (f", {n} candidates each" if n > 1 else "") + ")", file=sys.stderr)
+    if n > 1:
+        g = cfg.generate
+        candidates = generate_candidates(gen, messages, n, Sampling(g.temperature, g.top_p, g.seed))
+        records = [{"id": pair.id, "sql": c[0].sql, "raw": c[0].raw, "candidates": [x.to_json() for x in c]}
+                   for pair, c in zip(pairs, candidates)]
+        if select:
+            _select_in_predict(cfg, pairs, records, candidates, dataset)
+    else:
+        replies = generate(gen, messages)
+        records = [{"id": pair.id, "sql": extract_sql(raw), "raw": raw} for pair, raw in zip(pairs, replies)]
     out = Path(out) if out else gen.model_dir / "predictions" / f"{dataset}-{split}.jsonl"
-    write_atomic(out, "".join(json.dumps({"id": pair.id, "sql": extract_sql(raw), "raw": raw}) + "\n"
-                              for pair, raw in zip(pairs, replies)))
+    write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
     s = gen.stats
+    stats = {"questions": s["prompts"], "num_candidates": n, "seconds": round(s["seconds"], 3),
+             "predictions_per_s": round(s["prompts"] / s["seconds"], 3) if s["seconds"] else None,
+             "new_tokens_per_s": round(s["new_tokens"] / s["seconds"], 1) if s["seconds"] else None}
+    if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
+        stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
+    write_atomic(stats_path(out), json.dumps(stats, indent=2) + "\n")
     print(f"predict: wrote {out} ({s['prompts'] / s['seconds']:.1f} predictions/s, "
           f"{s['new_tokens'] / s['seconds']:.0f} new tokens/s)", file=sys.stderr)
     return out
+
+
+def stats_path(predictions: str | Path) -> Path:
+    """Where `predict` records the generation speed of a predictions file (read by `eval` for its report)."""
+    return Path(predictions).with_suffix(".stats.json")
+
+
+def _select_in_predict(cfg: Config, pairs: list, records: list[dict], candidates: list[list[Candidate]],
+                       dataset: str) -> None:
+    """Pick each question's answer among its candidates on the warehouse (lakehouse or the pair's database)."""
+    from text2sql.select import open_target, select_candidates
+    from text2sql.warehouse import QueryRunner
+
+    by_db: dict[Any, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_db.setdefault(getattr(pair, "db", None), []).append(i)
+    for db, indexes in by_db.items():
+        spec, snapshot = open_target(cfg, dataset, db)
+        with QueryRunner.from_config(cfg, spec, workers=cfg.eval.workers or 0) as runner:
+            chosen = select_candidates([candidates[i] for i in indexes], runner, snapshot)
+        for i, selection in zip(indexes, chosen):
+            records[i].update(greedy_sql=records[i]["sql"], sql=selection.sql, selection=selection.to_json())
 
 
 def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
-from text2sql.files import write_atomic
+from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.train import HELD_PROMPTS, MANIFEST
 
 PARITY_FILE = "parity.json"
@@ -25,8 +26,36 @@ MERGED_MANIFEST = "run_manifest.json"
 DTYPES = ("bfloat16", "float32")
 
 
-def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16") -> Path:
+def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The adapter dir to merge: `last` = the run's final weights, `best` = the checkpoint with the best dev EX
+    (`best_checkpoint` in the manifest, see text2sql.checkpoints; the final weights when none was scored), or a
+    checkpoint path (or name under the run dir). Reads JSON only.
+
+    Raises:
+        ModelError: the chosen dir holds no adapter.
+    """
+    run_dir = Path(run_dir)
+    if checkpoint == "last":
+        chosen = run_dir
+    elif checkpoint == "best":
+        best = read_json_or_empty(run_dir / MANIFEST).get("best_checkpoint")
+        chosen = run_dir / best if best and (run_dir / best / "adapter_config.json").is_file() else run_dir
+        if chosen == run_dir:
+            print(f"merge: no checkpoint of {run_dir} was scored on dev (train.select_by); merging the last weights",
+                  file=sys.stderr)
+    else:
+        chosen = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / checkpoint
+    if not (chosen / "adapter_config.json").is_file():
+        why = "it was trained with method full and is already a plain model dir" if (chosen / "config.json").is_file() else "no adapter_config.json"
+        raise ModelError(f"cannot merge {chosen}: {why}")
+    return chosen
+
+
+def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16",
+              checkpoint: str = "best") -> Path:
     """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
+
+    `checkpoint` says which adapter (`choose_checkpoint`): by default the checkpoint with the best dev EX.
 
     The merged dir has safetensors, the tokenizer, a generation config whose eos is the end-of-turn
     token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
@@ -49,18 +78,16 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     if dtype not in DTYPES:
         raise ModelError(f"merge dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     run_dir = Path(run_dir)
-    if not (run_dir / "adapter_config.json").is_file():
-        why = "it was trained with method full and is already a plain model dir" if (run_dir / "config.json").is_file() else "no adapter_config.json"
-        raise ModelError(f"cannot merge {run_dir}: {why}")
-    base_dir = adapter_base(run_dir)
+    adapter_dir = choose_checkpoint(run_dir, checkpoint)
+    base_dir = adapter_base(adapter_dir)
     out = Path(out) if out else run_dir / "merged"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
 
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else run_dir)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype).to(device)
-    model = PeftModel.from_pretrained(base, run_dir).eval()
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
     set_end_of_turn(tokenizer, model)
     adapter_replies = greedy_replies(model, tokenizer, held, PARITY_MAX_NEW_TOKENS)
 
@@ -79,7 +106,13 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype).to(device).eval()
         merged_replies = greedy_replies(reloaded, AutoTokenizer.from_pretrained(tmp), held, PARITY_MAX_NEW_TOKENS)
         same = [a == m for a, m in zip(adapter_replies, merged_replies)]
+        merged_from = {"checkpoint": adapter_dir.name if adapter_dir != run_dir else "last",
+                       **{k: v for k, v in read_json_or_empty(adapter_dir / "dev_ex.json").items() if k in ("step", "dev_ex")}}
+        if (tmp / MERGED_MANIFEST).is_file():
+            manifest = {**json.loads((tmp / MERGED_MANIFEST).read_text()), "merged_from": merged_from}
+            write_atomic(tmp / MERGED_MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
         parity = {
+            "merged_from": merged_from,
             "prompts": len(held),
             "agreement": (sum(same) / len(same)) if same else None,
             "max_new_tokens": PARITY_MAX_NEW_TOKENS,

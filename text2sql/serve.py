@@ -138,6 +138,11 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     prompts = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
     pipeline = _Pipeline(snapshot, backend, prompts, runner, s.retries, s.query_workers)
+    if cfg.generate.num_candidates > 1:
+        from text2sql.generate import Sampling
+
+        g = cfg.generate
+        pipeline.num_candidates, pipeline.sampling = g.num_candidates, Sampling(g.temperature, g.top_p, g.seed)
     token = os.environ.get(s.token_env, "") if s.token_env else ""
     max_new_tokens = cfg.generate.max_new_tokens
     max_rows_cap = cfg.warehouse.max_rows
@@ -374,6 +379,8 @@ class _Completion:
     completion_tokens: int = 0
     batch_size: int = 1
     """Requests that shared the generation batch (local backend)."""
+    logprob: float = float("-inf")
+    """Sum of the reply's token log-probabilities, when the backend gives them (candidate selection's tie-break)."""
 
 
 @dataclass
@@ -408,6 +415,10 @@ class _Answer:
 class _Pipeline:
     """Question -> prompt -> backend -> SQL -> check -> (execute) -> (retry with the error)."""
 
+    num_candidates = 1
+    """First attempt from this many candidates (`text2sql.select`); retries, if needed, are greedy as before."""
+    sampling: Any = None
+
     def __init__(self, snapshot: "SchemaSnapshot", backend: Any, prompts: "PromptBuilder", runner: "QueryRunner",
                  retries: int, query_workers: int):
         self.snapshot, self.backend, self.prompts = snapshot, backend, prompts
@@ -425,11 +436,15 @@ class _Pipeline:
         messages = self.messages(question)
         prompt_tokens = completion_tokens = 0
         for attempt in range(self.retries + 1):
-            done = await self.backend.complete(messages, max_new_tokens)
+            if attempt == 0 and self.num_candidates > 1:
+                done, sql = await self._best_candidate(messages, max_new_tokens)
+            else:
+                done = await self.backend.complete(messages, max_new_tokens)
+                sql = None
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
             # A reply with no query in it is checked whole: "DROP TABLE t" is then refused as what it is.
-            sql = extract_sql(done.text) or done.text.strip()
+            sql = sql or extract_sql(done.text) or done.text.strip()
             check = check_sql(sql, self.snapshot)
             answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
                              retried=attempt > 0, batch_size=done.batch_size)
@@ -443,6 +458,17 @@ class _Pipeline:
             messages = correction_messages(messages, sql, answer.error_kind, answer.error)
         answer.prompt_tokens, answer.completion_tokens = prompt_tokens, completion_tokens
         return answer
+
+    async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[_Completion, str | None]:
+        """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox);
+        the greedy one when none is valid, so the retry loop then corrects it as it would a greedy reply."""
+        from text2sql.select import select_candidate
+
+        done, candidates = await self.backend.candidates(messages, max_new_tokens, self.num_candidates, self.sampling)
+        loop = asyncio.get_running_loop()
+        selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
+        chosen = candidates[selection.index]
+        return _Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql
 
     def close(self) -> None:
         self._queries.shutdown(wait=True)
@@ -504,6 +530,18 @@ class _LocalBackend:
         except asyncio.QueueFull:
             raise _APIError(429, "the generation queue is full: retry later", "rate_limit_exceeded") from None
         return await future
+
+    async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
+        """`n` candidates for one chat (greedy first), generated in the generation thread outside the batcher."""
+        from text2sql.generate import generate_candidates
+
+        def run():
+            found = generate_candidates(self.gen, [messages], n, sampling, max_new_tokens)[0]
+            tok = self.gen.tokenizer
+            new = sum(len(tok(c.raw, add_special_tokens=False)["input_ids"]) for c in found)
+            return _Completion(found[0].raw, self.gen.stats["prompt_tokens"][0] * n, new, 1), found
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
 
     async def _batches(self) -> None:
         loop = asyncio.get_running_loop()
@@ -570,11 +608,28 @@ class _UpstreamBackend:
         self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=self.timeout_s,
                                          limits=httpx.Limits(max_connections=self.max_connections))
 
-    async def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> _Completion:
+    async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
+        """The greedy reply, then `n - 1` sampled ones (seeded per sample, in parallel), with their log-probabilities
+        where the engine returns them (OpenAI `logprobs`)."""
+        from text2sql.generate import Candidate, extract_sql
+
+        first = await self.complete(messages, max_new_tokens, logprobs=True)
+        rest = await asyncio.gather(*(self.complete(messages, max_new_tokens, sampling, sampling.seed + i, True)
+                                      for i in range(n - 1)))
+        done = [first, *rest]
+        total = _Completion(first.text, sum(d.prompt_tokens for d in done), sum(d.completion_tokens for d in done))
+        return total, [Candidate(d.text, extract_sql(d.text), d.logprob) for d in done]
+
+    async def complete(self, messages: list[dict[str, str]], max_new_tokens: int, sampling: Any = None,
+                       seed: int | None = None, logprobs: bool = False) -> _Completion:
         if not self.engine_id:
             self.engine_id = await self._pick_model()
         payload = {"model": self.engine_id, "messages": messages, "max_tokens": max_new_tokens,
                    "temperature": 0, "stream": False}
+        if sampling is not None:
+            payload |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed}
+        if logprobs:
+            payload["logprobs"] = True
         response = await self._call("POST", "/v1/chat/completions", json=payload)
         try:
             body = response.json()
@@ -583,7 +638,11 @@ class _UpstreamBackend:
             raise _APIError(502, f"upstream {self.base} sent a reply without choices[0].message.content",
                             "upstream_error") from None
         usage = body.get("usage") or {}
-        return _Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        done = _Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        tokens = ((body["choices"][0].get("logprobs") or {}).get("content") or []) if logprobs else []
+        if tokens and all(isinstance(t.get("logprob"), (int, float)) for t in tokens):
+            done.logprob = float(sum(t["logprob"] for t in tokens))
+        return done
 
     async def _pick_model(self) -> str:
         """The first model the engine lists that is not a text2sql pipeline (for vLLM: the one it serves)."""

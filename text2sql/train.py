@@ -145,6 +145,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     # shards); the Trainer writes on rank 0 only.
     trainer.save_model(str(run_dir))
     if main:
+        # Keep what callbacks wrote into the manifest meanwhile (the dev-EX curve of text2sql.checkpoints).
+        manifest = {**read_json_or_empty(run_dir / MANIFEST), **manifest}
         manifest.update(status="completed", finished=_now(), global_step=trainer.state.global_step, metrics=metrics)
         _write_json(run_dir / MANIFEST, manifest)
     trainer.accelerator.wait_for_everyone()  # no rank returns before the run dir is complete
