@@ -186,7 +186,7 @@ def test_exact_match_normalizes_sql():
         ("  SELECT 1;  ", "SELECT 1"),
         ("```sql\nSELECT a FROM t;\n```\nThis query returns a.", "SELECT a FROM t"),
         ("Here it is:\n```\nSELECT 2\n```", "SELECT 2"),
-        ("SELECT 'a;b' FROM t; DROP TABLE t", "SELECT 'a;b' FROM t"),
+        ("SELECT 'a;b' FROM t; DROP TABLE t", "SELECT 'a;b' FROM t; DROP TABLE t"),  # whole: never cut to a read
         ("", None),
         ("```sql\n```", None),
     ],
@@ -370,11 +370,14 @@ def test_gold_results_are_cached_on_disk(eval_project):
     # Tamper with the cached gold count: the next run must read it (and so now disagree).
     from text2sql.evaluate import _GoldCache, _target_fingerprint  # noqa: PLC0415 (white-box check of the key)
     from text2sql.catalog import load_snapshot
-    from text2sql.warehouse import WarehouseSpec
+    from text2sql.warehouse import SQLCheck, WarehouseSpec
 
     fingerprint = _target_fingerprint(WarehouseSpec.from_config(cfg), load_snapshot(cfg))
     cache = _GoldCache(eval_project / ".cache" / "gold", fingerprint, cfg.warehouse.max_rows)
-    cache.put(pairs[0].sql, SimpleNamespace(columns=["n"], rows=[(-1,)], error_kind=None, error="", truncated=False))
+    ok = SQLCheck(True, tables=["sales.orders"])
+    cache.put(pairs[0].sql, ok, SimpleNamespace(columns=["n"], rows=[(-1,)], error_kind=None, error="", truncated=False))
+    # (A prediction that is the gold's text gets the gold's result without a run: change the text, not the query.)
+    predictions = {p.id: f"/* predicted */ {p.sql}" for p in pairs}
     verdicts = {e["id"]: e["verdict"] for e in score_pairs(cfg, pairs, predictions).examples}
     assert verdicts == {"count": "wrong_result", "by-channel": "correct"}
     assert not list((eval_project / ".cache" / "gold").rglob("*.tmp"))
@@ -396,7 +399,7 @@ def test_read_predictions_accepts_sql_and_raw_completions(tmp_path):
         '{"id": "e", "sql": "  "}\n'
     )
     assert read_predictions(path, {"a", "b", "c", "d", "e", "f"}) == {
-        "a": "SELECT 1", "b": "SELECT 2", "c": "SELECT 3", "d": None, "e": None,
+        "a": "SELECT 1", "b": "```sql\nSELECT 2;\n```", "c": "SELECT 3; -- done", "d": None, "e": None,
     }
 
 
@@ -514,7 +517,7 @@ def test_eval_compare_cli_exit_code(tmp_path):
 def test_evaluate_writes_a_release_report(eval_project):
     cfg = load_config(eval_project / "text2sql.yaml")
     sqls = {p.id: p.sql for p in demo_pairs() if p.id != "first-orders"}
-    sqls["count"] = "```sql\nSELECT count(*) FROM sales.orders\n```"  # kept verbatim: a fence in "sql" is a parse error
+    sqls["count"] = "SELEC count(*) FROM sales.orders"  # judged whole: a parse error, never cut down to "FROM ..."
     path = write_predictions(eval_project / "preds.jsonl", sqls)
     report = evaluate(cfg, path, dataset="demo", split="test", release="r1", model="tiny")
     saved = json.loads((eval_project / "eval" / "reports" / "r1" / "report.json").read_text())

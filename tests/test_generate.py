@@ -28,7 +28,8 @@ def _one_thread():
         ("```sql\nSELECT a\nFROM t\n```\nThis lists a.", "SELECT a\nFROM t"),
         ("```\nWITH x AS (SELECT 1) SELECT * FROM x;\n```", "WITH x AS (SELECT 1) SELECT * FROM x"),
         ("Sure! Here is the query:\nSELECT name FROM t", "SELECT name FROM t"),
-        ("SELECT ';' AS s FROM t; DROP TABLE t;", "SELECT ';' AS s FROM t"),
+        ("SELECT ';' AS s FROM t; DROP TABLE t;", "SELECT ';' AS s FROM t; DROP TABLE t"),  # kept whole: refused
+        ("DELETE FROM t", "DELETE FROM t"),  # a write stays a write, never cut to "FROM t"
         ("```sql\nSELECT 1", "SELECT 1"),  # cut off by max_new_tokens inside the fence
         ("", None),
         ("We have 10 customers.", None),

@@ -61,7 +61,7 @@ VERDICTS = (
 VALID_SQL_VERDICTS = ("correct", "wrong_result")
 """Predictions that ran to a result: what the valid-SQL rate counts."""
 GOLD_CACHE_DIR = ".cache/gold"
-GOLD_CACHE_FORMAT = 1
+GOLD_CACHE_FORMAT = 2
 MAX_MAPPING_STEPS = 20_000
 """Column-permutation search gives up (not equal) after this many partial assignments."""
 MAX_FUZZY_MATCH = 64
@@ -175,6 +175,12 @@ def order_key_columns(gold_sql: str, columns: list[str]) -> tuple[int, ...] | No
     >>> order_key_columns("SELECT name FROM t ORDER BY n", ["name"])
     (0,)
     """
+    return _order_key_columns(gold_sql, tuple(columns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _order_key_columns(gold_sql: str, columns: tuple[str, ...]) -> tuple[int, ...] | None:
+    """`order_key_columns`, once per gold query and result columns (each mode of each prediction asks)."""
     top = _top_query(gold_sql)
     order = top.args.get("order") if top is not None else None
     if order is None or not order.expressions:
@@ -192,6 +198,7 @@ def order_key_columns(gold_sql: str, columns: list[str]) -> tuple[int, ...] | No
     return tuple(dict.fromkeys(keys))
 
 
+@functools.lru_cache(maxsize=4096)
 def tie_query(gold_sql: str) -> str | None:
     """The gold query without its top-level LIMIT when it orders and limits (and has no OFFSET), else None.
 
@@ -558,16 +565,17 @@ def extract_sql(text: str | None) -> str | None:
     >>> extract_sql("```sql\\nSELECT a FROM t;\\n```\\nThis returns a.")
     'SELECT a FROM t'
     """
-    from text2sql.generate import extract_sql as extract  # no heavy imports: the module loads torch lazily
+    from text2sql.warehouse import extract_sql as extract
 
-    return extract(text) if text else None
+    return extract(text)
 
 
 def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dict[str, str | None]:
-    """Read a predictions JSONL file into {id: sql or None}.
+    """Read a predictions JSONL file into {id: reply or None}: the text that is judged whole (`judge_reply`).
 
     Each line is `{"id": ..., "sql": ...}`; `"prediction"` or `"completion"` (a model's raw reply) may stand
-    instead of `"sql"`, and the SQL is extracted from it (`extract_sql`). A null or empty SQL means no SQL.
+    instead of `"sql"`. When a line also has `"raw"` (as `predict` writes), the raw reply is what is judged, so a
+    reply is never judged by a cut-down copy of it. A null or empty SQL means no SQL.
 
     Raises:
         DataError: the file is missing, or has malformed lines, duplicate ids or ids not in `known_ids`
@@ -613,10 +621,9 @@ def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dic
                 problems.append(f"{where}: unknown id {pid!r} (not in the dataset)")
                 continue
             first_line[pid] = lineno
-            if field_name == "sql":
-                predictions[pid] = (text.strip() or None) if text else None
-            else:
-                predictions[pid] = extract_sql(text)
+            if field_name == "sql" and isinstance(record.get("raw"), str):
+                text = record["raw"]
+            predictions[pid] = (text.strip() or None) if text else None
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise DataError(f"{len(problems)} problem(s) in predictions: " + "; ".join(problems[:10]) + more)
@@ -653,12 +660,16 @@ def read_prediction_dialects(path: str | Path, default: str = DIALECT) -> dict[s
 def _to_duckdb(predictions: dict[str, str | None], pairs: list, dialects: dict[str, str], snapshot):
     """The predictions of `pairs` written for SQLite, rewritten for DuckDB; and {id: SQL as written} of those."""
     from text2sql.data.spider import transpile_prediction
+    from text2sql.warehouse import locate_sql
 
     columns = {name: {c.name: c.type for c in t.columns} for name, t in snapshot.tables.items()}
     rewritten, as_written = dict(predictions), {}
     for pair in pairs:
-        sql = predictions.get(pair.id)
-        if sql and dialects.get(pair.id) == "sqlite":
+        reply = predictions.get(pair.id)
+        located = locate_sql(reply) if reply and dialects.get(pair.id) == "sqlite" else None
+        # Only the one query of a reply is rewritten: a reply of several statements stays as it is (refused).
+        if located and len(located[0]) == 1:
+            sql = located[0][0]
             rewritten[pair.id], as_written[pair.id] = transpile_prediction(sql, columns), sql
     return rewritten, as_written
 
@@ -695,10 +706,12 @@ def score_pairs(
 
     Pairs with `db` null run on the project lakehouse; others on the DuckDB file that the dataset's
     dataset.yaml lists for that db (`dataset`: a name under data.datasets_dir or a directory).
-    A pair with no prediction scores `no_sql`. Gold results are cached under `.cache/gold/` (by SQL and
-    database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False. `dialects` ({id:
-    dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for DuckDB first, and
-    their records keep the SQL as written in `predicted_sqlite`.
+    `predictions` maps ids to replies (or plain SQL), each judged whole by `warehouse.judge_reply` inside the
+    workers; gold SQL goes through the same judge, and a gold it does not pass is excluded, so golds and
+    predictions are treated alike. A pair with no prediction scores `no_sql`. Gold results are cached under
+    `.cache/gold/` (by SQL and database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
+    `dialects` ({id: dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for
+    DuckDB first, and their records keep the SQL as written in `predicted_sqlite`.
     """
     from text2sql.warehouse import QueryRunner
 
@@ -718,7 +731,7 @@ def score_pairs(
         cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
         scored.engines[db or "lakehouse"] = spec.engine
         group_predictions, as_written = _to_duckdb(predictions, group, dialects or {}, snapshot)
-        with QueryRunner.from_config(cfg, spec, workers=workers) as runner:
+        with QueryRunner.from_config(cfg, spec, workers=workers, snapshot=snapshot) as runner:
             _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
         for record in scored.examples + scored.excluded:
             if record["id"] in as_written:
@@ -732,37 +745,42 @@ def score_pairs(
 def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from text2sql.warehouse import check_sql
-
     with ThreadPoolExecutor(runner.size) as pool:
         golds = _GoldRuns(runner, pool, cache)
         for sql in dict.fromkeys(p.sql for p in pairs):
             golds.request(sql)
-        # Predictions are checked while the gold queries run, and each is queued as soon as it passes.
-        checks, pending = {}, {}
-        for pair in pairs:
-            sql = predictions.get(pair.id)
-            checks[pair.id] = check = check_sql(sql, snapshot) if sql else None
-            if check is not None and check.ok:
-                pending[pair.id] = pool.submit(runner.run, sql, None, True)  # checked just above
+        # Each reply is judged and, when it passes, run in a worker, in parallel with the gold queries; a reply that
+        # is its gold's text (but for spacing) gets the gold's verdict and result: same text, same judge, same query.
+        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql)
+                   else pool.submit(runner.judge_and_run, predictions[pair.id])
+                   for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
-            gold, check = golds.result(pair.sql), checks[pair.id]
-            record = {
-                "id": pair.id, "question": getattr(pair, "question", ""), "gold": pair.sql,
-                "predicted": predictions.get(pair.id), "db": getattr(pair, "db", None),
+            gold_check, gold = golds.result(pair.sql)
+            reply = predictions.get(pair.id)
+            if pair.id not in pending:
+                pred_sql, check, pred = None, None, None
+            elif pending[pair.id] is None:
+                pred_sql, check, pred = extract_sql(reply), gold_check, gold
+            else:
+                pred_sql, check, pred = pending[pair.id].result()
+            record = {"id": pair.id, "question": getattr(pair, "question", ""), "gold": pair.sql, "predicted": pred_sql}
+            if reply and reply.strip() != pred_sql:  # the raw reply, next to the SQL judged in it
+                record["raw"] = reply
+            record.update({
+                "db": getattr(pair, "db", None),
                 "difficulty": getattr(pair, "difficulty", None) or "unknown",
-                "tags": list(getattr(pair, "tags", None) or []), "tables": _tables(pair.sql, snapshot),
-            }
-            problem = _gold_problem(gold, runner.max_rows)
+                "tags": list(getattr(pair, "tags", None) or []),
+                "tables": gold_check.tables if gold_check.ok else _tables(pair.sql, snapshot),
+            })
+            problem = _gold_problem(gold_check, gold, runner.max_rows)
             if problem:
                 scored.excluded.append({**record, "reason": problem})
                 continue
-            pred = pending[pair.id].result() if pair.id in pending else None
-            judged = (pair.sql, gold, record["predicted"], check, pred)
+            judged = (pair.sql, gold, pred_sql, check, pred)
             record.update(_judge(*judged, None, mode, rel_tol, runner.timeout_s))
             record["empty_gold"] = not gold.rows
-            record["exact_match"] = bool(check and check.ok) and exact_match(pair.sql, record["predicted"])
+            record["exact_match"] = _exact_match(pair.sql, pred_sql, check, record["verdicts"])
             scored.examples.append(record)
             if record["verdicts"]["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
                 retry.append((record, judged, untied))
@@ -771,14 +789,14 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
         for _, _, untied in retry:
             golds.request(untied)
         for record, judged, untied in retry:
-            tie = golds.result(untied)
-            if not tie.error_kind:
+            _, tie = golds.result(untied)
+            if tie is not None and not tie.error_kind:
                 record.pop("diff", None)
                 record.update(_judge(*judged, tie.rows, mode, rel_tol, runner.timeout_s))
 
 
 class _GoldRuns:
-    """Gold results by SQL: from the disk cache, or run once in the pool (and then cached)."""
+    """Gold (check, result) by SQL: from the disk cache, or judged and run once in the pool (and then cached)."""
 
     def __init__(self, runner, pool, cache) -> None:
         self.runner, self.pool, self.cache = runner, pool, cache
@@ -790,10 +808,10 @@ class _GoldRuns:
             self.results[sql] = cached if cached is not None else self.pool.submit(self._run, sql)
 
     def _run(self, sql: str):
-        result = self.runner.run(sql)
+        _, check, result = self.runner.judge_and_run(sql)
         if self.cache:
-            self.cache.put(sql, result)
-        return result
+            self.cache.put(sql, check, result)
+        return check, result
 
     def result(self, sql: str):
         value = self.results[sql]
@@ -829,8 +847,25 @@ def _judge(gold_sql, gold, pred_sql, check, pred, tie_rows, mode: str, rel_tol: 
     return {"verdict": verdict, "reason": reason, "verdicts": {m: verdict for m in MODES}}
 
 
-def _gold_problem(gold, max_rows: int) -> str:
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _exact_match(gold_sql: str, pred_sql: str | None, check, verdicts: dict) -> bool:
+    """`exact_match`, parsed only for a prediction whose result matched the gold's in some mode: the same query
+    gives the same result, so a prediction that matched in no mode is no exact match (sqlglot's normalization
+    costs more than judging and running the query)."""
+    if not (check and check.ok):
+        return False
+    if _same_text(gold_sql, pred_sql):
+        return True
+    return "correct" in verdicts.values() and exact_match(gold_sql, pred_sql)
+
+
+def _gold_problem(check, gold, max_rows: int) -> str:
     """Why a gold result cannot be scored against, or '' when it can."""
+    if not check.ok:  # judged as a prediction would be: a gold that would score 0 as a prediction is no gold
+        return f"gold query not accepted by the SQL check ({check.kind}): {check.message}"
     if gold.error_kind:
         return f"gold query failed ({gold.error_kind}): {gold.error}"
     if gold.truncated:
@@ -885,7 +920,7 @@ class _CachedResult(NamedTuple):
 
 
 class _GoldCache:
-    """Gold results on disk, one pickle per (gold SQL, database fingerprint, row cap, DuckDB version)."""
+    """Gold (check, result) on disk, one pickle per (gold SQL, database fingerprint, row cap, DuckDB version)."""
 
     def __init__(self, root: Path, fingerprint: str, max_rows: int) -> None:
         import duckdb
@@ -896,19 +931,25 @@ class _GoldCache:
         key = hashlib.sha256(json.dumps([*self.salt, sql]).encode()).hexdigest()
         return self.root / key[:2] / f"{key}.pkl"
 
-    def get(self, sql: str) -> _CachedResult | None:
+    def get(self, sql: str):
+        """(SQLCheck, _CachedResult or None), or None when not cached."""
+        from text2sql.warehouse import SQLCheck
+
         path = self._path(sql)
         try:
             with path.open("rb") as f:
-                return _CachedResult(*pickle.load(f))
+                check, result = pickle.load(f)
+            return SQLCheck(*check), (_CachedResult(*result) if result is not None else None)
         except (OSError, pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError):
             return None  # missing or unreadable: run the query again
 
-    def put(self, sql: str, result) -> None:
-        if result.error_kind == "timeout":  # may pass on a less busy machine: don't remember it
+    def put(self, sql: str, check, result) -> None:
+        if result is not None and result.error_kind == "timeout":  # may pass on a less busy machine: don't remember it
             return
         path = self._path(sql)
-        value = (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated)
+        value = ((check.ok, check.kind, check.message, list(check.tables)),
+                 None if result is None else
+                 (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated))
         write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 

@@ -9,7 +9,6 @@ left-padded batches of similar lengths, stopping at the end-of-turn token.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,14 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
-from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
     from text2sql.prompt import PromptSettings
 
-_FENCE = re.compile(r"```(?:sql|duckdb)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
-_QUERY_START = re.compile(r"\b(SELECT|WITH|FROM)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -317,25 +313,21 @@ def _generate_with_prefix(gen: Generator, input_ids, mask, prefix: tuple[int, ..
 
 
 def extract_sql(text: str) -> str | None:
-    """The SQL query in a model reply: a fenced block's content if there is one, else the reply from its
-    first SELECT/WITH/FROM on; cut at the first top-level `;`. None when the reply holds no query.
+    """The SQL in a model reply, as eval and serve judge it (`warehouse.judge_reply`): a fenced block's content if
+    there is one, else the reply from its first statement on, without a trailing `;`. More than one statement
+    is kept whole, never cut down to its first query (so `DROP TABLE t; SELECT ...` stays what it is, and
+    `DELETE FROM t` is not turned into `FROM t`). None when the reply holds no SQL.
 
     >>> extract_sql("Here you go:\\n```sql\\nSELECT 1;\\n```\\nThis returns 1.")
     'SELECT 1'
     >>> extract_sql("SELECT name FROM t WHERE x = 'a;b'; DROP TABLE t")
-    "SELECT name FROM t WHERE x = 'a;b'"
+    "SELECT name FROM t WHERE x = 'a;b'; DROP TABLE t"
     >>> extract_sql("We have 10 customers.") is None
     True
     """
-    fenced = _FENCE.search(text)
-    if fenced:
-        sql = fenced.group(1)
-    else:
-        start = _QUERY_START.search(text)
-        if start is None:
-            return None
-        sql = text[start.start():]
-    return _first_statement(sql).strip() or None
+    from text2sql.warehouse import extract_sql as extract
+
+    return extract(text)
 
 
 def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
@@ -417,20 +409,6 @@ def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str,
     settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
     builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, dataset, strict=strict)
     return [builder.messages(p.question, p.db, p.id) for p in pairs]
-
-
-def _first_statement(sql: str) -> str:
-    """Text up to the first `;` outside quotes and comments (sqlglot's tokenizer knows them)."""
-    if ";" not in sql:
-        return sql
-    import sqlglot
-    from sqlglot.tokens import TokenType
-
-    try:
-        tokens = sqlglot.tokenize(sql, read=DIALECT)
-    except sqlglot.errors.TokenError:  # an unterminated quote or the like: leave the text to the evaluator
-        return sql
-    return next((sql[:t.start] for t in tokens if t.token_type == TokenType.SEMICOLON), sql)
 
 
 def _has_tokenizer(path: Path) -> bool:

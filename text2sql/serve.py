@@ -13,9 +13,9 @@ Endpoints (all but /healthz need `Authorization: Bearer $TEXT2SQL_TOKEN` when th
 - `GET /v1/models`, `GET /healthz`.
 
 Each question takes these steps, in `_Pipeline.answer`: the prompt from schemas/ through `prompt.PromptBuilder`
-with the model's own prompt settings (exactly as `predict` builds it) -> the backend -> `extract_sql` ->
-`warehouse.check_sql` -> when asked, the sandboxed `QueryRunner` -> on an error, `serve.retries` more attempts
-with the error added as a user turn (`correction_messages`).
+with the model's own prompt settings (exactly as `predict` builds it) -> the backend -> `warehouse.judge_reply`
+(the reply judged whole, as eval judges it) -> when asked, the sandboxed `QueryRunner` -> on an error,
+`serve.retries` more attempts with the error added as a user turn (`correction_messages`).
 
 Backends: a local transformers model, where an asyncio batcher gathers the requests that arrive while a batch
 runs into the next one (up to `serve.max_batch_size`, generation in one worker thread, a bounded queue); or
@@ -430,8 +430,7 @@ class _Pipeline:
         return self.prompts.messages(question, db=None)
 
     async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0) -> _Answer:
-        from text2sql.generate import extract_sql
-        from text2sql.warehouse import check_sql
+        from text2sql.warehouse import judge_reply
 
         messages = self.messages(question)
         prompt_tokens = completion_tokens = 0
@@ -443,9 +442,9 @@ class _Pipeline:
                 sql = None
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
-            # A reply with no query in it is checked whole: "DROP TABLE t" is then refused as what it is.
-            sql = sql or extract_sql(done.text) or done.text.strip()
-            check = check_sql(sql, self.snapshot)
+            # The reply is judged whole, by the function eval judges with: "DROP TABLE t; SELECT ..." is refused.
+            judged, check = judge_reply(done.text, self.snapshot)
+            sql = judged if judged is not None else (sql or done.text.strip())
             answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
                              retried=attempt > 0, batch_size=done.batch_size)
             if check.ok and execute:

@@ -21,6 +21,11 @@ Every query goes through `check_sql` (sqlglot: exactly one read-only SELECT/WITH
 columns exist) and then `QueryRunner`: worker processes
 holding a read-only, locked-down connection (no external access, memory limit, thread count, row cap),
 with a timeout that interrupts the query and kills the worker if it does not stop.
+
+Model replies are judged whole by `judge_reply` (eval and serve alike): the SQL located in the reply, never
+a write cut down to a read, checked by `check_reply_sql` with DuckDB's own parser and binder. Behind every
+check, a worker runs one statement per call on a fresh cursor (no temp object outlives its query) under
+an address-space cap (`MEMORY_SLACK_BYTES`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,7 +60,7 @@ current_setting duckdb_settings duckdb_extensions duckdb_secrets which_secret re
 """.split())
 
 # Statement kinds other than a query, named for the refusal message.
-_QUERY_TYPES = ("Select", "Union", "Intersect", "Except", "Subquery")
+_QUERY_TYPES = ("Select", "Union", "Intersect", "Except", "Subquery", "Pivot")
 _WRITE_NODES = ("Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Copy", "Command",
                 "Attach", "Detach", "Pragma", "Set", "Use", "Transaction", "Commit", "Rollback", "Install",
                 "Load", "Export", "Refresh", "Summarize", "Describe", "TruncateTable")
@@ -73,15 +79,23 @@ class SQLCheck:
 def check_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLCheck:
     """Is `sql` exactly one read-only query whose tables and columns exist in the snapshot?
 
+    A trailing `;` and comments after it are fine. Top-level PIVOT/UNPIVOT is a query. DESCRIBE and SUMMARIZE
+    are refused: they read only, but they answer no question about the data (DESCRIBE returns the schema the
+    prompt already holds; SUMMARIZE's approximate statistics differ between DuckDB versions), so as an answer
+    they could only score by accident. (`judge_reply` checks with `check_reply_sql`: the same rules, DuckDB's
+    parser and binder.)
+
     >>> check_sql("DELETE FROM t").kind
     'refused'
+    >>> check_sql("PIVOT t ON a USING sum(b); -- by a").ok
+    True
     """
     import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError
 
     try:
-        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None and not isinstance(s, exp.Semicolon)]
     except ParseError as exc:
         return SQLCheck(False, "parse_error", _first_line(str(exc)))
     except Exception as exc:  # sqlglot's tokenizer raises a few other kinds on garbage input
@@ -91,8 +105,12 @@ def check_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLCheck:
     if len(statements) > 1:
         return SQLCheck(False, "refused", f"{len(statements)} statements: only one query is allowed")
     tree = statements[0]
-    if type(tree).__name__ not in _QUERY_TYPES:
-        return SQLCheck(False, "refused", f"not a read-only query ({type(tree).__name__.upper()} statement)")
+    kind = type(tree).__name__
+    if kind in ("Describe", "Summarize"):
+        return SQLCheck(False, "refused", f"{kind.upper()} is not allowed: it answers no question about the data "
+                                          "(ask with SELECT)")
+    if kind not in _QUERY_TYPES:
+        return SQLCheck(False, "refused", f"not a read-only query ({kind.upper()} statement)")
     for node in tree.walk():
         name = type(node).__name__
         if name in _WRITE_NODES:
@@ -121,10 +139,8 @@ def _check_names(tree, snapshot: SchemaSnapshot) -> SQLCheck:
             continue
         if not table.db and table.name.lower() in cte_names:
             continue
-        written = ".".join(p for p in (table.db, table.name) if p)
-        if table.catalog:
-            written = f"{table.catalog}.{written}"
-        resolved = snapshot.resolve(written)
+        written = ".".join(p for p in (table.catalog, table.db, table.name) if p)
+        resolved = snapshot.resolve(written) or _resolve_in_catalog(written, snapshot)
         if resolved is None:
             choices = list(snapshot.tables) + [n.split(".", 1)[-1] for n in snapshot.tables]
             close = difflib.get_close_matches(written, choices, n=1, cutoff=0.5)
@@ -156,9 +172,396 @@ def _check_names(tree, snapshot: SchemaSnapshot) -> SQLCheck:
     return SQLCheck(True, tables=sorted(set(tables)))
 
 
+def _resolve_in_catalog(written: str, snapshot: SchemaSnapshot) -> str | None:
+    """A name qualified as DuckDB resolves it in a database file whose catalog is the snapshot's:
+    `nyc.taxi` and `nyc.main.taxi` are the table `taxi` of the main schema of `nyc.duckdb`."""
+    parts = written.split(".")
+    if len(parts) > 1 and parts[0].lower() == snapshot.catalog.lower():
+        parts = parts[1:]
+        if snapshot.resolve(".".join(parts)):
+            return snapshot.resolve(".".join(parts))
+    if len(parts) == 2 and parts[0].lower() == "main":
+        return snapshot.resolve(parts[1])
+    return None
+
+
 def _first_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return (lines[0] if lines else text)[:300]
+
+
+# ---------------------------------------------------------------- judging a reply whole
+
+# Words that open a SQL statement. A reply's SQL starts at the first of them; a "strong" one (a write or a
+# command) is never skipped as prose, so a write is judged as the write it is and never cut down to a read.
+_READ_WORDS = ("SELECT", "WITH", "FROM", "VALUES", "TABLE", "PIVOT", "UNPIVOT", "DESCRIBE", "SUMMARIZE", "SHOW",
+               "EXPLAIN", "SET", "RESET", "USE", "CALL", "BEGIN", "COMMIT", "ROLLBACK", "REPLACE", "ANALYZE",
+               "EXECUTE", "PREPARE")
+_STRONG_WORDS = ("INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "CREATE", "DROP", "ALTER", "TRUNCATE", "ATTACH",
+                 "DETACH", "COPY", "EXPORT", "IMPORT", "PRAGMA", "INSTALL", "LOAD", "VACUUM", "CHECKPOINT", "GRANT",
+                 "REVOKE", "DEALLOCATE")
+_STATEMENT_WORD = re.compile(r"\b(" + "|".join(_READ_WORDS + _STRONG_WORDS) + r")\b", re.IGNORECASE)
+_FENCE = re.compile(r"```(?:sql|duckdb)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
+
+
+def judge_reply(raw: str | None, snapshot: SchemaSnapshot | None = None) -> tuple[str | None, SQLCheck]:
+    """The SQL of a model reply (or a predictions file's `sql`) and the verdict on the reply taken whole.
+
+    Eval and serve both judge with this one function. A code fence, a trailing `;`, comments, whitespace and
+    prose around the SQL are fine; any other statement before or after the query makes it `refused`, and so
+    does a query inside a write (INSERT ... SELECT, CREATE TABLE ... AS, CREATE VIEW ... AS): the SQL returned
+    is then the whole reply's SQL, never a read cut out of a write. A reply with no SQL gives `no_sql`.
+
+    >>> judge_reply("```sql\\nSELECT 1;\\n```\\nThis returns 1.")
+    ('SELECT 1', SQLCheck(ok=True, kind=None, message='', tables=[]))
+    >>> judge_reply("DROP TABLE t; SELECT 1")[1].kind
+    'refused'
+    >>> judge_reply("DELETE FROM t")
+    ('DELETE FROM t', SQLCheck(ok=False, kind='refused', message='not a read-only query (DELETE statement)', tables=[]))
+    """
+    located = locate_sql(raw)
+    if located is None:
+        return None, SQLCheck(False, "no_sql", "no SQL in the reply")
+    statements, whole = located
+    if len(statements) > 1:
+        words = ", ".join(_first_word(s) for s in statements)
+        return whole, SQLCheck(False, "refused", f"{len(statements)} statements ({words}): only one query is allowed")
+    return statements[0], check_reply_sql(statements[0], snapshot)
+
+
+def extract_sql(raw: str | None) -> str | None:
+    """The SQL `judge_reply` judges in a reply: the one query, or the whole SQL when there is more (never repaired).
+
+    >>> extract_sql("Sure:\\n```sql\\nSELECT a FROM t;\\n```")
+    'SELECT a FROM t'
+    >>> extract_sql("SELECT a FROM t; DROP TABLE t;")
+    'SELECT a FROM t; DROP TABLE t'
+    """
+    located = locate_sql(raw)
+    if located is None:
+        return None
+    statements, whole = located
+    return statements[0] if len(statements) == 1 else whole
+
+
+def locate_sql(raw: str | None) -> tuple[list[str], str] | None:
+    """(statements, the SQL text they span) in a reply; None when it holds no SQL.
+
+    The SQL is the fenced blocks when there are any, else the reply itself when it parses, else the reply from
+    its first statement word on (a read word inside a sentence that does not parse from there is skipped as
+    prose; a write word never is). Segments after a `;` that hold only comments are dropped, and so is prose
+    after a `;` that does not open with a statement word ("SELECT 1; This returns 1.").
+    """
+    if not raw or not raw.strip():
+        return None
+    fenced = _FENCE.findall(raw)
+    if fenced:
+        text = ";\n".join(block for block in fenced if block.strip())
+    else:
+        text = raw.strip()
+        first = next((code for _, code, _ in _split_statements(text) if code), "")
+        if not _opens_statement(first):
+            text = _from_first_statement(text) or (text if _looks_like_code(text) else None)
+            if text is None:
+                return None
+    segments = [s for s in _split_statements(text) if s[1]]
+    if not segments:
+        return None
+    kept = segments[:1] + [s for s in segments[1:] if _opens_statement(s[1])]
+    statements = [segment.strip() for segment, _, _ in kept]
+    return statements, text[:kept[-1][2]].strip()
+
+
+_CODE_SIGN = re.compile(r"[(*=<>]|\w\.\w")
+
+
+def _looks_like_code(text: str) -> bool:
+    """One line, not a sentence, with code in it (`SELEC count(*) FRM t`): judged as SQL (a parse_error), not
+    as prose without SQL (no_sql)."""
+    return "\n" not in text and text[-1] not in ".!?:" and bool(_CODE_SIGN.search(text))
+
+
+def _opens_statement(code: str) -> bool:
+    return bool(_STATEMENT_WORD.match(code)) or code.startswith("(")
+
+
+def _parses(text: str) -> bool:
+    """Whether DuckDB's parser reads `text` as SQL statements."""
+    try:
+        return bool(_parser_connection().extract_statements(text))
+    except Exception:
+        return False
+
+
+def _from_first_statement(text: str) -> str | None:
+    """`text` from its first statement word on: a write word wherever it is; a read word at the start of a line,
+    or after prose that ends a clause (`Here you go: SELECT ...`) when the rest parses."""
+    for match in _STATEMENT_WORD.finditer(text):
+        rest, before = text[match.start():], text[:match.start()].rstrip(" \t")
+        if match.group(1).upper() in _STRONG_WORDS or not before or before.endswith("\n"):
+            return rest
+        if before.endswith((":", ".", "!", "?", ",")) and _parses(rest):
+            return rest
+    return None
+
+
+def _split_statements(text: str) -> list[tuple[str, str, int]]:
+    """(segment, its code without comments, end offset) for each part of `text` between top-level `;`s.
+
+    Quotes ('...', "...", $$...$$) and comments (--, /* */) are honoured, so a `;` inside them splits nothing.
+    """
+    segments, start, code, i, n = [], 0, [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"":
+            j = i + 1
+            while j < n:
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            code.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("$$", i):
+            j = text.find("$$", i + 2)
+            j = n if j < 0 else j + 2
+            code.append(text[i:j])
+            i = j
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            code.append(" ")
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            code.append(" ")
+        elif c == ";":
+            segments.append((text[start:i], "".join(code).strip(), i))
+            start, code, i = i + 1, [], i + 1
+        else:
+            code.append(c)
+            i += 1
+    segments.append((text[start:], "".join(code).strip(), n))
+    return segments
+
+
+def _first_word(statement: str) -> str:
+    segment = _split_statements(statement)[0][1]
+    return (segment.split() or ["?"])[0].upper()
+
+
+# ---------------------------------------------------------------- judging with DuckDB's own parser and binder
+
+_LOCAL = threading.local()
+_SHOW_WORDS = ("describe", "summarize", "show")
+_WORD = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*')
+
+
+def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLCheck:
+    """`check_sql`'s verdict with DuckDB's own parser and binder (what `judge_reply` uses): about 0.4 ms a query
+    where sqlglot's parse and qualification take ~2.6 ms, and no false blocks, since the binder is DuckDB's.
+
+    One statement (a top-level PIVOT, which DuckDB expands to a temp ENUM type + a query, counts as one), of kind
+    SELECT; no forbidden function call (a name among FORBIDDEN_FUNCTIONS or read_*/duckdb_*/pragma_* followed by
+    `(`); no DESCRIBE/SUMMARIZE/SHOW (see `check_sql`). Names: the query is bound (not run) against empty tables
+    made from the snapshot's DDL, in a catalog named like the snapshot's (so `nyc.taxi` binds in `nyc.duckdb`);
+    a missing table or column is unknown_table/unknown_column with DuckDB's hint; other binder errors are left
+    to the run (runtime_error), as before.
+
+    >>> check_reply_sql("DELETE FROM t").message
+    'not a read-only query (DELETE statement)'
+    >>> check_reply_sql("SELECT getenv('HOME')").message
+    'function getenv() is not allowed'
+    """
+    import duckdb
+
+    con = _parser_connection()
+    try:
+        statements = con.extract_statements(sql)
+    except Exception as exc:
+        return SQLCheck(False, "parse_error", _first_line(str(exc).removeprefix("Parser Error: ")))
+    kinds = [s.type.name for s in statements]
+    if not kinds:
+        return SQLCheck(False, "parse_error", "no SQL statement")
+    if not (kinds == ["SELECT"] or kinds == ["CREATE", "SELECT"] and _is_pivot(sql)):
+        if len(kinds) > 1:
+            return SQLCheck(False, "refused", f"{len(kinds)} statements: only one query is allowed")
+        return SQLCheck(False, "refused", f"not a read-only query ({kinds[0].replace('_', ' ')} statement)")
+    refusal = _scan_tokens(sql)
+    if refusal:
+        return SQLCheck(False, "refused", refusal)
+    if snapshot is None:
+        return SQLCheck(True)
+    binder, session = _binder(snapshot)
+    cursor = binder
+    try:
+        if len(kinds) > 1:  # a PIVOT's temp ENUM type dies with its own cursor (which needs the session settings)
+            cursor = binder.cursor()
+            for statement in session:
+                cursor.execute(statement)
+        cursor.sql(sql)
+    except duckdb.PermissionException as exc:  # a file named as a table: the binder, too, has no file access
+        return SQLCheck(False, "refused", f"reads outside the warehouse: {_first_line(str(exc))}")
+    except (duckdb.CatalogException, duckdb.BinderException) as exc:
+        text = str(exc)
+        missing_catalog = "does not exist!" in text and ("Catalog \"" in text or "Schema" in text)
+        if "Table with name" in text or missing_catalog or "Referenced table" in text:
+            return SQLCheck(False, "unknown_table", _unknown_table(text, snapshot))
+        if "Referenced column" in text or "does not have a column named" in text:
+            return SQLCheck(False, "unknown_column", _unknown_column(text))
+    except Exception:  # other errors are the run's to report
+        pass
+    finally:
+        if cursor is not binder:
+            cursor.close()
+    return SQLCheck(True, tables=_tables_read(sql, snapshot))
+
+
+def _unknown_table(text: str, snapshot: SchemaSnapshot) -> str:
+    """`unknown table 'x'; did you mean ns.y?` from DuckDB's binder error (its own hint may name a system table)."""
+    found = re.search(r"Table with name (\S+) does not exist", text)
+    if not found:
+        return _first_line(text)
+    written = found.group(1).strip('"')
+    choices = list(snapshot.tables) + [n.split(".", 1)[-1] for n in snapshot.tables]
+    close = difflib.get_close_matches(written, choices, n=1, cutoff=0.5)
+    hint = f"; did you mean {snapshot.resolve(close[0]) or close[0]}?" if close else ""
+    return f"unknown table {written!r}{hint}"
+
+
+def _unknown_column(text: str) -> str:
+    """`unknown column 'x'; did you mean y?` from DuckDB's binder error and its candidate bindings."""
+    found = re.search(r'column (?:named )?"([^"]+)"', text)
+    if not found:
+        return _first_line(text)
+    column = found.group(1)
+    candidates = re.findall(r'"([^"]+)"', text.partition("Candidate bindings:")[2])
+    names = list(dict.fromkeys(c.rpartition(".")[2] for c in candidates))
+    close = difflib.get_close_matches(column, names, n=1, cutoff=0.5)
+    return f"unknown column {column!r}" + (f"; did you mean {close[0]}?" if close else "")
+
+
+def _is_pivot(sql: str) -> bool:
+    first = next((w for w in _WORD.findall(_split_statements(sql)[0][1])), "")
+    return first.lower() in ("pivot", "pivot_wider")
+
+
+def _tokens(sql: str) -> list[tuple[str, str]]:
+    """(kind, text) of DuckDB's tokens of `sql` (comments are not tokens)."""
+    import duckdb
+
+    tokens = duckdb.tokenize(sql)
+    out = []
+    for pos, kind in tokens:
+        word = _WORD.match(sql, pos)
+        out.append((kind.name, word.group(0) if word else sql[pos]))
+    return out
+
+
+_OPENING_WORDS = ("select", "with", "from", "values", "table", "pivot", "unpivot", "pivot_wider", "pivot_longer", "(")
+
+
+def _scan_tokens(sql: str) -> str:
+    """Why the tokens hold something other than a query: an opening word that is not a query's (DuckDB parses
+    PRAGMA, SHOW, DESCRIBE, SUMMARIZE and CALL as SELECTs), a forbidden call or a nested DESCRIBE/SUMMARIZE/SHOW,
+    or ''."""
+    tokens = _tokens(sql)
+    first = tokens[0][1].lower() if tokens else ""
+    if first in _SHOW_WORDS:
+        return f"{first.upper()} is not allowed: it answers no question about the data (ask with SELECT)"
+    if first not in _OPENING_WORDS:
+        return f"not a read-only query ({first.upper()} statement)"
+    for i, (kind, text) in enumerate(tokens):
+        name = text.strip('"').lower()
+        if kind in ("identifier", "keyword") and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+            if name in FORBIDDEN_FUNCTIONS or name.startswith(("read_", "duckdb_", "pragma_")):
+                return f"function {name}() is not allowed"
+        if kind == "keyword" and name in _SHOW_WORDS and (i == 0 or tokens[i - 1][1] == "("):
+            return f"{name.upper()} is not allowed: it answers no question about the data (ask with SELECT)"
+    return ""
+
+
+def _tables_read(sql: str, snapshot: SchemaSnapshot) -> list[str]:
+    """Snapshot tables named after FROM or JOIN (or a comma in a FROM list), qualified."""
+    tokens = _tokens(sql)
+    found, clause, i = set(), "", 0
+    while i < len(tokens):
+        kind, text = tokens[i]
+        if kind == "keyword":
+            clause = text.lower() if text.lower() in ("from", "join", "select", "where", "group", "having", "order",
+                                                      "on", "using", "limit", "pivot", "unpivot") else clause
+        starts_ref = i > 0 and (tokens[i - 1][1].lower() in ("from", "join", "pivot", "unpivot")
+                                or (tokens[i - 1][1] == "," and clause == "from"))
+        if starts_ref and kind in ("identifier", "keyword"):
+            parts = [text.strip('"')]
+            while i + 2 < len(tokens) and tokens[i + 1][1] == "." and tokens[i + 2][0] in ("identifier", "keyword"):
+                parts.append(tokens[i + 2][1].strip('"'))
+                i += 2
+            if not (i + 1 < len(tokens) and tokens[i + 1][1] == "("):
+                written = ".".join(parts)
+                resolved = snapshot.resolve(written) or _resolve_in_catalog(written, snapshot)
+                if resolved:
+                    found.add(resolved)
+        i += 1
+    return sorted(found)
+
+
+def _parser_connection():
+    con = getattr(_LOCAL, "parser", None)
+    if con is None:
+        import duckdb
+
+        con = _LOCAL.parser = duckdb.connect(":memory:")
+        _lock(con)
+    return con
+
+
+def _lock(con) -> None:
+    """No file or network access, no extension loads, and no way to undo that (as the sandbox's connection)."""
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _binder(snapshot: SchemaSnapshot):
+    """This thread's DuckDB holding the snapshot's tables, empty, for binding (one per snapshot, kept), and the
+    statements that set up a session on it (a new cursor needs them)."""
+    import duckdb
+
+    binders = _LOCAL.__dict__.setdefault("binders", {})
+    key = (snapshot.catalog, snapshot.fingerprint)
+    if key in binders:
+        return binders[key]
+    con, session = duckdb.connect(":memory:"), []
+    catalog = snapshot.catalog
+    if catalog and catalog.lower() not in ("memory", "system", "temp", "main"):
+        con.execute(f'ATTACH \':memory:\' AS "{catalog}"')
+        session.append(f'USE "{catalog}"')
+        con.execute(session[-1])
+    for name in snapshot.tables:
+        ns = name.rpartition(".")[0]
+        if ns:
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{ns}"')
+    for name, table in snapshot.tables.items():
+        try:
+            con.execute(table.ddl)
+        except Exception:  # DDL DuckDB cannot read: the columns with their types, else as VARCHAR
+            cols = ", ".join(f'"{c.name}" {c.type or "VARCHAR"}' for c in table.columns)
+            try:
+                con.execute(f"CREATE TABLE {_qualified(name)} ({cols})")
+            except Exception:
+                cols = ", ".join(f'"{c.name}" VARCHAR' for c in table.columns)
+                con.execute(f"CREATE TABLE {_qualified(name)} ({cols})")
+    namespaces = sorted({n.rpartition(".")[0] for n in snapshot.tables if "." in n})
+    if namespaces:
+        session.append(f"SET search_path = '{','.join(namespaces + ['main'])}'")
+        con.execute(session[-1])
+    _lock(con)
+    binders[key] = con, session
+    return con, session
 
 
 # ---------------------------------------------------------------- opening DuckDB over Iceberg
@@ -356,8 +759,9 @@ def open_connection(spec: WarehouseSpec, memory_limit: str = "2GB", threads: int
     if spec.allowed_directories:
         dirs = ", ".join(f"'{d}'" for d in spec.allowed_directories)
         con.execute(f"SET allowed_directories = [{dirs}]")
-    # Timestamps are stored in UTC and gold answers assume it: never inherit the host's time zone.
-    con.execute("SET TimeZone = 'UTC'")
+    # Timestamps are stored in UTC and gold answers assume it: never inherit the host's time zone. GLOBAL, so that
+    # every cursor (the per-query connections of a worker) has it too.
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
     # After this nothing can read or write files outside allowed_directories, load extensions, or undo it.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
@@ -400,14 +804,33 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int) -> None:
-    """Worker process: one locked-down connection, queries in, results out; interrupts itself at the deadline."""
+MEMORY_SLACK_BYTES = 512 * 2**20
+"""Address space a worker may use above its size when ready plus `memory_limit` (DuckDB's own limit covers
+its buffer pool, not every allocation: a `repeat('x', 4e9)` string is outside it). Past it allocations fail."""
+KILL_GRACE_S = 0.5
+"""How long past the timeout a worker that ignores the interrupt is given before it is killed."""
+
+# Statement kinds a worker runs (DuckDB's own parse): queries, and CREATE only on a read-only database file,
+# where all it can make is a temp object (a top-level PIVOT makes an ENUM type) that dies with the query's cursor.
+_WORKER_STATEMENTS = ("SELECT", "CREATE")
+
+
+def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
+                 snapshot: SchemaSnapshot | None = None) -> None:
+    """Worker process: one locked-down database, each query on its own cursor (so nothing it creates outlives
+    it), exactly one statement per call, an address-space cap, an interrupt at the deadline.
+
+    Messages: `("run", sql, max_rows, timeout_s)` -> QueryResult; `("judge", reply, max_rows, timeout_s)` ->
+    (sql, SQLCheck, QueryResult or None): the reply judged by `judge_reply` against `snapshot`, run when it passes.
+    """
     try:
         con = open_connection(spec, memory_limit, threads)
+        _cap_address_space(memory_limit)
         conn.send(("ready", None))
     except Exception as exc:
         conn.send(("failed", _first_line(f"{type(exc).__name__}: {exc}")))
         return
+    watchdog = _Watchdog()
     while True:
         try:
             message = conn.recv()
@@ -415,32 +838,136 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int) -> 
             return
         if message is None:
             return
-        sql, max_rows, timeout_s = message
-        timer = threading.Timer(timeout_s, con.interrupt)
-        started = time.perf_counter()
-        timer.start()
+        op, text, max_rows, timeout_s = message
+        if op == "judge":
+            sql, check = judge_reply(text, snapshot)
+            reply = (sql, check, _run_one(con, spec, sql, max_rows, timeout_s, watchdog) if check.ok else None)
+        else:
+            reply = _run_one(con, spec, text, max_rows, timeout_s, watchdog)
         try:
-            cursor = con.execute(sql)
+            conn.send(reply)
+        except Exception as exc:  # a value that does not pickle
+            failed = QueryResult(error_kind="runtime_error", error=f"result not transferable: {exc}")
+            conn.send((reply[0], reply[1], failed) if op == "judge" else failed)
+
+
+def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float, watchdog: _Watchdog) -> QueryResult:
+    """One statement on a fresh cursor of `con`, closed afterwards (its temp views, tables, macros go with it)."""
+    started = time.perf_counter()
+    cursor = con.cursor()
+    try:
+        if spec.search_path:  # a per-connection setting: each cursor needs it
+            cursor.execute(f"SET search_path = '{spec.search_path}'")
+        written = sum(1 for _, code, _ in _split_statements(sql) if code)
+        if written != 1:
+            return QueryResult(error_kind="refused", error=f"{written} statements in one call: a worker runs exactly "
+                                                           "one", elapsed_s=time.perf_counter() - started)
+        # DuckDB's own parse: a top-level PIVOT expands to CREATE TYPE (temp) + SELECT, all else to one statement.
+        statements = cursor.extract_statements(sql)
+        for kind in (s.type.name for s in statements):
+            if kind not in _WORKER_STATEMENTS or (kind == "CREATE" and spec.database == ":memory:"):
+                return QueryResult(error_kind="refused", error=f"{kind} statement: a worker runs only queries",
+                                   elapsed_s=time.perf_counter() - started)
+        watchdog.arm(cursor, timeout_s)
+        try:
+            cursor.execute(statements[0] if len(statements) == 1 else sql)
             columns = [d[0] for d in cursor.description or []]
             rows = cursor.fetchmany(max_rows + 1)
-            result = QueryResult(columns, rows[:max_rows], truncated=len(rows) > max_rows)
-        except Exception as exc:
-            kind = "timeout" if "INTERRUPT" in str(exc).upper() else "runtime_error"
-            result = QueryResult(error_kind=kind, error=_first_line(f"{type(exc).__name__}: {exc}"))
         finally:
-            timer.cancel()
-        result.elapsed_s = time.perf_counter() - started
-        try:
-            conn.send(result)
-        except Exception as exc:  # a value that does not pickle
-            conn.send(QueryResult(error_kind="runtime_error", error=f"result not transferable: {exc}"))
+            watchdog.disarm()
+        result = QueryResult(columns, rows[:max_rows], truncated=len(rows) > max_rows)
+    except Exception as exc:
+        kind = "timeout" if "INTERRUPT" in str(exc).upper() else "runtime_error"
+        result = QueryResult(error_kind=kind, error=_first_line(f"{type(exc).__name__}: {exc}"))
+    finally:
+        cursor.close()
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+class _Watchdog:
+    """One thread per worker that interrupts the running cursor at its deadline (no thread started per query)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._cursor, self._deadline = None, 0.0
+        threading.Thread(target=self._loop, daemon=True, name="text2sql-watchdog").start()
+
+    def arm(self, cursor, timeout_s: float) -> None:
+        with self._cond:
+            self._cursor, self._deadline = cursor, time.monotonic() + timeout_s
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._cursor = None
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                if self._cursor is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._cursor.interrupt()
+                self._cursor = None
+
+
+def _cap_address_space(memory_limit: str) -> None:
+    """RLIMIT_AS: the worker's size now + `memory_limit` + MEMORY_SLACK_BYTES; past it allocations fail (DuckDB
+    reports an out-of-memory error, or the process dies and is replaced) instead of the machine swapping."""
+    import resource
+
+    limit = _parse_bytes(memory_limit)
+    if limit is None:
+        return
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = size + limit + MEMORY_SLACK_BYTES
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _parse_bytes(text: str) -> int | None:
+    """Bytes in a DuckDB size setting ('2GB' = 2e9, '512MiB'); None when it is not one (e.g. a percentage).
+
+    >>> _parse_bytes("2GB"), _parse_bytes("1.5 GiB"), _parse_bytes("80%")
+    (2000000000, 1610612736, None)
+    """
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text or "")
+    if not match or match.group(2).lower() not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def _worker_context():
+    """Workers fork from a server process that has imported this module and DuckDB once (a fresh interpreter per
+    worker costs ~0.5 s of CPU, and eval starts workers for every database); "spawn" where there is no fork."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in mp.get_all_start_methods():
+            _CONTEXT = mp.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["duckdb", "text2sql.warehouse"])
+        else:
+            _CONTEXT = mp.get_context("spawn")
+    return _CONTEXT
+
+
+_CONTEXT = None
 
 
 class _Worker:
-    def __init__(self, spec: WarehouseSpec, memory_limit: str, threads: int):
-        ctx = mp.get_context("spawn")
+    def __init__(self, spec: WarehouseSpec, memory_limit: str, threads: int, snapshot: SchemaSnapshot | None = None):
+        ctx = _worker_context()
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, spec, memory_limit, threads), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, spec, memory_limit, threads, snapshot),
+                                   daemon=True)
         self.process.start()
         child.close()
         status, detail = self.conn.recv() if self.conn.poll(60) else ("failed", "worker did not start in 60 s")
@@ -448,10 +975,11 @@ class _Worker:
             self.kill()
             raise SchemaSnapshotError(f"cannot open the warehouse: {detail}")
 
-    def run(self, sql: str, max_rows: int, timeout_s: float) -> QueryResult | None:
-        """The result, or None when the worker had to be killed (it ignored the interrupt)."""
-        self.conn.send((sql, max_rows, timeout_s))
-        if self.conn.poll(timeout_s + 2.0):
+    def run(self, sql: str, max_rows: int, timeout_s: float, op: str = "run"):
+        """The worker's answer to one message, or None when it had to be killed (it ignored the interrupt,
+        or died: out of memory)."""
+        self.conn.send((op, sql, max_rows, timeout_s))
+        if self.conn.poll(timeout_s + KILL_GRACE_S):
             try:
                 return self.conn.recv()
             except EOFError:
@@ -479,10 +1007,12 @@ class QueryRunner:
         spec: what each worker opens.
         workers: processes (0 = one per CPU core).
         timeout_s: hard limit per query; past it the query is interrupted, and its worker killed and replaced
-            if it does not stop within 2 s.
+            if it does not stop within KILL_GRACE_S.
         max_rows: row cap; longer results are truncated and flagged.
-        memory_limit, threads: DuckDB settings per worker.
-        snapshot: when given, every query is first checked with `check_sql` against it (else only for safety).
+        memory_limit, threads: DuckDB settings per worker; the worker's address space is capped at its size
+            when ready + memory_limit + MEMORY_SLACK_BYTES.
+        snapshot: when given, every query is first checked with `check_sql` against it (else only for safety),
+            and `judge_and_run` judges replies against it inside the workers.
     """
 
     def __init__(self, spec: WarehouseSpec, workers: int = 1, timeout_s: float = 10.0, max_rows: int = 10000,
@@ -510,17 +1040,35 @@ class QueryRunner:
         check = SQLCheck(True) if checked else check_sql(sql, self.snapshot)
         if not check.ok and check.kind in ("parse_error", "refused"):
             return QueryResult(error_kind="refused" if check.kind == "refused" else "runtime_error", error=check.message)
+        return self._send("run", sql, max_rows)
+
+    def judge_and_run(self, reply: str | None, max_rows: int | None = None) -> tuple[str | None, SQLCheck,
+                                                                                         QueryResult | None]:
+        """`judge_reply(reply, snapshot)` and, when the SQL passes, its result: both inside a worker, so that the
+        (sqlglot) judging of many replies runs in parallel. The result is None when the SQL did not pass."""
+        if not reply or not reply.strip():
+            return judge_reply(reply, self.snapshot) + (None,)
+        answer = self._send("judge", reply, max_rows)
+        if isinstance(answer, QueryResult):  # the worker was killed: judge here, report what stopped it
+            sql, check = judge_reply(reply, self.snapshot)
+            return sql, check, answer if check.ok else None
+        return answer
+
+    def _send(self, op: str, text: str, max_rows: int | None):
         with self._available:
             worker = self._take()
             started = time.perf_counter()
-            result = worker.run(sql, max_rows or self.max_rows, self.timeout_s)
-            if result is None:
+            answer = worker.run(text, max_rows or self.max_rows, self.timeout_s, op)
+            if answer is None:
                 worker.kill()
-                return QueryResult(error_kind="timeout", error=f"stopped after {self.timeout_s:g} s (worker killed)",
+                died = worker.process.exitcode not in (None, -9)  # -9: killed here, at the deadline
+                error = (f"the worker died (exit code {worker.process.exitcode}, out of memory?)" if died
+                         else f"stopped after {self.timeout_s:g} s (worker killed)")
+                return QueryResult(error_kind="runtime_error" if died else "timeout", error=error,
                                    elapsed_s=time.perf_counter() - started)
             with self._lock:
                 self._idle.append(worker)
-            return result
+            return answer
 
     def run_many(self, sqls: list[str], max_rows: int | None = None, checked: bool = False) -> list[QueryResult]:
         """Run queries in parallel across the workers; results in input order (`checked` as in `run`)."""
@@ -537,7 +1085,7 @@ class QueryRunner:
                 worker = self._idle.pop()
                 if worker.process.is_alive():
                     return worker
-        return _Worker(self.spec, self.memory_limit, self.threads)
+        return _Worker(self.spec, self.memory_limit, self.threads, self.snapshot)
 
     def close(self) -> None:
         with self._lock:
