@@ -136,7 +136,8 @@ def _mutants(sql: str, snapshot) -> list[tuple[str, str]]:
     if literal is not None:
         wrong = tree.copy()
         lit = next(iter(wrong.find_all(exp.Literal)))
-        lit.replace(exp.Literal.number(int(float(lit.this)) + 1) if lit.is_number else exp.Literal.string(lit.this + "x"))
+        changed = exp.Literal.number(int(float(lit.this)) + 1) if lit.is_number else exp.Literal.string(lit.this + "x")
+        lit.replace(changed)
         out.append(("wrong_literal", wrong.sql(dialect="duckdb")))
     if table is not None:
         out.append(("drop_then_gold", f"DROP TABLE {table.sql(dialect='duckdb')}; {sql}"))

@@ -375,7 +375,8 @@ def test_gold_results_are_cached_on_disk(eval_project):
     fingerprint = _target_fingerprint(WarehouseSpec.from_config(cfg), load_snapshot(cfg))
     cache = _GoldCache(eval_project / ".cache" / "gold", fingerprint, cfg.warehouse.max_rows)
     ok = SQLCheck(True, tables=["sales.orders"])
-    cache.put(pairs[0].sql, ok, SimpleNamespace(columns=["n"], rows=[(-1,)], error_kind=None, error="", truncated=False))
+    tampered = SimpleNamespace(columns=["n"], rows=[(-1,)], error_kind=None, error="", truncated=False)
+    cache.put(pairs[0].sql, ok, tampered)
     # (A prediction that is the gold's text gets the gold's result without a run: change the text, not the query.)
     predictions = {p.id: f"/* predicted */ {p.sql}" for p in pairs}
     verdicts = {e["id"]: e["verdict"] for e in score_pairs(cfg, pairs, predictions).examples}
