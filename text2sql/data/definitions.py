@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import DataError
+from text2sql.vocab import DIALECT
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
@@ -294,7 +295,7 @@ def check_definitions(defs: Definitions, snapshot: SchemaSnapshot) -> list[str]:
             continue
         label = f"{where}: term {d.term!r}"
         try:
-            tree = sqlglot.parse_one(d.sql, read="duckdb")
+            tree = sqlglot.parse_one(d.sql, read=DIALECT)
         except sqlglot.errors.ParseError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot parse"
             problems.append(f"{label}: sql does not parse: {first}")
