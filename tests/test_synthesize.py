@@ -1,0 +1,218 @@
+"""`data synthesize` and `data review` on a real small lakehouse, with the tiny model writing the questions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from text2sql.cli import main
+from text2sql.config import load_config
+from text2sql.data.analysis import sql_template
+from text2sql.data.store import read_pairs_file
+from text2sql.errors import ConfigError, DataError
+
+TRAIN = [
+    ("How many orders were cancelled?", "SELECT COUNT(*) AS order_count FROM sales.orders AS o WHERE o.status = 'cancelled'"),
+    ("Orders per store channel in 2024.", "SELECT s.channel, COUNT(*) AS order_count FROM sales.orders AS o JOIN core.stores AS s "
+     "ON s.store_id = o.store_id WHERE o.ordered_at >= DATE '2024-01-01' AND o.ordered_at < DATE '2025-01-01' "
+     "GROUP BY s.channel ORDER BY s.channel"),
+    ("How many customers per segment?", "SELECT c.segment, COUNT(*) AS customer_count FROM core.customers AS c "
+     "GROUP BY c.segment ORDER BY c.segment"),
+]
+DEV = [("How many stores are there?", "SELECT COUNT(*) AS store_count FROM core.stores AS s")]
+TEST = [
+    # Same template as the first train pair: every literal swap of it would leak this test question.
+    ("How many orders are pending?", "SELECT COUNT(*) AS order_count FROM sales.orders AS o WHERE o.status = 'pending'"),
+]
+SETTINGS = ["prompt.max_schema_tokens=256", "generate.max_new_tokens=12", "generate.batch_size=8"]
+
+
+def write_dataset(root, name="demo", train=TRAIN, dev=DEV, test=TEST):
+    path = root / "datasets" / name
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [(q, s, "train") for q, s in train] + [(q, s, "dev") for q, s in dev] + [(q, s, "test") for q, s in test]
+    records = [{"id": f"p-{i:04d}", "question": q, "sql": s, "split": split, "author": "test", "created": "2026-11-30"}
+               for i, (q, s, split) in enumerate(rows)]
+    (path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def synth_cfg(lakehouse_project, tiny_model, tmp_path):
+    write_dataset(tmp_path)
+    overrides = [f"data.datasets_dir={tmp_path / 'datasets'}", f"model.base={tiny_model}", *SETTINGS]
+    return load_config(lakehouse_project / "text2sql.yaml", overrides)
+
+
+def synthetic_records(cfg, name="demo"):
+    path = cfg.path(cfg.data.datasets_dir) / name / "synthetic.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_synthesis_guards_validates_and_repeats_with_the_same_seed(synth_cfg):
+    from text2sql.data.store import Pair
+    from text2sql.data.synthesize import synthesize_pairs
+    from text2sql.data.validate import validate_pairs
+
+    report = synthesize_pairs(synth_cfg, n=8, seed=3, keep_unconfirmed=True, progress=False)
+    records = synthetic_records(synth_cfg)
+    assert report.dropped["template_leak"] >= 1, "literal swaps of the train pair copy the test template"
+    assert records and len(records) == report.kept <= 8
+    held_out = {sql_template(s) for _, s in DEV + TEST}
+    assert not [r for r in records if sql_template(r["sql"]) in held_out]
+    curated = {s for _, s in TRAIN + DEV + TEST}
+    assert not [r for r in records if r["sql"] in curated]
+    for r in records:
+        assert r["author"] == "synth" and r["split"] == "train" and r["question"]
+        assert r["notes"].startswith("synthesized from p-000") and r["tags"][0] == "synthetic"
+        assert r["confirmed"] is False or r["confirmed"] is True
+    checked = validate_pairs(synth_cfg, [Pair(r["question"], r["sql"], id=r["id"]) for r in records])
+    assert [(c.id, [str(p) for p in c.problems]) for c in checked.pairs if c.problems] == []
+    assert report.validated >= report.kept and report.generated >= report.validated
+
+    # Same seed, same data, same model -> the same candidates.
+    first = [(r["id"], r["question"], r["sql"], r["confirmed"]) for r in records]
+    (synth_cfg.path(synth_cfg.data.datasets_dir) / "demo" / "synthetic.jsonl").unlink()
+    synthesize_pairs(synth_cfg, n=8, seed=3, keep_unconfirmed=True, progress=False)
+    assert [(r["id"], r["question"], r["sql"], r["confirmed"]) for r in synthetic_records(synth_cfg)] == first
+
+    # Without --keep-unconfirmed only confirmed candidates stay (the random tiny model confirms few, if any).
+    again = synthesize_pairs(synth_cfg, n=4, seed=4, progress=False)
+    kept_now = [r for r in synthetic_records(synth_cfg) if r["id"] not in {f[0] for f in first}]
+    assert all(r["confirmed"] for r in kept_now)
+    assert again.dropped["unconfirmed"] == again.validated - again.dropped["no_question"] \
+        - again.dropped["question_leak"] - again.confirmed
+
+
+def test_bad_n_and_no_train_pairs_are_clear_errors(synth_cfg, tmp_path):
+    for n in ("0", "-3"):
+        result = CliRunner().invoke(main, ["data", "synthesize", "--config", str(synth_cfg.root / "text2sql.yaml"),
+                                           "--set", f"data.datasets_dir={tmp_path / 'datasets'}", "--n", n])
+        assert result.exit_code == 1 and result.output.startswith("error: --n must be a positive"), result.output
+    write_dataset(tmp_path, "heldout", train=[])
+    result = CliRunner().invoke(main, ["data", "synthesize", "heldout", "--config", str(synth_cfg.root / "text2sql.yaml"),
+                                       "--set", f"data.datasets_dir={tmp_path / 'datasets'}", "--n", "5"])
+    assert result.exit_code == 1 and "has no train pairs" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "datasets" / "heldout" / "synthetic.jsonl").exists()
+
+
+def test_mutations_keep_the_house_style_and_add_tie_breakers(synth_cfg):
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.analysis import parse_sql
+    from text2sql.data.synthesize import _Context, mutate_order_limit, mutate_period, mutate_window
+    from text2sql.warehouse import QueryRunner
+
+    import random
+
+    with QueryRunner.from_config(synth_cfg) as runner:
+        ctx = _Context(load_snapshot(synth_cfg), None, runner)
+        fiscal = mutate_period(parse_sql(TRAIN[1][1]), ctx, random.Random(0))
+        assert len(fiscal) == 1 and "JOIN core.fiscal_calendar AS fc ON fc.calendar_date = CAST(o.ordered_at AS DATE)" \
+            in fiscal[0] and "fc.fiscal_year = 202" in fiscal[0] and "ordered_at >=" not in fiscal[0]
+        back = mutate_period(parse_sql(fiscal[0]), ctx, random.Random(0))
+        assert back and "fiscal_calendar" not in back[0] and "o.ordered_at >= DATE '20" in back[0]
+        shifted = mutate_window(parse_sql(TRAIN[1][1]), ctx, random.Random(0))
+        assert all("DATE '" in s and "CAST('" not in s for s in shifted) and len(set(shifted)) == len(shifted)
+        top = mutate_order_limit(parse_sql(TRAIN[2][1]), ctx, random.Random(0))
+        assert top and "ORDER BY customer_count" in top[0] and "c.segment ASC LIMIT" in top[0]
+
+
+def test_synthetic_mixing_is_train_only_and_capped(synth_cfg, tmp_path):
+    from text2sql.data.synthesize import candidate_record
+    from text2sql.train import _load_splits
+
+    path = tmp_path / "datasets" / "demo" / "synthetic.jsonl"
+    records = [candidate_record(f"Question {i}?", f"SELECT {i} AS n", id=f"s-{i:010d}", confirmed=True)
+               for i in range(5)]
+    records[0]["split"] = "test"  # a hand-edited file must not smuggle a pair into dev or test
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    train, dev = _load_splits(synth_cfg, "demo")
+    assert [p.id for p in train] == ["p-0000", "p-0001", "p-0002"], "exclude is the default"
+    cfg = load_config(synth_cfg.root / "text2sql.yaml", [f"data.datasets_dir={tmp_path / 'datasets'}",
+                                                          "data.synthetic=include", "data.synthetic_ratio=1.0"])
+    train, dev = _load_splits(cfg, "demo")
+    synthetic = [p for p in train if p.id.startswith("s-")]
+    assert len(synthetic) == 3 and all(p.split == "train" for p in train) and [p.id for p in dev] == ["p-0003"]
+    with pytest.raises(ConfigError, match="data.synthetic: 'maybe'"):
+        load_config(synth_cfg.root / "text2sql.yaml", ["data.synthetic=maybe"])
+    with pytest.raises(ConfigError, match="data.synthetic_ratio"):
+        load_config(synth_cfg.root / "text2sql.yaml", ["data.synthetic_ratio=-1"])
+
+
+def _proposals(tmp_path):
+    from text2sql.data.synthesize import candidate_record
+
+    good = [("How many completed orders?", "SELECT COUNT(*) AS n FROM sales.orders AS o WHERE o.status = 'completed'", True),
+            ("How many returns?", "SELECT COUNT(*) AS n FROM sales.returns AS r", True),
+            ("How many products?", "SELECT COUNT(*) AS n FROM core.products AS p", False),
+            ("Bad one", "SELECT nope FROM core.products", True)]
+    records = [candidate_record(q, s, id=f"s-{i:010d}", author="synth", notes="synthesized from p-0000 by literal",
+                                confirmed=c) for i, (q, s, c) in enumerate(good)]
+    records[1]["split"] = "test"
+    path = tmp_path / "datasets" / "demo" / "synthetic.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_review_moves_pairs_atomically_and_finishes_an_interrupted_move(synth_cfg, tmp_path, monkeypatch):
+    from text2sql.data import review
+    from text2sql.data.review import read_entries, review_pairs
+
+    source = _proposals(tmp_path)
+    pairs_file = tmp_path / "datasets" / "demo" / "pairs.jsonl"
+    before = pairs_file.read_text()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed between the two writes")
+
+    monkeypatch.setattr(review, "_write_source", crash)
+    with pytest.raises(RuntimeError):
+        review_pairs(synth_cfg, source="synthetic", accept_all=True, confirmed_only=True)
+    monkeypatch.undo()
+    moved = [p for p, _ in read_pairs_file(pairs_file)]  # both files still parse
+    assert len(read_entries(source, "synthetic")) == 4
+    assert [p.id for p in moved if p.id.startswith("s-")] == ["s-0000000000", "s-0000000001"]
+    assert all(p.split == "train" for p in moved if p.id.startswith("s-")), "a synthetic pair never lands in test"
+    assert pairs_file.read_text().startswith(before), "curated lines are kept byte for byte"
+
+    report = review_pairs(synth_cfg, source="synthetic", accept_all=True, confirmed_only=True)
+    ids = [p.id for p, _ in read_pairs_file(pairs_file)]
+    assert len(ids) == len(set(ids)) and ids.count("s-0000000000") == 1
+    assert set(report.accepted) == {"s-0000000000", "s-0000000001"}
+    assert list(report.refused) == ["s-0000000003"] and "unknown_column" in report.refused["s-0000000003"]
+    assert [e.pair.id for e in read_entries(source, "synthetic")] == ["s-0000000002", "s-0000000003"]
+
+    result = CliRunner().invoke(main, ["data", "review", "--config", str(synth_cfg.root / "text2sql.yaml"), "--set",
+                                       f"data.datasets_dir={tmp_path / 'datasets'}", "--reject", "s-0000000003",
+                                       "--accept", "s-0000000002"])
+    assert result.exit_code == 0, result.output
+    assert read_entries(source, "synthetic") == [] and "s-0000000002" in [p.id for p, _ in read_pairs_file(pairs_file)]
+    result = CliRunner().invoke(main, ["data", "review", "--config", str(synth_cfg.root / "text2sql.yaml"), "--set",
+                                       f"data.datasets_dir={tmp_path / 'datasets'}", "--accept", "s-9"])
+    assert result.exit_code == 1 and result.output.startswith("error: no entry 's-9'")
+
+
+def test_review_turns_accepted_feedback_into_train_pairs(synth_cfg, tmp_path):
+    from text2sql.data.review import list_entries, review_pairs
+
+    feedback = tmp_path / "datasets" / "demo" / "feedback.jsonl"
+    rows = [{"id": "fb-0123456789ab", "question": "How many stores do we have?", "sql": "SELECT COUNT(*) FROM core.stores",
+             "model_sql": "SELECT COUNT(*) FROM core.stores", "verdict": "right", "run": "runs/x",
+             "created": "2026-11-30T03:00:00+00:00", "author": "feedback", "db": None},
+            {"id": "fb-ba9876543210", "question": "How many online stores?",
+             "sql": "SELECT COUNT(*) FROM core.stores AS s WHERE s.channel = 'online'",
+             "model_sql": "SELECT COUNT(*) FROM core.stores", "verdict": "wrong", "run": "runs/x",
+             "created": "2026-11-30T03:01:00+00:00", "author": "feedback", "db": None}]
+    feedback.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [e.pair.id for e in list_entries(synth_cfg, source="feedback")] == ["fb-0123456789ab", "fb-ba9876543210"]
+    report = review_pairs(synth_cfg, source="feedback", accept=["fb-ba9876543210"])
+    assert report.accepted == ["fb-ba9876543210"] and report.remaining == 1
+    added = {p.id: p for p, _ in read_pairs_file(tmp_path / "datasets" / "demo" / "pairs.jsonl")}["fb-ba9876543210"]
+    assert (added.split, added.author, added.created) == ("train", "feedback", "2026-11-30")
+    assert "marked wrong and corrected" in added.notes
+    feedback.write_text(feedback.read_text() + "{not json\n")
+    with pytest.raises(DataError, match="feedback.jsonl:2: not valid JSON"):
+        list_entries(synth_cfg, source="feedback")
