@@ -216,3 +216,34 @@ def test_review_turns_accepted_feedback_into_train_pairs(synth_cfg, tmp_path):
     feedback.write_text(feedback.read_text() + "{not json\n")
     with pytest.raises(DataError, match="feedback.jsonl:2: not valid JSON"):
         list_entries(synth_cfg, source="feedback")
+
+
+def test_measure_and_dimension_swaps_follow_the_definitions(synth_cfg, tmp_path):
+    import random
+
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.analysis import parse_sql
+    from text2sql.data.definitions import read_definitions
+    from text2sql.data.synthesize import _Context, mutate_group_by, mutate_measure
+    from text2sql.warehouse import QueryRunner
+
+    path = tmp_path / "definitions.yaml"
+    path.write_text(
+        "version: 1\naliases: {o: sales.orders, ol: sales.order_lines, s: core.stores}\ndefinitions:\n"
+        "  - {term: net sales, kind: measure, meaning: m, sql: 'SUM(ol.quantity * ol.unit_price - ol.discount_amount)'}\n"
+        "  - {term: units sold, kind: measure, meaning: m, sql: SUM(ol.quantity)}\n"
+        "  - {term: refunds, kind: measure, meaning: m, sql: SUM(r.refund_amount)}\n"
+        "  - {term: store region, kind: dimension, meaning: m, sql: s.region}\n")
+    sql = ("SELECT s.channel, SUM(ol.quantity * ol.unit_price - ol.discount_amount) AS net_sales FROM sales.orders AS o "
+           "JOIN sales.order_lines AS ol ON ol.order_id = o.order_id JOIN core.stores AS s ON s.store_id = o.store_id "
+           "WHERE o.status = 'completed' GROUP BY s.channel ORDER BY net_sales DESC, s.channel")
+    with QueryRunner.from_config(synth_cfg) as runner:
+        ctx = _Context(load_snapshot(synth_cfg), read_definitions(path), runner)
+        swapped = mutate_measure(parse_sql(sql), ctx, random.Random(0))
+        # refunds needs sales.returns (alias r), which the query does not read.
+        assert swapped == [sql.replace("SUM(ol.quantity * ol.unit_price - ol.discount_amount) AS net_sales",
+                                       "SUM(ol.quantity) AS units_sold").replace("BY net_sales", "BY units_sold")]
+        regrouped = mutate_group_by(parse_sql(sql), ctx, random.Random(0))
+        assert any("SELECT s.region AS store_region," in s and "GROUP BY s.region ORDER BY net_sales DESC, store_region"
+                   in s for s in regrouped), regrouped
+        assert not [s for s in regrouped if "GROUP BY o.status" in s], "a column pinned by WHERE is no dimension"

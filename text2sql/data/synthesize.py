@@ -554,7 +554,7 @@ def _aliases_in(fragment: exp.Expression) -> set[str]:
 def _fits(fragment: exp.Expression, tables: dict[str, str], ctx: _Context) -> bool:
     """Every alias the fragment uses is in the query, naming the table the definitions say."""
     aliases = ctx.aliases
-    return all(tables.get(a) == ctx.snapshot.resolve(aliases.get(a, "")) for a in _aliases_in(fragment))
+    return all(a in tables and tables[a] == ctx.snapshot.resolve(aliases.get(a, "")) for a in _aliases_in(fragment))
 
 
 def _snake(term: str) -> str:
