@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from click.testing import CliRunner
@@ -104,8 +105,6 @@ def test_mutations_keep_the_house_style_and_add_tie_breakers(synth_cfg):
     from text2sql.data.analysis import parse_sql
     from text2sql.data.synthesize import _Context, mutate_order_limit, mutate_period, mutate_window
     from text2sql.warehouse import QueryRunner
-
-    import random
 
     with QueryRunner.from_config(synth_cfg) as runner:
         ctx = _Context(load_snapshot(synth_cfg), None, runner)
@@ -219,8 +218,6 @@ def test_review_turns_accepted_feedback_into_train_pairs(synth_cfg, tmp_path):
 
 
 def test_measure_and_dimension_swaps_follow_the_definitions(synth_cfg, tmp_path):
-    import random
-
     from text2sql.catalog import load_snapshot
     from text2sql.data.analysis import parse_sql
     from text2sql.data.definitions import read_definitions
@@ -247,3 +244,18 @@ def test_measure_and_dimension_swaps_follow_the_definitions(synth_cfg, tmp_path)
         assert any("SELECT s.region AS store_region," in s and "GROUP BY s.region ORDER BY net_sales DESC, store_region"
                    in s for s in regrouped), regrouped
         assert not [s for s in regrouped if "GROUP BY o.status" in s], "a column pinned by WHERE is no dimension"
+
+
+def test_split_reassign_keeps_synthetic_pairs_and_their_group_in_train():
+    from text2sql.data.split import assign_splits
+    from text2sql.data.store import Pair
+
+    pairs = [Pair(f"Orders with status {s}?", f"SELECT COUNT(*) FROM sales.orders WHERE status = '{s}'", split="test")
+             for s in ("a", "b")]
+    pairs += [Pair("Orders with status c?", "SELECT COUNT(*) FROM sales.orders WHERE status = 'c'", author="synth",
+                   split="test")]
+    pairs += [Pair(f"How many rows in t{i}?", f"SELECT COUNT(*) FROM t{i}") for i in range(12)]
+    for reassign in (False, True):
+        assigned = assign_splits(pairs, {"train": 0.2, "dev": 0.2, "test": 0.6}, seed=1, reassign=reassign)
+        assert [assigned[p.id] for p in pairs[:3]] == ["train"] * 3
+        assert "test" in assigned.values()

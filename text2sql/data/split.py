@@ -91,6 +91,12 @@ def assign_splits(pairs: list[Pair], ratios: dict[str, float], seed: int, reassi
         filled: Counter = Counter()
         pending = []
         for key, group in entries:
+            if any(p.author == "synth" for p in group):
+                # Synthetic pairs (`data synthesize`) never go to dev or test, nor does their template group.
+                for p in group:
+                    result[p.id] = "train"
+                filled["train"] += len(group)
+                continue
             kept = [p.split for p in group if p.split] if not reassign else []
             if kept:
                 # The group follows its existing split (its most common one, if it already straddles).

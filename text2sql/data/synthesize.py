@@ -249,6 +249,9 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
         return []
     from text2sql.generate import extract_sql, load_generator, prompts_for
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the "Loading weights" bar would break up ours
     gen = load_generator(model or cfg.model.base, cfg)
     task = bar.add("writing questions", len(valid))
     replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid), bar, task)
