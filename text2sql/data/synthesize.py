@@ -67,6 +67,8 @@ BACK_TRANSLATION_INSTRUCTIONS = (
     "You write the question a business analyst asks that the user's DuckDB SQL query answers exactly, in plain "
     "English, using the business terms below rather than table or column names. Reply with the question only."
 )
+QUESTION_MAX_NEW_TOKENS = 64
+"""A question is one sentence: a model that rambles on is cut here (the SQL answer keeps generate.max_new_tokens)."""
 _TEXT_TYPES = ("VARCHAR", "TEXT", "STRING")
 _NUMBER_TYPES = ("INT", "BIGINT", "SMALLINT", "TINYINT", "INTEGER")
 _QUESTION_PREFIX = re.compile(r"^\s*(question|q)\s*:\s*", re.IGNORECASE)
@@ -254,7 +256,8 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
     transformers_logging.disable_progress_bar()  # the "Loading weights" bar would break up ours
     gen = load_generator(model or cfg.model.base, cfg)
     task = bar.add("writing questions", len(valid))
-    replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid), bar, task)
+    replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid), bar, task,
+                                   min(QUESTION_MAX_NEW_TOKENS, gen.max_new_tokens))
     for candidate, reply in zip(valid, replies):
         candidate.question = _question_from(reply)
     asked = [c for c in valid if c.question]
@@ -275,14 +278,14 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
     return [c for c in asked if c.confirmed]
 
 
-def _generate_in_batches(gen, messages: list, bar: _Progress, task) -> list[str]:
+def _generate_in_batches(gen, messages: list, bar: _Progress, task, max_new_tokens: int | None = None) -> list[str]:
     """`generate.generate` a batch at a time, so the progress bar moves."""
     from text2sql.generate import generate
 
     replies: list[str] = []
     for start in range(0, len(messages), gen.batch_size):
         batch = messages[start:start + gen.batch_size]
-        replies += generate(gen, batch)
+        replies += generate(gen, batch, max_new_tokens)
         bar.advance(task, len(batch))
     return replies
 
