@@ -47,6 +47,7 @@ from text2sql.errors import DataError
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
+    from text2sql.data.definitions import Definitions
     from text2sql.data.store import Dataset, Pair
 
 SYNTHETIC_FILE = "synthetic.jsonl"
@@ -291,24 +292,16 @@ def _generate_in_batches(gen, messages: list, bar: _Progress, task, max_new_toke
 
 
 def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[Candidate]) -> list:
-    """The text->SQL prompt of each SQL (schema, definitions), turned around: the system message asks for the
-    question, the user turn is the SQL; no k-shot turns (they show question -> SQL)."""
-    from text2sql.data.store import Pair
-    from text2sql.generate import prompts_for
-    from text2sql.prompt import INSTRUCTIONS
+    """The model's own text->SQL prompt (schema, business definitions) with the instructions turned around, the SQL
+    as the user turn, and no k-shot turns (they show question -> SQL), built by the one prompt builder."""
+    from dataclasses import replace
 
-    definitions = _load_definitions(cfg, ds)
-    rendered = definitions.render() if definitions else ""
-    out = []
-    for candidate, messages in zip(candidates, prompts_for(cfg, gen, [Pair(c.sql, c.sql, id=c.id) for c in candidates],
-                                                          ds.name)):
-        system = messages[0]["content"]
-        system = (system.replace(INSTRUCTIONS, BACK_TRANSLATION_INSTRUCTIONS, 1) if INSTRUCTIONS in system
-                  else BACK_TRANSLATION_INSTRUCTIONS + "\n" + system)
-        if rendered and rendered not in system:
-            system += "\n\n" + rendered
-        out.append([{"role": "system", "content": system}, {"role": "user", "content": candidate.sql.strip()}])
-    return out
+    from text2sql.prompt import PromptBuilder, PromptSettings
+
+    settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
+    settings = replace(settings, instructions=BACK_TRANSLATION_INSTRUCTIONS, prompt=replace(settings.prompt, k_shot=0))
+    builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, ds.name, who="synthesize")
+    return [builder.messages(c.sql.strip()) for c in candidates]
 
 
 def _question_from(reply: str) -> str:
@@ -442,8 +435,7 @@ def load_synthetic(cfg: Config, dataset: str, curated: list[Pair]) -> list[Pair]
 @dataclass
 class _Context:
     snapshot: SchemaSnapshot
-    definitions: Any
-    """text2sql.data.definitions.Definitions, or None."""
+    definitions: Definitions | None
     runner: Any
     _values: dict = field(default_factory=dict)
 
@@ -459,20 +451,17 @@ class _Context:
     def definitions_of(self, kind: str) -> list:
         if not self.definitions:
             return []
-        items = getattr(self.definitions, "items", None) or getattr(self.definitions, "definitions", ())
-        return [d for d in items if d.kind == kind and d.sql]
+        return [d for d in self.definitions.items if d.kind == kind and d.sql]
 
     @property
     def aliases(self) -> dict[str, str]:
-        return dict(getattr(self.definitions, "aliases", {}) or {})
+        return dict(self.definitions.aliases) if self.definitions else {}
 
 
 def _load_definitions(cfg: Config, ds: Dataset):
-    try:
-        from text2sql.data.definitions import load_definitions
-    except ImportError:  # a checkout without business definitions: the definition-based mutations find nothing
-        return None
-    return load_definitions(cfg, str(ds.path))
+    from text2sql.data.definitions import load_definitions
+
+    return load_definitions(cfg, str(ds.path))  # empty when the dataset has no definitions.yaml
 
 
 def _sql(tree: exp.Expression) -> str:
