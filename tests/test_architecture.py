@@ -26,7 +26,7 @@ STAGES = [
     ("evaluate", ["text2sql.evaluate"]),
     ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
     ("serve", ["text2sql.serve"]),
-    ("top", ["text2sql.cli", "text2sql.pipeline"]),
+    ("top", ["text2sql.cli", "text2sql.pipeline", "text2sql.synthesize"]),
 ]
 """Pipeline order, lowest first: a module may import from its own stage and the stages before it."""
 OVERSIZED = {

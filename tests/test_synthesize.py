@@ -55,7 +55,7 @@ def synthetic_records(cfg, name="demo"):
 @pytest.mark.slow
 def test_synthesis_guards_validates_and_repeats_with_the_same_seed(synth_cfg):
     from text2sql.data.store import Pair
-    from text2sql.data.synthesize import synthesize_pairs
+    from text2sql.synthesize import synthesize_pairs
     from text2sql.data.validate import validate_pairs
 
     report = synthesize_pairs(synth_cfg, n=8, seed=3, keep_unconfirmed=True, progress=False)
@@ -103,11 +103,11 @@ def test_bad_n_and_no_train_pairs_are_clear_errors(synth_cfg, tmp_path):
 def test_mutations_keep_the_house_style_and_add_tie_breakers(synth_cfg):
     from text2sql.catalog import load_snapshot
     from text2sql.data.analysis import parse_sql
-    from text2sql.data.synthesize import _Context, mutate_order_limit, mutate_period, mutate_window
+    from text2sql.data.mutate import MutationContext, mutate_order_limit, mutate_period, mutate_window
     from text2sql.warehouse import QueryRunner
 
     with QueryRunner.from_config(synth_cfg) as runner:
-        ctx = _Context(load_snapshot(synth_cfg), None, runner)
+        ctx = MutationContext(load_snapshot(synth_cfg), None, runner)
         fiscal = mutate_period(parse_sql(TRAIN[1][1]), ctx, random.Random(0))
         assert len(fiscal) == 1 and "JOIN core.fiscal_calendar AS fc ON fc.calendar_date = CAST(o.ordered_at AS DATE)" \
             in fiscal[0] and "fc.fiscal_year = 202" in fiscal[0] and "ordered_at >=" not in fiscal[0]
@@ -221,7 +221,7 @@ def test_measure_and_dimension_swaps_follow_the_definitions(synth_cfg, tmp_path)
     from text2sql.catalog import load_snapshot
     from text2sql.data.analysis import parse_sql
     from text2sql.data.definitions import read_definitions
-    from text2sql.data.synthesize import _Context, mutate_group_by, mutate_measure
+    from text2sql.data.mutate import MutationContext, mutate_group_by, mutate_measure
     from text2sql.warehouse import QueryRunner
 
     path = tmp_path / "definitions.yaml"
@@ -235,7 +235,7 @@ def test_measure_and_dimension_swaps_follow_the_definitions(synth_cfg, tmp_path)
            "JOIN sales.order_lines AS ol ON ol.order_id = o.order_id JOIN core.stores AS s ON s.store_id = o.store_id "
            "WHERE o.status = 'completed' GROUP BY s.channel ORDER BY net_sales DESC, s.channel")
     with QueryRunner.from_config(synth_cfg) as runner:
-        ctx = _Context(load_snapshot(synth_cfg), read_definitions(path), runner)
+        ctx = MutationContext(load_snapshot(synth_cfg), read_definitions(path), runner)
         swapped = mutate_measure(parse_sql(sql), ctx, random.Random(0))
         # refunds needs sales.returns (alias r), which the query does not read.
         assert swapped == [sql.replace("SUM(ol.quantity * ol.unit_price - ol.discount_amount) AS net_sales",

@@ -79,6 +79,13 @@ def list_entries(cfg: Config, dataset: str | None = None, source: str = "synthet
     return read_entries(source_path(load_dataset(cfg, dataset), source), source)
 
 
+def render_entries(entries: list[Entry]) -> str:
+    """`data review --list`: id, confirmed flag, question, SQL and notes of each entry, then a count."""
+    lines = [f"{e.pair.id}  {'confirmed' if e.confirmed else 'UNCONFIRMED'}  {e.pair.question}\n    {e.pair.sql}\n"
+             f"    {e.pair.notes}" for e in entries]
+    return "\n".join([*lines, f"{len(entries)} proposed pair(s), {sum(e.confirmed for e in entries)} confirmed"])
+
+
 def read_entries(path: Path, source: str) -> list[Entry]:
     """Parse a source file into entries; collects every malformed line, then raises one DataError."""
     from text2sql.data.store import pair_from_record
@@ -151,6 +158,8 @@ def review_pairs(cfg: Config, dataset: str | None = None, source: str = "synthet
     from text2sql.data.store import load_dataset, read_pairs_file, update_pairs
     from text2sql.data.validate import validate_pairs
 
+    if confirmed_only and not accept_all:
+        raise DataError("--confirmed-only goes with --accept-all")
     ds = load_dataset(cfg, dataset)
     path = source_path(ds, source)
     entries = {e.pair.id: e for e in read_entries(path, source)}

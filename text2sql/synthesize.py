@@ -1,0 +1,154 @@
+"""`text2sql data synthesize`: new training pairs, SQL first (`text2sql.data.synthesize`), question second.
+
+`text2sql.data.synthesize`'s docstring lists the stages; this module runs them and holds the model steps
+(back-translation, round trip), which need the prompt builder, generation and the evaluator's result comparison:
+later stages of the pipeline than data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from text2sql.data.synthesize import (
+    _QUESTION_PREFIX, BACK_TRANSLATION_INSTRUCTIONS, QUESTION_MAX_NEW_TOKENS, SYNTHETIC_FILE, Candidate, Progress,
+    SynthesisReport, mutation_pool, question_guard, validate_candidates, write_candidates,
+)
+from text2sql.errors import DataError
+
+if TYPE_CHECKING:
+    from text2sql.catalog import SchemaSnapshot
+    from text2sql.config import Config
+    from text2sql.data.store import Dataset, Pair
+
+
+def synthesize_pairs(cfg: Config, dataset: str | None = None, n: int = 2000, model: str | None = None,
+                     seed: int | None = None, keep_unconfirmed: bool = False, progress: bool = True) -> SynthesisReport:
+    """Propose up to `n` new validated pairs from the train split into `datasets/<name>/synthetic.jsonl`.
+
+    Args:
+        n: candidates to keep (fewer when the mutations run out).
+        model: model dir or name that writes and answers the questions (default model.base).
+        seed: seeds the mutations (default data.seed): the same seed, data and model give the same candidates.
+        keep_unconfirmed: keep candidates whose round trip failed, with `confirmed: false`.
+
+    Raises:
+        DataError: n is not positive, or the dataset has no train pairs over the project lakehouse.
+    """
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.store import load_dataset, read_pairs_file
+
+    if n <= 0:
+        raise DataError(f"--n must be a positive number of candidates, got {n}")
+    started = time.perf_counter()
+    ds = load_dataset(cfg, dataset)
+    if not ds.pairs_file.is_file():
+        raise DataError(f"{ds.pairs_file} not found: add pairs with `text2sql data add` first")
+    pairs = [p for p, _ in read_pairs_file(ds.pairs_file)]
+    train = [p for p in pairs if p.split == "train" and p.db is None]
+    if not train:
+        raise DataError(f"dataset {ds.name!r} has no train pairs over the project lakehouse to synthesize from: "
+                        "run `text2sql data split` (synthesis never reads dev or test pairs)")
+    held_out = [p for p in pairs if p.split in ("dev", "test")]
+    seed = cfg.data.seed if seed is None else seed
+    report = SynthesisReport(requested=n, sources=len(train), path=ds.path / SYNTHETIC_FILE)
+    snapshot = load_snapshot(cfg)
+    with Progress(progress) as bar:
+        pool = mutation_pool(cfg, ds, snapshot, train, pairs, held_out, seed, n, report, bar)
+        valid = validate_candidates(cfg, ds, pool, n, report, bar)
+        kept = _questions(cfg, ds, snapshot, valid, held_out, model, keep_unconfirmed, report, bar)
+    report.kept = len(kept)
+    report.methods = Counter(c.method for c in kept)
+    report.written = write_candidates(ds, kept)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[Candidate], held_out: list[Pair],
+               model: str | None, keep_unconfirmed: bool, report: SynthesisReport, bar: Progress) -> list[Candidate]:
+    """Back-translate, guard against dev/test questions, round-trip; returns the candidates to keep."""
+    if not valid:
+        return []
+    from text2sql.generate import extract_sql, load_generator, prompts_for
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the "Loading weights" bar would break up ours
+    gen = load_generator(model or cfg.model.base, cfg)
+    task = bar.add("writing questions", len(valid))
+    replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid), bar, task,
+                                   min(QUESTION_MAX_NEW_TOKENS, gen.max_new_tokens))
+    for candidate, reply in zip(valid, replies):
+        candidate.question = _question_from(reply)
+    asked = [c for c in valid if c.question]
+    report.dropped["no_question"] += len(valid) - len(asked)
+    asked = question_guard(cfg, asked, held_out, report)
+    if not asked:
+        return []
+    from text2sql.data.store import Pair
+
+    task = bar.add("round trip", len(asked))
+    pairs = [Pair(c.question, c.sql, id=c.id) for c in asked]
+    answers = _generate_in_batches(gen, prompts_for(cfg, gen, pairs, ds.name), bar, task)
+    _round_trip(cfg, snapshot, asked, [extract_sql(a) for a in answers])
+    report.confirmed = sum(c.confirmed for c in asked)
+    if keep_unconfirmed:
+        return asked
+    report.dropped["unconfirmed"] += len(asked) - report.confirmed
+    return [c for c in asked if c.confirmed]
+
+
+def _generate_in_batches(gen, messages: list, bar: Progress, task, max_new_tokens: int | None = None) -> list[str]:
+    """`generate.generate` a batch at a time, so the progress bar moves."""
+    from text2sql.generate import generate
+
+    replies: list[str] = []
+    for start in range(0, len(messages), gen.batch_size):
+        batch = messages[start:start + gen.batch_size]
+        replies += generate(gen, batch, max_new_tokens)
+        bar.advance(task, len(batch))
+    return replies
+
+
+def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[Candidate]) -> list:
+    """The model's own text->SQL prompt (schema, business definitions) with the instructions turned around, the SQL
+    as the user turn, and no k-shot turns (they show question -> SQL), built by the one prompt builder."""
+    from dataclasses import replace
+
+    from text2sql.prompt import PromptBuilder, PromptSettings
+
+    settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
+    settings = replace(settings, instructions=BACK_TRANSLATION_INSTRUCTIONS, prompt=replace(settings.prompt, k_shot=0))
+    builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, ds.name, who="synthesize")
+    return [builder.messages(c.sql.strip()) for c in candidates]
+
+
+def _question_from(reply: str) -> str:
+    """The first non-empty line of a reply, without a `Question:` prefix or quotes."""
+    for line in reply.splitlines():
+        line = _QUESTION_PREFIX.sub("", line).strip().strip('"').strip()
+        if line:
+            return line
+    return ""
+
+
+def _round_trip(cfg: Config, snapshot: SchemaSnapshot, candidates: list[Candidate], answers: list[str | None]) -> None:
+    """Set `confirmed` on each candidate: does the model's SQL for its question return the same result?"""
+    from text2sql.evaluate import compare_results
+    from text2sql.warehouse import QueryRunner
+
+    with QueryRunner.from_config(cfg, workers=0, snapshot=snapshot) as runner:
+        golds = runner.run_many([c.sql for c in candidates], checked=True)
+        runnable = [i for i, a in enumerate(answers) if a]
+        predicted = dict(zip(runnable, runner.run_many([answers[i] for i in runnable])))
+    for i, (candidate, gold) in enumerate(zip(candidates, golds)):
+        if gold.error_kind:
+            candidate.reason = f"the synthetic SQL failed ({gold.error_kind})"
+        elif i not in predicted:
+            candidate.reason = "the model wrote no SQL for the question"
+        else:
+            compared = compare_results(gold, predicted[i], gold_sql=candidate.sql, mode=cfg.eval.mode,
+                                       rel_tol=cfg.eval.rel_tol)
+            candidate.confirmed = compared.equal
+            candidate.reason = "" if compared.equal else compared.reason
