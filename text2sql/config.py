@@ -158,15 +158,10 @@ class DataConfig(_Section):
     """With synthetic: include, at most this many synthetic pairs per curated train pair (1.0 = as many as the
     curated ones), taken in file order."""
 
-    def __post_init__(self) -> None:
-        if self.synthetic not in ("include", "exclude"):
-            raise ConfigError(f"data.synthetic: {self.synthetic!r} is not one of include, exclude")
-        if self.synthetic_ratio < 0:
-            raise ConfigError(f"data.synthetic_ratio: {self.synthetic_ratio!r} must be >= 0 (synthetic pairs per "
-                              "curated train pair)")
-
     def _problems(self) -> list[str]:
         problems = self._not_empty("dataset", "datasets_dir", "embedding_model")
+        problems += self._one_of("synthetic", ("include", "exclude"))
+        problems += self._at_least(0, "synthetic_ratio")
         ratios = self.split_ratios
         if (set(ratios) - set(SPLITS) or any(r < 0 for r in ratios.values())
                 or abs(sum(ratios.values()) - 1.0) > 1e-6):
