@@ -415,41 +415,33 @@ def data_import_spider(path, config_path, overrides, name, split, as_json):
 @click.option("--model", "model_dir", default=None, help="Model that writes and answers the questions (default model.base).")
 @click.option("--seed", type=int, default=None, help="Seed of the mutations (default data.seed).")
 @click.option("--keep-unconfirmed", is_flag=True, help="Keep candidates whose round trip failed (confirmed: false).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def data_synthesize(dataset, config_path, overrides, n, model_dir, seed, keep_unconfirmed, as_json):
+def data_synthesize(dataset, config_path, overrides, n, model_dir, seed, keep_unconfirmed):
     """Propose pairs from the train split (SQL mutated, question written, round trip) into synthetic.jsonl."""
     from text2sql.synthesize import synthesize_pairs
 
-    report = synthesize_pairs(load(config_path, overrides), dataset, n=n, model=model_dir, seed=seed,
-                              keep_unconfirmed=keep_unconfirmed, progress=not as_json)
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    click.echo(synthesize_pairs(load(config_path, overrides), dataset, n=n, model=model_dir, seed=seed,
+                                keep_unconfirmed=keep_unconfirmed).summary())
 
 
 @data.command("review")
 @click.argument("dataset", required=False)
 @config_option
 @set_option
-@click.option("--source", type=click.Choice(["synthetic", "feedback"]), default="synthetic", show_default=True,
-              help="synthetic.jsonl (data synthesize) or feedback.jsonl (serve).")
+@click.option("--source", type=click.Choice(["synthetic", "feedback"]), default="synthetic", show_default=True)
 @click.option("--list", "list_", is_flag=True, help="List the proposed pairs (the default without --accept/--reject).")
 @click.option("--accept", multiple=True, metavar="ID", help="Move this pair into pairs.jsonl (repeatable).")
 @click.option("--reject", multiple=True, metavar="ID", help="Drop this pair (repeatable).")
 @click.option("--accept-all", is_flag=True, help="Accept every proposed pair.")
 @click.option("--confirmed-only", is_flag=True, help="With --accept-all: only pairs the round trip confirmed.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_review(dataset, config_path, overrides, source, list_, accept, reject, accept_all, confirmed_only, as_json):
-    """List proposed pairs, or accept/reject them by id: accepted pairs move into pairs.jsonl (train)."""
+def data_review(dataset, config_path, overrides, source, list_, accept, reject, accept_all, confirmed_only):
+    """List proposed pairs (synthetic.jsonl or serve's feedback.jsonl), or accept/reject them by id: accepted pairs
+    move into pairs.jsonl (train)."""
     from text2sql.data.review import list_entries, render_entries, review_pairs
 
     cfg = load(config_path, overrides)
     if list_ or not (accept or reject or accept_all):
-        entries = list_entries(cfg, dataset, source)
-        payload = [{**e.pair.to_record(), "confirmed": e.confirmed} for e in entries]
-        return click.echo(json.dumps(payload, indent=2) if as_json else render_entries(entries))
-    report = review_pairs(cfg, dataset, source, list(accept), list(reject), accept_all, confirmed_only)
-    for pid, why in report.refused.items():
-        click.echo(f"refused {pid}: {why}", err=True)
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+        return click.echo(render_entries(list_entries(cfg, dataset, source)))
+    click.echo(review_pairs(cfg, dataset, source, list(accept), list(reject), accept_all, confirmed_only).summary())
 
 # ---------------------------------------------------------------- model/train/merge/predict
 

@@ -58,7 +58,8 @@ class ReviewReport:
     """Entries left in the source file."""
 
     def summary(self) -> str:
-        return (f"{len(self.accepted)} accepted into pairs.jsonl (train), {len(self.rejected)} rejected, "
+        refused = "".join(f"refused {pid}: {why}\n" for pid, why in self.refused.items())
+        return (f"{refused}{len(self.accepted)} accepted into pairs.jsonl (train), {len(self.rejected)} rejected, "
                 f"{len(self.refused)} refused by validation; {self.remaining} left in {self.path}")
 
     def to_json(self) -> dict[str, Any]:
