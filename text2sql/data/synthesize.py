@@ -108,7 +108,7 @@ class SynthesisReport:
         return self.kept / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        dropped = ", ".join(f"{k} {n}" for k, n in sorted(self.dropped.items())) or "none"
+        dropped = ", ".join(f"{k} {n}" for k, n in sorted(self.dropped.items()) if n) or "none"
         methods = ", ".join(f"{k} {n}" for k, n in sorted(self.methods.items())) or "none"
         return (f"{self.generated} candidates from {self.sources} train pairs; {self.validated} validated, "
                 f"{self.confirmed} confirmed by the round trip, {self.kept} kept (asked for {self.requested}); "
