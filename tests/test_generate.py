@@ -132,9 +132,10 @@ def test_not_a_model_dir_is_a_model_error(tiny_project, tmp_path):
 
 
 @pytest.mark.parametrize("batch_size, prefix_cache", [(1, True), (3, True), (16, False)])
-def test_static_decoding_gives_the_replies_of_eager_generate(tiny_project, batch_size, prefix_cache):
-    """The static-cache engine (compile off on CPU): slots joining and leaving mid-batch, the cache shifting when
-    a long prompt arrives, and still every greedy reply equals transformers' `generate`."""
+def test_static_decoding_gives_the_replies_of_eager_generate(tiny_project, batch_size, prefix_cache, monkeypatch):
+    """The static-cache engine (compile off on CPU): slots joining and leaving mid-batch, the columns shifting
+    right for a long prompt and left at the cache's end, and still every greedy reply equals `generate`'s."""
+    from text2sql import engine as engine_module
     from text2sql.catalog import load_snapshot
     from text2sql.generate import decode_engine
     from text2sql.prompt import build_messages
@@ -150,6 +151,7 @@ def test_static_decoding_gives_the_replies_of_eager_generate(tiny_project, batch
     gen.batch_size, gen.prefix_cache = batch_size, prefix_cache
     eager = generate(gen, chats, max_new_tokens=20)
     gen.decoding = "static"
+    monkeypatch.setattr(engine_module, "CACHE_TOKENS_STEP", 1)  # a cache just long enough: it shifts often
     assert generate(gen, chats, max_new_tokens=20) == eager
     engine = decode_engine(gen)
     assert engine.steps > 0 and not engine.compile and engine.idle()
