@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+from concurrent.futures import Future
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -49,6 +50,8 @@ class Request:
     outputs: list[list[int]] = field(default_factory=list)
     """Generated token ids per sample, end-of-sequence token excluded."""
     error: BaseException | None = None
+    batch: int = 0
+    """The most slots decoded together in a step while this request was in the batch."""
     cancelled: bool = False
     """Set by the caller to drop the request: its slots are freed at the next step."""
     _open: int = 0
@@ -99,6 +102,12 @@ class DecodeEngine:
         request._open = request.n
         self._incoming.put(request)
 
+    def submit_call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the engine's thread (which owns the model) between steps; its result comes in the future."""
+        future: Future = Future()
+        self._incoming.put(_Call(fn, future))
+        return future
+
     def run(self, requests: list[Request]) -> None:
         """Decode `requests` to the end in this thread (predict/eval)."""
         for request in requests:
@@ -115,13 +124,20 @@ class DecodeEngine:
         while not stop.is_set():
             if self.idle():
                 try:
-                    self._waiting.append(self._incoming.get(timeout=0.1))
+                    self._take(self._incoming.get(timeout=0.1))
                 except queue.Empty:
-                    continue
+                    pass
+                continue
             try:
                 self.step()
             except Exception as exc:  # the model failed: its requests get the error, the next ones a fresh cache
                 self.fail_all(exc)
+
+    def _take(self, item: Request | _Call) -> None:
+        if isinstance(item, _Call):
+            item.run()
+        else:
+            self._waiting.append(item)
 
     def idle(self) -> bool:
         return not self._waiting and self._incoming.empty() and all(s is None for s in self.slots)
@@ -130,7 +146,7 @@ class DecodeEngine:
         """End every request held or waiting with `exc`."""
         held = {id(s[0]): s[0] for s in self.slots if s is not None}
         while not self._incoming.empty():
-            self._waiting.append(self._incoming.get_nowait())
+            self._take(self._incoming.get_nowait())
         held |= {id(r): r for r in self._waiting}
         self._waiting.clear()
         self.slots = [None] * self.max_batch_size
@@ -140,9 +156,11 @@ class DecodeEngine:
             if request.on_done:
                 request.on_done(request)
 
-    def warm(self, prompt: list[int], max_new_tokens: int) -> None:
-        """Compile and record every batch bucket for a prompt of this size, so no user waits for it."""
-        self.run([Request(prompt, max_new_tokens)])
+    def warm(self, prompt: list[int], shared: int, max_new_tokens: int) -> None:
+        """Size the cache for prompts of this length, keep the prompt's shared prefix, and (compiled) record every
+        batch bucket's step, so no user waits for it."""
+        self._reserve(len(prompt) + max_new_tokens)
+        self.run([Request(prompt, 1, shared=shared)])
         self._set_t(0)  # no slot is in use: the warm-up steps write where nothing is read
         for batch in self.buckets:
             for _ in range(WARMUP_CALLS):
@@ -155,7 +173,7 @@ class DecodeEngine:
     def step(self) -> bool:
         """Admit what waits (while slots are free), decode one token for every occupied slot. False once idle."""
         while not self._incoming.empty():
-            self._waiting.append(self._incoming.get_nowait())
+            self._take(self._incoming.get_nowait())
         self._admit()
         occupied = [s for s, held in enumerate(self.slots) if held is not None]
         if not occupied:
@@ -165,6 +183,9 @@ class DecodeEngine:
         batch = next(b for b in self.buckets if b > occupied[-1])
         tokens = self._decode(batch).tolist()
         self.steps += 1
+        for s in occupied:
+            request = self.slots[s][0]
+            request.batch = max(request.batch, len(occupied))
         for s in occupied:
             self._emit(s, tokens[s])
         return True
@@ -378,6 +399,18 @@ class DecodeEngine:
         if any(type(layer).__name__ != "StaticLayer" for layer in probe.layers):
             raise ModelError(f"static decoding needs full-attention layers only; {config.model_type} has "
                              "sliding-window or other layers: set generate.decoding=eager")
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: Future
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except Exception as exc:
+            self.future.set_exception(exc)
 
 
 def _cache_argument(model) -> str:
