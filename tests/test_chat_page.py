@@ -58,7 +58,6 @@ def memorize(model_dir: Path, cfg, answers: dict[str, str], max_steps: int = 400
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    print(f"memorized in {step} steps")
     model.save_pretrained(model_dir)
 
 
@@ -111,6 +110,7 @@ def ask(page, question: str):
     return turn
 
 
+@pytest.mark.slow
 def test_page_asks_shows_sql_rows_chart_refusal_and_sends_a_correction(chat_server, page):
     url, feedback = chat_server
     expected = httpx.post(f"{url}/v1/sql", json={"question": ROWS_QUESTION, "execute": True},
