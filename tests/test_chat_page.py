@@ -34,18 +34,14 @@ def memorize(model_dir: Path, cfg, answers: dict[str, str], max_steps: int = 400
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from text2sql.catalog import load_snapshot
-    from text2sql.prompt import build_messages, model_prompt_settings, render_prompt
+    from text2sql.prompt import render_prompt
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    prompt_cfg, _ = model_prompt_settings(model_dir, cfg.prompt)
-    snapshot = load_snapshot(cfg)
     rows = []
     for question, sql in answers.items():
-        prompt = tok(render_prompt(tok, build_messages(question, snapshot, prompt_cfg, tok)),
-                     add_special_tokens=False)["input_ids"]
+        prompt = tok(render_prompt(tok, server_prompt(cfg, model_dir, tok, question)), add_special_tokens=False)["input_ids"]
         answer = tok(sql + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rows.append((torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -61,12 +57,18 @@ def memorize(model_dir: Path, cfg, answers: dict[str, str], max_steps: int = 400
     model.save_pretrained(model_dir)
 
 
+def server_prompt(cfg, model_dir: Path, tokenizer, question: str) -> list[dict[str, str]]:
+    """The messages the server builds for a question (serve's PromptBuilder, the model's prompt settings)."""
+    from text2sql.prompt import PromptBuilder, model_prompt_settings
+
+    settings = model_prompt_settings(model_dir, cfg.prompt)
+    return PromptBuilder.for_model(cfg, settings, tokenizer, who="serve").messages(question)
+
+
 @pytest.fixture(scope="module")
 def chat_server(tmp_path_factory, tiny_model):
     """A private project and a server (token on, no retries: a refusal stays one) with the taught tiny model."""
-    from text2sql.catalog import load_snapshot
     from text2sql.generate import generate, load_generator
-    from text2sql.prompt import build_messages
 
     root = tmp_path_factory.mktemp("chat")
     path = build_project(root / "proj")
@@ -77,7 +79,7 @@ def chat_server(tmp_path_factory, tiny_model):
     answers = {ROWS_QUESTION: ROWS_SQL, REFUSED_QUESTION: REFUSED_SQL}
     memorize(model_dir, cfg, answers)
     gen = load_generator(model_dir, cfg)
-    chats = [build_messages(q, load_snapshot(cfg), gen.prompt, gen.tokenizer) for q in answers]
+    chats = [server_prompt(cfg, model_dir, gen.tokenizer, q) for q in answers]
     assert generate(gen, chats) == list(answers.values()), "the tiny model did not learn its two answers"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("T2S_PAGE_TOKEN", TOKEN)
