@@ -4,6 +4,7 @@
     python bench/generate_throughput.py --model DIR --eval             # + generate, execute, compare end to end
     python bench/generate_throughput.py --random-8b --max-new-tokens 128   # a Llama-3.1-8B-shaped model, random weights
     python bench/generate_throughput.py --smoke                        # CPU: the tiny test model, 6 prompts
+    python bench/generate_throughput.py --model DIR --decoding eager,static --out DIR   # both decoding paths
 
 Both ways use `text2sql.generate.generate` on the prompts `predict` builds (`prompts_for`), greedy, the same
 max_new_tokens; one-at-a-time is the same call with batch size 1. Prints predictions/s, new tokens/s and the
@@ -14,6 +15,11 @@ bench/results/generate_throughput.json (--random-8b: generate_throughput_8b_rand
 --random-8b: Llama-3.1-8B's shape with random weights, built on the GPU (throughput does not depend on the
 values), with the default base model's tokenizer (so its vocabulary, 49,152, instead of Llama's 128,256).
 Random weights rarely emit the end-of-turn token, so nearly every reply runs to --max-new-tokens.
+
+--decoding eager,static: the whole measurement once per decoding path (`generate.decoding`; static warms its
+compiled steps first, untimed), in the same run; `by_decoding` holds each, `static_vs_eager` the ratios and how
+many replies are the same, and each path reports its batch-1 decode time per token (a long reply minus a
+1-token one, over the extra tokens: prefill excluded).
 """
 
 from __future__ import annotations
@@ -44,8 +50,12 @@ def main() -> None:
                         help="also time the best batch size and one-at-a-time with generate.prefix_cache off, "
                              "then with it on again")
     parser.add_argument("--eval", action="store_true", help="Also time predict + evaluate end to end")
+    parser.add_argument("--decoding", default=None,
+                        help="comma-separated decoding paths to time in turn, e.g. eager,static (default: the "
+                             "config's generate.decoding, resolved)")
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for the result JSON (default bench/results; --smoke writes only with --out)")
     args = parser.parse_args()
 
     import torch
@@ -75,16 +85,35 @@ def main() -> None:
     messages = prompts_for(cfg, gen, pairs, cfg.data.dataset)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
-    generate(gen, messages[:2], args.max_new_tokens)  # warm-up: kernels, allocator
-    batched_runs = [_timed(gen, messages, args.max_new_tokens, b) for b in (args.batch_size or [gen.batch_size])]
-    single = _timed(gen, messages[: args.single], args.max_new_tokens, 1)
-    batched = max(batched_runs, key=lambda r: r["predictions_per_s"])
+    decodings = args.decoding.split(",") if args.decoding else [gen.decoding]
+    by_decoding = {}
+    for decoding in decodings:
+        gen.decoding = decoding
+        print(f"decoding: {decoding}", file=sys.stderr)
+        by_decoding[decoding] = _measure(gen, messages, args)
     model_name = "llama-3.1-8b-shape-random" if args.random_8b else str(gen.model_dir)
     result = {"device": device, "date": dt.date.today().isoformat(), "model": model_name, "kind": gen.kind,
               "params": sum(p.numel() for p in gen.model.parameters()), "questions": len(messages),
-              "max_new_tokens": args.max_new_tokens or gen.max_new_tokens, "batched": batched,
-              "batched_runs": batched_runs, "one_at_a_time": single,
-              "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"]}
+              "max_new_tokens": args.max_new_tokens or gen.max_new_tokens, "decoding": decodings[-1],
+              **by_decoding[decodings[-1]]}
+    batched, single, batched_runs = result["batched"], result["one_at_a_time"], result["batched_runs"]
+    if len(decodings) > 1:
+        result["by_decoding"] = by_decoding
+        base, fast = by_decoding[decodings[0]], by_decoding[decodings[-1]]
+        result[f"{decodings[-1]}_vs_{decodings[0]}"] = {
+            "batched_predictions_per_s": fast["batched"]["predictions_per_s"] / base["batched"]["predictions_per_s"],
+            "one_at_a_time_predictions_per_s":
+                fast["one_at_a_time"]["predictions_per_s"] / base["one_at_a_time"]["predictions_per_s"],
+            "decode_ms_per_token_batch1": fast["decode_ms_per_token_batch1"] / base["decode_ms_per_token_batch1"],
+            "same_replies": sum(a == b for a, b in zip(fast["batched"]["replies"], base["batched"]["replies"])),
+            "prompts": len(messages)}
+        for name, r in by_decoding.items():
+            print(f"{name:7s}: batched {r['batched']['predictions_per_s']:7.2f} predictions/s, one at a time "
+                  f"{r['one_at_a_time']['predictions_per_s']:6.2f}/s, batch-1 decode "
+                  f"{r['decode_ms_per_token_batch1']:.2f} ms/token")
+        ratio = result[f"{decodings[-1]}_vs_{decodings[0]}"]
+        print(f"{decodings[-1]} / {decodings[0]}: batched {ratio['batched_predictions_per_s']:.2f}x, one at a time "
+              f"{ratio['one_at_a_time_predictions_per_s']:.2f}x, same replies {ratio['same_replies']}/{len(messages)}")
     if args.prefix_cache_ablation:
         runs = {"batched": (messages, batched["batch_size"]), "one_at_a_time": (messages[: args.single], 1)}
         gen.prefix_cache = False
@@ -116,12 +145,50 @@ def main() -> None:
     if "end_to_end" in result:
         print(f"predict + evaluate on {args.split}: {result['end_to_end']['seconds']:.1f} s")
     for r in [*batched_runs, single, *result.get("without_prefix_cache", {}).values(),
-              *result.get("with_prefix_cache_again", {}).values()]:
-        r.pop("replies")
-    if not args.smoke:
-        args.out.mkdir(parents=True, exist_ok=True)
+              *result.get("with_prefix_cache_again", {}).values(),
+              *(run for m in result.get("by_decoding", {}).values() for run in [*m["batched_runs"], m["one_at_a_time"]])]:
+        r.pop("replies", None)
+    if not args.smoke or args.out:
+        out = args.out or REPO / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
         name = "generate_throughput_8b_random" if args.random_8b else "generate_throughput"
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out / f'{name}.json'}")
+
+
+def _measure(gen, messages, args) -> dict:
+    """Batched runs, one at a time, and the batch-1 decode time per token, with `gen.decoding` as set."""
+    from text2sql.generate import generate
+
+    _warm(gen, messages, args.max_new_tokens, [*(args.batch_size or [gen.batch_size]), 1])
+    generate(gen, messages[:2], args.max_new_tokens)  # warm-up: kernels, allocator
+    batched_runs = [_timed(gen, messages, args.max_new_tokens, b) for b in (args.batch_size or [gen.batch_size])]
+    single = _timed(gen, messages[: args.single], args.max_new_tokens, 1)
+    batched = max(batched_runs, key=lambda r: r["predictions_per_s"])
+    return {"batched": batched, "batched_runs": batched_runs, "one_at_a_time": single,
+            "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"],
+            "decode_ms_per_token_batch1": _decode_ms_per_token(gen, messages, args.max_new_tokens)}
+
+
+def _warm(gen, messages, max_new_tokens, batch_sizes) -> None:
+    """Static decoding: compile and record each engine's steps (one engine per batch size) for the longest prompt,
+    so no timed run pays for it."""
+    if gen.decoding != "static":
+        return
+    from text2sql.generate import decode_engine, encode_chats
+
+    ids, shared = encode_chats(gen, messages)
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    for batch_size in batch_sizes:
+        decode_engine(gen, batch_size).warm(ids[longest], shared[longest], max_new_tokens or gen.max_new_tokens)
+
+
+def _decode_ms_per_token(gen, messages, max_new_tokens) -> float:
+    """Batch 1: (time of the longest reply among a few prompts - time of 1 token) / the extra tokens."""
+    long_runs = [_timed(gen, [m], max_new_tokens, 1) for m in messages[:3]]
+    run = max(long_runs, key=lambda r: r["new_tokens"])
+    one = _timed(gen, [messages[long_runs.index(run)]], 1, 1)
+    return (run["seconds"] - one["seconds"]) * 1000 / max(1, run["new_tokens"] - one["new_tokens"])
 
 
 def random_generator(cfg, shape: dict, tokenizer_dir):
@@ -152,7 +219,7 @@ def _timed(gen, messages, max_new_tokens, batch_size: int) -> dict:
     s = gen.stats
     return {"batch_size": batch_size, "prompts": s["prompts"], "seconds": s["seconds"],
             "predictions_per_s": s["prompts"] / s["seconds"], "new_tokens_per_s": s["new_tokens"] / s["seconds"],
-            "replies": replies}
+            "new_tokens": s["new_tokens"], "replies": replies}
 
 
 if __name__ == "__main__":

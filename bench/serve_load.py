@@ -1,13 +1,19 @@
 """Load test of `text2sql serve`: N requests at C-way concurrency; status counts and latency percentiles.
 
     python bench/serve_load.py [--requests 1000] [--concurrency 16] [--model DIR | --upstream URL | --url URL]
-                               [--execute] [--chat] [--smoke]
+                               [--execute] [--chat] [--stream] [--smoke] [--decoding eager,static --out-dir DIR]
 
 Starts `text2sql serve` in a subprocess on a free 127.0.0.1 port (bearer token on) with the tiny test model
 (tests/tinymodel.py) by default, or `--model DIR`, or `--upstream URL`; `--url` drives a server that is
 already running instead (`--token` or $TEXT2SQL_TOKEN). Questions cycle through the dataset's questions.
 Prints p50/p95/p99 latency and writes bench/results/serve_load.json (`--smoke`: 64 requests, no file).
 Exit code 1 when any request got a 5xx or no answer at all.
+
+--decoding eager,static starts one server per decoding path (`generate.decoding`) in turn and drives each with
+the same load; with --out-dir, each report goes to DIR/serve_load-<decoding>.json and the ratios (the last path
+against the first) to DIR/serve_load-compare.json. --stream asks /v1/chat/completions with `stream: true` and
+also reports the time to the first content chunk. The started server warms up (static decoding: compiles) before
+it answers /healthz, so no timed request pays for that.
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--execute", action="store_true", help="Ask the server to run each query too.")
     parser.add_argument("--chat", action="store_true", help="Use /v1/chat/completions instead of /v1/sql.")
+    parser.add_argument("--stream", action="store_true", help="Chat with stream: true; report time to first token.")
+    parser.add_argument("--decoding", default=None,
+                        help="comma-separated generate.decoding values, one started server each, e.g. eager,static")
+    parser.add_argument("--out-dir", default=None, help="Write serve_load-<decoding>.json (+ -compare.json) here.")
+    parser.add_argument("--startup-timeout-s", type=float, default=1200.0,
+                        help="Wait this long for the started server's /healthz (compiling takes minutes).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="Config override for the started server (repeatable).")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="Client-side limit per request.")
@@ -58,14 +70,51 @@ def main() -> None:
     if args.smoke:
         args.requests = min(args.requests, 64)
 
+    if args.stream:
+        args.chat = True
     config_path = Path(args.config) if args.config else REPO / "text2sql.yaml"
     questions = _questions(config_path)
+    decodings = args.decoding.split(",") if args.decoding else [None]
+    if args.url and args.decoding:
+        sys.exit("--decoding starts its own servers: leave out --url")
+    reports = {}
+    for decoding in decodings:
+        report = _run_once(args, config_path, questions, decoding)
+        reports[decoding or "default"] = report
+        print(json.dumps({"decoding": decoding} | {k: report[k] for k in
+                                                   ("requests", "concurrency", "statuses", "latency_ms", "throughput_rps")}))
+        if args.out_dir:
+            _write(Path(args.out_dir) / f"serve_load-{decoding or 'default'}.json", report)
+        elif not args.smoke or args.out:
+            _write(Path(args.out) if args.out else RESULT, report)
+    if len(reports) > 1:
+        (base_name, base), (fast_name, fast) = list(reports.items())[0], list(reports.items())[-1]
+        compare = {"baseline": base_name, "fast": fast_name, "concurrency": args.concurrency,
+                   "p50_ratio": _ratio(fast["latency_ms"]["p50"], base["latency_ms"]["p50"]),
+                   "p95_ratio": _ratio(fast["latency_ms"]["p95"], base["latency_ms"]["p95"]),
+                   "throughput_ratio": _ratio(fast["throughput_rps"], base["throughput_rps"]),
+                   "by_decoding": {name: {k: r[k] for k in ("statuses", "latency_ms", "throughput_rps")} |
+                                   ({"first_token_ms": r["first_token_ms"]} if "first_token_ms" in r else {})
+                                   for name, r in reports.items()}}
+        print(json.dumps({k: compare[k] for k in ("p50_ratio", "p95_ratio", "throughput_ratio")}))
+        if args.out_dir:
+            _write(Path(args.out_dir) / "serve_load-compare.json", compare)
+    failures = sum(n for report in reports.values() for status, n in report["statuses"].items()
+                   if status == "error" or int(status) >= 500)
+    if failures:
+        print(f"FAIL: {failures} request(s) got a 5xx or no answer", file=sys.stderr)
+        sys.exit(1)
+
+
+def _run_once(args, config_path: Path, questions: list[str], decoding: str | None) -> dict:
+    """Start a server (with this generate.decoding) unless --url, drive it, report."""
     server, log_file, overrides = None, None, list(args.overrides)
     url, token = args.url, args.token
     try:
         if url is None:
             token = secrets.token_urlsafe(16)
-            server, url, log_file, overrides = _start_server(args, config_path, token)
+            extra = [f"generate.decoding={decoding}"] if decoding else []
+            server, url, log_file, overrides = _start_server(args, config_path, token, extra)
         started = time.perf_counter()
         results = asyncio.run(_drive(url, token, questions, args))
         wall = time.perf_counter() - started
@@ -73,21 +122,22 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(60)
-    report = _report(results, wall, args, url) | {"overrides": overrides}
-    print(json.dumps({k: report[k] for k in ("requests", "concurrency", "statuses", "latency_ms", "throughput_rps")}))
+    report = _report(results, wall, args, url) | {"overrides": overrides, "decoding": decoding}
     if log_file is not None:
         report["server_log"] = _server_summary(log_file)
-    if not args.smoke or args.out:
-        out = Path(args.out) if args.out else RESULT
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out)
-        print(f"wrote {out}")
-    failures = sum(n for status, n in report["statuses"].items() if status == "error" or int(status) >= 500)
-    if failures:
-        print(f"FAIL: {failures} request(s) got a 5xx or no answer", file=sys.stderr)
-        sys.exit(1)
+    return report
+
+
+def _write(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
 
 def _questions(config_path: Path) -> list[str]:
@@ -104,8 +154,8 @@ def _questions(config_path: Path) -> list[str]:
     return FALLBACK_QUESTIONS
 
 
-def _start_server(args, config_path: Path, token: str):
-    model, overrides = args.model, list(args.overrides)
+def _start_server(args, config_path: Path, token: str, extra: list[str] = ()):
+    model, overrides = args.model, [*args.overrides, *extra]
     if model is None and args.upstream is None:
         sys.path.insert(0, str(REPO / "tests"))
         from tinymodel import tiny_model_dir
@@ -126,7 +176,7 @@ def _start_server(args, config_path: Path, token: str):
     env = {**os.environ, "TEXT2SQL_TOKEN": token}
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file.open("w"))
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, server, log_file)
+    _wait_healthy(url, server, log_file, args.startup_timeout_s)
     return server, url, log_file, overrides
 
 
@@ -165,16 +215,21 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
             question = questions[i % len(questions)]
             if args.chat:
                 path = "/v1/chat/completions"
-                body = {"model": "text2sql", "messages": [{"role": "user", "content": question}]}
+                body = {"model": "text2sql", "messages": [{"role": "user", "content": question}],
+                        "stream": args.stream}
             else:
                 path, body = "/v1/sql", {"question": question, "execute": args.execute}
-            started = time.perf_counter()
+            started, first_token = time.perf_counter(), None
             try:
-                response = await client.post(path, json=body)
-                status, payload = response.status_code, response.json()
+                if args.stream:
+                    status, payload, first_token = await _streamed(client, path, body, started)
+                else:
+                    response = await client.post(path, json=body)
+                    status, payload = response.status_code, response.json()
             except (httpx.HTTPError, ValueError) as exc:
                 status, payload = "error", {"error": f"{type(exc).__name__}: {exc}"}
-            record = {"status": status, "latency_ms": (time.perf_counter() - started) * 1000}
+            record = {"status": status, "latency_ms": (time.perf_counter() - started) * 1000,
+                      "first_token_ms": first_token}
             answer = payload.get("text2sql", payload) if isinstance(payload, dict) else {}
             record |= {k: answer.get(k) for k in ("valid", "retried", "error_kind")}
             results.append(record)
@@ -184,11 +239,32 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
     return results
 
 
+async def _streamed(client, path: str, body: dict, started: float):
+    """A streamed chat: (status, the last chunk's payload, ms to the first content chunk)."""
+    first_token, last = None, {}
+    async with client.stream("POST", path, json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, response.json(), None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first_token is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                first_token = (time.perf_counter() - started) * 1000
+            if chunk.get("choices"):
+                last = chunk
+    return response.status_code, last, first_token
+
+
 def _report(results: list[dict], wall: float, args, url: str) -> dict:
     latencies = sorted(r["latency_ms"] for r in results if r["status"] == 200)
     answered = [r for r in results if r["status"] == 200]
-    return {
-        "requests": len(results), "requests_asked": args.requests, "concurrency": args.concurrency, "endpoint": "chat" if args.chat else "sql",
+    first_tokens = sorted(r["first_token_ms"] for r in answered if r.get("first_token_ms") is not None)
+    extra = {"first_token_ms": {f"p{q}": _percentile(first_tokens, q) for q in (50, 95)}} if args.stream else {}
+    return extra | {
+        "requests": len(results), "requests_asked": args.requests, "concurrency": args.concurrency,
+        "endpoint": ("chat-stream" if args.stream else "chat") if args.chat else "sql",
         "execute": args.execute,
         "server": "external " + url if args.url else ("upstream " + args.upstream if args.upstream else
                                                        f"local {args.model or 'tiny test model'}"),

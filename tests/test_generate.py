@@ -130,3 +130,51 @@ def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
 def test_not_a_model_dir_is_a_model_error(tiny_project, tmp_path):
     with pytest.raises(ModelError, match="is not a model dir"):
         load_generator(tmp_path, load_config(tiny_project))
+
+
+@pytest.mark.parametrize("batch_size, prefix_cache", [(1, True), (3, True), (16, False)])
+def test_static_decoding_gives_the_replies_of_eager_generate(tiny_project, batch_size, prefix_cache, monkeypatch):
+    """The static-cache engine (compile off on CPU): slots joining and leaving mid-batch, the columns shifting
+    right for a long prompt and left at the cache's end, and still every greedy reply equals `generate`'s."""
+    from text2sql import engine as engine_module
+    from text2sql.catalog import load_snapshot
+    from text2sql.generate import decode_engine
+    from text2sql.prompt import build_messages
+    from text2sql.serve import correction_messages
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    assert gen.decoding == "eager"  # auto on a CPU
+    snapshot = load_snapshot(cfg)
+    chats = [build_messages(q, snapshot, gen.prompt, gen.tokenizer) for q, _, _ in PAIRS[:5]]
+    chats += [[{"role": "user", "content": "x"}],  # a short prompt without the schema
+              correction_messages(chats[0], "SELECT nope FROM core.stores", "unknown_column", "no column nope")]
+    gen.batch_size, gen.prefix_cache = batch_size, prefix_cache
+    eager = generate(gen, chats, max_new_tokens=20)
+    gen.decoding = "static"
+    monkeypatch.setattr(engine_module, "CACHE_TOKENS_STEP", 1)  # a cache just long enough: it shifts often
+    assert generate(gen, chats, max_new_tokens=20) == eager
+    engine = decode_engine(gen)
+    assert engine.steps > 0 and not engine.compile and engine.idle()
+    assert generate(gen, chats[::-1], max_new_tokens=20) == eager[::-1]  # a warm engine, another admission order
+    assert engine.shifts > 0  # the write column moved for a longer prompt (or past the cache end)
+    assert eager[0].startswith(generate(gen, chats[:1], max_new_tokens=3)[0])  # stops at max_new_tokens
+
+
+def test_static_engine_samples_n_candidates_and_streams_tokens(tiny_project):
+    from text2sql.engine import Request
+    from text2sql.generate import decode_engine, encode_chats
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    chat = [{"role": "user", "content": PAIRS[0][0]}]
+    (ids,), (shared,) = encode_chats(gen, [chat])
+    seen: list[tuple[int, int]] = []
+    done: list[Request] = []
+    greedy = Request(ids, 10, n=1, on_tokens=lambda r, i: seen.append((i, len(r.outputs[i]))), on_done=done.append)
+    sampled = Request(ids, 10, n=3, temperature=5.0)
+    decode_engine(gen, 4).run([greedy, sampled])
+    assert done == [greedy] and seen == [(0, k) for k in range(1, len(greedy.outputs[0]) + 1)]
+    assert len(sampled.outputs) == 3 and len({tuple(o) for o in sampled.outputs}) > 1  # hot sampling differs
+    gen.decoding = "eager"
+    assert gen.tokenizer.decode(greedy.outputs[0], skip_special_tokens=True) == generate(gen, [chat], 10)[0]

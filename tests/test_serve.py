@@ -186,6 +186,15 @@ def local(config_path, tiny_model):
             yield client
 
 
+@pytest.fixture(scope="module")
+def static_local(config_path, tiny_model):
+    """A server decoding with the static-cache engine (compile off on CPU), otherwise as `local`."""
+    overrides = ["generate.max_new_tokens=12", "serve.max_batch_size=4", "generate.decoding=static"]
+    with serving(config(config_path, *overrides), tiny_model) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+
+
 # ---------------------------------------------------------------- /v1/sql and self-correction
 
 
@@ -328,6 +337,42 @@ def test_openai_client_gets_sql_usage_models_and_a_stream(scripted, engine):
     assert chunks[-1].usage.total_tokens == 18
 
 
+def test_openai_stream_sends_tokens_as_they_come_then_the_checked_sql(static_local, local):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{static_local.base_url}/v1", api_key="unused", max_retries=0)
+    question = "How many stores are there?"
+    chunks = list(client.chat.completions.create(model="text2sql", stream=True,
+                                                 messages=[{"role": "user", "content": question}]))
+    texts = [c.choices[0].delta.content for c in chunks[1:-1]]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len(texts) >= 4 and all(texts), "one chunk per decoded piece of text, not one at the end"
+    last = chunks[-1]
+    assert last.choices[0].finish_reason in ("stop", "content_filter") and last.choices[0].delta.content is None
+    checked = last.model_extra["text2sql"]
+    answer = static_local.post("/v1/sql", json={"question": question}).json()
+    assert {k: checked[k] for k in ("sql", "valid", "retried")} == {k: answer[k] for k in ("sql", "valid", "retried")}
+    assert checked.get("error_kind") == answer.get("error_kind")
+    streamed = "".join(texts)
+    assert streamed.split("\n")[-1].strip() in checked["sql"] or not checked["valid"]
+    # static decoding answers what eager decoding answers
+    eager = local.post("/v1/sql", json={"question": question}).json()
+    assert {k: v for k, v in eager.items() if k != "latency_ms"} == {k: v for k, v in answer.items() if k != "latency_ms"}
+
+
+def test_stream_of_a_refused_query_ends_with_the_reason(scripted, engine):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{scripted.base_url}/v1", api_key=TOKEN, max_retries=0)
+    engine.script("DROP TABLE sales.orders")
+    chunks = list(client.chat.completions.create(model="text2sql", stream=True,
+                                                 messages=[{"role": "user", "content": "drop the orders"}]))
+    assert "DROP TABLE sales.orders" in "".join(c.choices[0].delta.content or "" for c in chunks)
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "content_filter"
+    assert last.model_extra["text2sql"]["error_kind"] == "refused" and "DROP" in last.model_extra["text2sql"]["error"]
+
+
 def test_engine_model_id_generates_from_the_messages_as_given(scripted, engine):
     engine.script("raw reply")
     messages = [{"role": "system", "content": "custom"}, {"role": "user", "content": "hi"}]
@@ -408,6 +453,18 @@ def test_concurrent_requests_share_generation_batches(local):
     assert statuses == [200] * 10
     batches = [e["batch"] for e in requests_logged(logs, "/v1/sql")]
     assert len(batches) == 10 and max(batches) > 1 and max(batches) <= 4  # serve.max_batch_size=4
+
+
+def test_static_engine_admits_requests_into_the_running_batch(static_local):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with captured_logs() as logs, ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda i: static_local.post("/v1/sql", json={"question": f"Orders in week {i}?"})
+                                 .status_code, range(10)))
+        wait_until(lambda: len(requests_logged(logs, "/v1/sql")) == 10)
+    assert statuses == [200] * 10
+    batches = [e["batch"] for e in requests_logged(logs, "/v1/sql")]
+    assert max(batches) > 1 and max(batches) <= 4  # serve.max_batch_size=4 slots
 
 
 def test_local_model_answers_sql_and_chat(local):

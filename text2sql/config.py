@@ -302,12 +302,16 @@ class GenerateConfig(_Section):
     """Nucleus sampling threshold of the extra candidates."""
     seed: int = 0
     """Seed of the candidate sampling: the same seed, model and prompts give the same candidates."""
+    decoding: str = "auto"
+    """auto | eager | static: `static` decodes from a preallocated KV cache with requests joining the running batch
+    (and, on CUDA, the decode step captured in CUDA graphs by torch.compile); `eager` runs transformers' `generate`
+    per batch; auto = static on CUDA, eager on CPU. Both give the same greedy replies."""
 
     def _problems(self) -> list[str]:
         problems = self._at_least(1, "max_new_tokens", "batch_size", "num_candidates") + self._positive("temperature")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p: must be in (0, 1], got {self.top_p!r}")
-        return problems
+        return problems + self._one_of("decoding", ("auto", "eager", "static"))
 
 
 @dataclass

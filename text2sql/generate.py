@@ -40,9 +40,14 @@ class Generator:
     prefix_cache: bool = True
     settings: PromptSettings | None = None
     """What the model's prompt is made of (`prompt.model_prompt_settings`); `prompt` and `dataset` are parts of it."""
+    decoding: str = "eager"
+    """eager (transformers' `generate` per batch) | static (`text2sql.engine`: static KV cache, per-step admission,
+    CUDA graphs on CUDA); `load_generator` resolves `generate.decoding: auto`."""
     stats: dict[str, float] = field(default_factory=dict)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)
     """KV caches of the latest shared prefixes (token ids -> cache), most recent last."""
+    _engines: dict = field(default_factory=dict, repr=False)
+    """Static-decoding engines by slot count (predict's batch size, the server's max_batch_size)."""
 
 
 def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
@@ -75,8 +80,35 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     tokenizer = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else adapter_base(path))
     set_end_of_turn(tokenizer, model)
     settings = model_prompt_settings(path, cfg.prompt)
+    decoding = cfg.generate.decoding
+    if decoding == "auto":
+        decoding = "static" if device == "cuda" else "eager"
     return Generator(model, tokenizer, path, kind, settings.prompt, settings.dataset, cfg.generate.batch_size,
-                     cfg.generate.max_new_tokens, cfg.generate.prefix_cache, settings=settings)
+                     cfg.generate.max_new_tokens, cfg.generate.prefix_cache, settings=settings, decoding=decoding)
+
+
+def decode_engine(gen: Generator, max_batch_size: int | None = None):
+    """The generator's static-decoding engine with this many slots (built once; compiled on CUDA)."""
+    from text2sql.engine import DecodeEngine
+
+    slots = max_batch_size or gen.batch_size
+    if slots not in gen._engines:
+        compile = next(gen.model.parameters()).device.type == "cuda"
+        gen._engines[slots] = DecodeEngine(gen.model, gen.tokenizer.eos_token_id, slots, compile, gen._prefixes)
+    return gen._engines[slots]
+
+
+def encode_chats(gen: Generator, messages: list[list[dict[str, str]]]) -> tuple[list[list[int]], list[int]]:
+    """Token ids of each rendered chat, and how many of its leading tokens come before the question (0 with the
+    prefix cache off)."""
+    from text2sql.prompt import render_prompt
+
+    tok = gen.tokenizer
+    ids = [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
+    # Where each prompt stops being shared: its tokens before the question (system message, schema, ...).
+    heads: dict[str, list[int]] = {}  # one rendering per distinct system message, not one per prompt
+    shared = [_question_start(tok, m, row, heads) for m, row in zip(messages, ids)] if gen.prefix_cache else [0] * len(ids)
+    return ids, shared
 
 
 @dataclass(frozen=True)
@@ -109,21 +141,20 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
 
     The part of the prompts a batch shares (system message, schema) comes from a kept KV cache when
     `gen.prefix_cache` is on; the pads go after it, so every reply still follows its prompt directly.
+    With `gen.decoding` static, `text2sql.engine` decodes greedy replies instead (same replies); sampled
+    candidates and log-probabilities still come from this eager path.
     """
     import time
 
     import torch
     from transformers import GenerationConfig
 
-    from text2sql.prompt import render_prompt
-
     if not messages:
         return []
+    if gen.decoding == "static" and sampling is None and not logprobs:
+        return _generate_static(gen, messages, max_new_tokens or gen.max_new_tokens)
     tok, model = gen.tokenizer, gen.model
-    ids = [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
-    # Where each prompt stops being shared: its tokens before the question (system message, schema, ...).
-    heads: dict[str, list[int]] = {}  # one rendering per distinct system message, not one per prompt
-    shared = [_question_start(tok, m, row, heads) for m, row in zip(messages, ids)] if gen.prefix_cache else [0] * len(ids)
+    ids, shared = encode_chats(gen, messages)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=False, use_cache=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -229,6 +260,25 @@ class _ReplyLogprob:
         self._score(sequences[:, -1])
         self.previous = None
         return self.total.cpu()
+
+
+def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+    """`generate` through the static-cache engine: every prompt queued at once, each joining the decode batch as
+    a slot frees up."""
+    import time
+
+    from text2sql.engine import Request
+
+    gen.model.eval()
+    ids, shared = encode_chats(gen, messages)
+    started = time.perf_counter()
+    requests = [Request(row, max_new_tokens, shared=n) for row, n in zip(ids, shared)]
+    decode_engine(gen).run(requests)
+    tok = gen.tokenizer
+    replies = [tok.decode(r.outputs[0], skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in requests]
+    gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": sum(len(r.outputs[0]) for r in requests),
+                 "prompts": len(ids), "prompt_tokens": [len(r) for r in ids]}
+    return replies
 
 
 MIN_CACHED_PREFIX = 32

@@ -6,10 +6,15 @@ Endpoints (all but /healthz need `Authorization: Bearer $TEXT2SQL_TOKEN` when th
 
 - `POST /v1/sql` `{question, execute?, max_rows?}` -> `{sql, tables, valid, error?, error_kind?, columns?, rows?,
   truncated?, latency_ms, retried}`.
-- `POST /v1/chat/completions`, OpenAI-compatible (also `stream: true`, sent as one chunk once the SQL is checked).
-  With model `text2sql` (or any name but the engine's) the last user message is the question and the reply
+- `POST /v1/chat/completions`, OpenAI-compatible. `stream: true` sends the model's tokens as they come (server-sent
+  events, OpenAI chunks), then a final chunk with the finish reason and a `text2sql` object: the checked SQL, and
+  its error (a refusal's reason) if it is not valid. With model `text2sql` (or any name but the engine's) the last user message is the question and the reply
   is the checked SQL; with the engine's model id (see `/v1/models`) the messages go to the model as they are,
   the way vLLM would serve them: that is what another instance's `--upstream` sends.
+- `POST /v1/feedback` `{question, model_sql, verdict: right|wrong, sql?}`: the answer marked right, or wrong with
+  the corrected SQL; the SQL kept is checked and run in the sandbox first (422 if it fails), then appended to
+  `datasets/<name>/feedback.jsonl` (see `text2sql.feedback`).
+- `GET /`: the chat page (`text2sql/static/`), which calls `/v1/sql` and `/v1/feedback` with the token typed in it.
 - `GET /v1/models`, `GET /healthz`.
 
 Each question takes these steps, in `_Pipeline.answer`: the prompt from schemas/ through `prompt.PromptBuilder`
@@ -17,9 +22,10 @@ with the model's own prompt settings (exactly as `predict` builds it) -> the bac
 (the reply judged whole, as eval judges it) -> when asked, the sandboxed `QueryRunner` -> on an error,
 `serve.retries` more attempts with the error added as a user turn (`correction_messages`).
 
-Backends: a local transformers model, where an asyncio batcher gathers the requests that arrive while a batch
-runs into the next one (up to `serve.max_batch_size`, generation in one worker thread, a bounded queue); or
-`--upstream URL`, any OpenAI-compatible engine, which gets the rendered messages and only generates.
+Backends: a local transformers model, either with `generate.decoding: static` (`text2sql.serve_engine`: requests
+join the running decode batch at its next step, up to `serve.max_batch_size` slots, tokens streamed as they come)
+or eager, where an asyncio batcher gathers the requests that arrive while a batch runs into the next one (up to
+`serve.max_batch_size`, generation in one worker thread, a bounded queue); or `--upstream URL`, any OpenAI-compatible engine, which gets the rendered messages and only generates.
 
 Operation: bearer-token auth, request body limit (413), question length limit (422), at most
 `serve.max_concurrency` requests in flight (429 past that, never a wait), one JSON log line per request
@@ -42,12 +48,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 # pydantic comes with pyiceberg (a core dependency); fastapi and uvicorn are imported only when serving.
 from pydantic import BaseModel, ConfigDict, Field
 
 from text2sql.errors import MODEL_PACKAGES, ConfigError, ModelError, require, require_all
+from text2sql.feedback import FeedbackRequest, FeedbackStore, feedback_path, feedback_record
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -63,11 +70,15 @@ ENGINE_OWNER = "text2sql-engine"
 """`owned_by` of the raw engine entry in /v1/models (the pipeline's is `text2sql`)."""
 RETRY_PROMPT = "That query failed ({kind}): {message}\nWrite a corrected query. Reply with the SQL query only."
 """The user turn added after a failed attempt; the failed SQL is the assistant turn before it."""
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})
+"""Paths served without the token (also everything under /static/: the page asks for the token itself)."""
+STATIC_DIR = Path(__file__).parent / "static"
 SHUTDOWN_GRACE_S = 30
 """Seconds uvicorn waits for requests in flight after SIGTERM/SIGINT before closing them."""
 BODY_TIMEOUT_S = 30.0
 """A client that takes longer to send its body gets 408 (and frees its slot)."""
+WARMUP_QUESTION = "How many rows are there?"
+"""Asked once at startup (static decoding): prefills the schema's KV cache and compiles the decode step."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 log = logging.getLogger("text2sql.serve")
@@ -103,7 +114,8 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     require("fastapi", "serve")
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
     from text2sql.catalog import load_snapshot
@@ -133,7 +145,12 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
         # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
-        backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
+        if gen.decoding == "static":
+            from text2sql.serve_engine import EngineBackend
+
+            backend = EngineBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
+        else:
+            backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
     # Before the query workers start: with `strict` a changed schema stops here, leaving nothing running.
     prompts = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
@@ -146,10 +163,14 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     token = os.environ.get(s.token_env, "") if s.token_env else ""
     max_new_tokens = cfg.generate.max_new_tokens
     max_rows_cap = cfg.warehouse.max_rows
+    feedback = FeedbackStore(feedback_path(cfg))
+    answered_by = str(getattr(backend, "gen", None) and backend.gen.model_dir or model_dir or upstream)
 
     @asynccontextmanager
     async def lifespan(app):
         await backend.start()
+        if hasattr(backend, "warm"):
+            await backend.warm(pipeline.messages(WARMUP_QUESTION), max_new_tokens)
         log.info("startup", extra={"fields": {
             "backend": backend.kind, "engine": backend.engine_id, "auth": bool(token), "tables": len(snapshot.tables),
             "retries": s.retries, "max_batch_size": s.max_batch_size, "max_concurrency": s.max_concurrency}})
@@ -163,6 +184,7 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
 
     app = FastAPI(title="text2sql", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, token=token, max_body_bytes=s.max_body_bytes, max_concurrency=s.max_concurrency)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(_APIError)
     async def api_error(request: Request, exc: _APIError):
@@ -184,6 +206,25 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok"}
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/feedback")
+    async def post_feedback(body: FeedbackRequest, request: Request):
+        question = _check_question(body.question, s.max_question_chars)
+        sql = (body.sql or "").strip() if body.verdict == "wrong" else body.model_sql.strip()
+        if not sql:
+            raise _APIError(422, "a wrong answer needs the corrected SQL in `sql`", "invalid_request")
+        problem = await pipeline.validate(sql)
+        if problem:
+            raise _APIError(422, f"the {'corrected' if body.verdict == 'wrong' else 'model'} SQL is not usable: "
+                                 f"{problem}", "invalid_sql")
+        record = feedback_record(question, sql, body.model_sql, body.verdict, answered_by)
+        await asyncio.to_thread(feedback.append, record)
+        request.state.log = {"feedback": body.verdict}
+        return JSONResponse({"id": record["id"], "created": record["created"]}, 201)
 
     @app.get("/v1/models")
     async def models():
@@ -209,24 +250,25 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         limit = min(body.max_completion_tokens or body.max_tokens or max_new_tokens, max_new_tokens)
         messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
         if backend.engine_id and body.model == backend.engine_id and body.model != MODEL_ID:
-            done = await backend.complete(messages, limit)
-            content, finish, extension = done.text, "stop", None
-            usage = (done.prompt_tokens, done.completion_tokens)
-            request.state.log = {"engine": True, "batch": done.batch_size}
+            async def reply(on_text=None):
+                done = await backend.complete(messages, limit, on_text=on_text)
+                request.state.log = {"engine": True, "batch": done.batch_size}
+                return done.text, "stop", (done.prompt_tokens, done.completion_tokens), None
         else:
             question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
             question = _check_question(question, s.max_question_chars)
-            answer = await pipeline.answer(question, limit)
-            content = answer.sql if answer.valid else f"-- no valid query ({answer.error_kind}): {answer.error}"
-            finish = "content_filter" if answer.error_kind == "refused" else "stop"
-            extension = answer.to_json()  # without a start time: no latency_ms in the chat reply
-            usage = (answer.prompt_tokens, answer.completion_tokens)
-            request.state.log = answer.log_fields(len(question))
-        reply = _chat_completion(body.model, content, finish, usage, extension)
+
+            async def reply(on_text=None):
+                answer = await pipeline.answer(question, limit, on_text=on_text)
+                content = answer.sql if answer.valid else f"-- no valid query ({answer.error_kind}): {answer.error}"
+                finish = "content_filter" if answer.error_kind == "refused" else "stop"
+                request.state.log = answer.log_fields(len(question))
+                # without a start time: no latency_ms in the chat reply
+                return content, finish, (answer.prompt_tokens, answer.completion_tokens), answer.to_json()
         if not body.stream:
-            return JSONResponse(reply)
+            return JSONResponse(_chat_completion(body.model, *await reply()))
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_chat_chunks(reply, include_usage), media_type="text/event-stream")
+        return await _streamed_chat(body.model, reply, include_usage)
 
     return app
 
@@ -324,15 +366,57 @@ def _chat_completion(model: str, content: str, finish: str, usage: tuple[int, in
     return reply
 
 
-async def _chat_chunks(reply: dict, include_usage: bool):
-    """A finished completion as server-sent events: role+content, finish, [usage], [DONE]."""
-    base = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    choice = reply["choices"][0]
-    yield _sse({**base, "choices": [{"index": 0, "delta": choice["message"], "finish_reason": None}]})
-    yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
-    if include_usage:
-        yield _sse({**base, "choices": [], "usage": reply["usage"]})
-    yield "data: [DONE]\n\n"
+async def _streamed_chat(model: str, reply, include_usage: bool):
+    """Server-sent events: a role chunk, a content chunk per piece of text the model writes, a final chunk with
+    the finish reason (and, for the pipeline, `text2sql`: the checked SQL, or why it was refused), [usage], [DONE].
+
+    `reply(on_text)` produces (content, finish, usage, extension). An error before any text keeps its own status;
+    one after the stream has begun is sent as an `error` event."""
+    from fastapi.responses import StreamingResponse
+
+    texts: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.ensure_future(reply(texts.put_nowait))
+    first = asyncio.ensure_future(texts.get())
+    await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done() and task.exception() is not None and not first.done():
+        first.cancel()
+        raise task.exception()
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model}
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+    async def events():
+        waiting = first
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield chunk({"content": waiting.result()})
+                    waiting = asyncio.ensure_future(texts.get())
+                    continue
+                waiting.cancel()
+                while not texts.empty():
+                    yield chunk({"content": texts.get_nowait()})
+                break
+            try:
+                content, finish, usage, extension = task.result()
+            except _APIError as exc:
+                yield _sse({"error": {"message": exc.message, "type": "server_error", "code": exc.code}})
+                yield "data: [DONE]\n\n"
+                return
+            yield chunk({}, finish, **({"text2sql": extension} if extension is not None else {}))
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                                                             "total_tokens": usage[0] + usage[1]}})
+            yield "data: [DONE]\n\n"
+        finally:
+            waiting.cancel()
+            task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _sse(obj: dict) -> str:
@@ -429,16 +513,22 @@ class _Pipeline:
         """The prompt, built as `generate.predict` builds it for a lakehouse question (db None)."""
         return self.prompts.messages(question, db=None)
 
-    async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0) -> _Answer:
+    async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0,
+                     on_text: Callable[[str], None] | None = None) -> _Answer:
+        """`on_text` gets the model's text as it comes (each attempt's; a retry starts on a new line)."""
         from text2sql.warehouse import judge_reply
 
         messages = self.messages(question)
         prompt_tokens = completion_tokens = 0
         for attempt in range(self.retries + 1):
+            if on_text is not None and attempt:
+                on_text("\n")
             if attempt == 0 and self.num_candidates > 1:
                 done, sql = await self._best_candidate(messages, max_new_tokens)
+                if on_text is not None:
+                    on_text(done.text)
             else:
-                done = await self.backend.complete(messages, max_new_tokens)
+                done = await self.backend.complete(messages, max_new_tokens, on_text=on_text)
                 sql = None
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
@@ -468,6 +558,16 @@ class _Pipeline:
         selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
         chosen = candidates[selection.index]
         return _Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql
+
+    async def validate(self, sql: str) -> str:
+        """Why `sql` cannot be kept ('' when it passes the check and runs in the sandbox)."""
+        from text2sql.warehouse import check_sql
+
+        check = check_sql(sql, self.snapshot)
+        if not check.ok:
+            return f"{check.kind}: {check.message}"
+        result = await asyncio.get_running_loop().run_in_executor(self._queries, self.runner.run, sql, 1)
+        return f"{result.error_kind}: {result.error}" if result.error_kind else ""
 
     def close(self) -> None:
         self._queries.shutdown(wait=True)
@@ -522,13 +622,17 @@ class _LocalBackend:
         self._queue = asyncio.Queue(self.queue_size)
         self._task = asyncio.create_task(self._batches(), name="text2sql-batcher")
 
-    async def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> _Completion:
+    async def complete(self, messages: list[dict[str, str]], max_new_tokens: int,
+                       on_text: Callable[[str], None] | None = None) -> _Completion:
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((messages, max_new_tokens, future))
         except asyncio.QueueFull:
             raise _APIError(429, "the generation queue is full: retry later", "rate_limit_exceeded") from None
-        return await future
+        done = await future
+        if on_text is not None:
+            on_text(done.text)  # eager batches end together: the text comes in one piece
+        return done
 
     async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
         """`n` candidates for one chat (greedy first), generated in the generation thread outside the batcher."""
@@ -620,7 +724,8 @@ class _UpstreamBackend:
         return total, [Candidate(d.text, extract_sql(d.text), d.logprob) for d in done]
 
     async def complete(self, messages: list[dict[str, str]], max_new_tokens: int, sampling: Any = None,
-                       seed: int | None = None, logprobs: bool = False) -> _Completion:
+                       seed: int | None = None, logprobs: bool = False,
+                       on_text: Callable[[str], None] | None = None) -> _Completion:
         if not self.engine_id:
             self.engine_id = await self._pick_model()
         payload = {"model": self.engine_id, "messages": messages, "max_tokens": max_new_tokens,
@@ -641,6 +746,8 @@ class _UpstreamBackend:
         tokens = ((body["choices"][0].get("logprobs") or {}).get("content") or []) if logprobs else []
         if tokens and all(isinstance(t.get("logprob"), (int, float)) for t in tokens):
             done.logprob = float(sum(t["logprob"] for t in tokens))
+        if on_text is not None:
+            on_text(text)
         return done
 
     async def _pick_model(self) -> str:
@@ -716,7 +823,7 @@ class _Guard:
             await send(message)
 
         try:
-            if scope["path"] not in OPEN_PATHS:
+            if scope["path"] not in OPEN_PATHS and not scope["path"].startswith("/static/"):
                 if self.token and not _authorized(headers.get("authorization", ""), self.token):
                     return await _send_error(send_logged, 401, "missing or wrong bearer token", "invalid_api_key")
                 length = headers.get("content-length", "")

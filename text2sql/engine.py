@@ -1,0 +1,420 @@
+"""Static-cache decoding with per-step admission: the fast path of `generate` and the local server.
+
+One preallocated KV cache (transformers' `StaticCache`) holds `max_batch_size` slots of `cache_tokens` columns.
+A request is prefilled alone (eager, from the kept KV cache of its shared system prefix when there is one),
+its KV copied into a free slot, and it joins the running decode batch at the next step; a finished sequence
+frees its slot at once. Every step decodes one token for the occupied slots (rounded up to a power of two,
+so a lone request does not pay for sixteen), with the same forward call each time: fixed shapes, cache
+written in place. On CUDA that step is `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA
+graph per batch bucket and replayed, which removes the per-token host overhead of `generate`.
+
+Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
+slot's tokens end at `t`; each slot's own positions go in `position_ids` and its valid columns in a 4-D
+additive attention mask. When `t` reaches the end, the columns are shifted left past the oldest slot's
+start; a prompt longer than `t` shifts them right. Greedy replies equal `generate`'s (tests/test_generate.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+from concurrent.futures import Future
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from text2sql.errors import ModelError
+from text2sql.generate import MIN_CACHED_PREFIX, PREFIX_CACHES
+
+CACHE_TOKENS_STEP = 256
+"""The cache length is rounded up to a multiple of this: each length is one more compiled shape."""
+WARMUP_CALLS = 3
+"""Calls per shape before serving: compile, then CUDA-graph warm-up and recording (torch's cudagraph trees)."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt to decode, `n` samples of it (greedy when `temperature` is 0; the samples share the prefill)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    n: int = 1
+    temperature: float = 0.0
+    shared: int = 0
+    """Leading prompt tokens other prompts share (system message, schema): prefilled once and kept."""
+    on_tokens: Callable[[Request, int], None] | None = None
+    """Called in the engine's thread after each step that gave sample i a token."""
+    on_done: Callable[[Request], None] | None = None
+    """Called in the engine's thread once every sample has finished (or the request failed)."""
+    outputs: list[list[int]] = field(default_factory=list)
+    """Generated token ids per sample, end-of-sequence token excluded."""
+    error: BaseException | None = None
+    batch: int = 0
+    """The most slots decoded together in a step while this request was in the batch."""
+    cancelled: bool = False
+    """Set by the caller to drop the request: its slots are freed at the next step."""
+    _open: int = 0
+
+
+class DecodeEngine:
+    """Slots of a static KV cache, decoded one token per `step()` for every occupied slot.
+
+    Use `run(requests)` to decode a list to the end in the calling thread, or `submit` from any thread while
+    one thread calls `serve_forever`.
+    """
+
+    def __init__(self, model: Any, eos_token_id: int | list[int] | None, max_batch_size: int, compile: bool,
+                 prefixes: OrderedDict | None = None):
+        import torch
+
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.outer = model
+        eos = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+        self.eos = {int(e) for e in eos if e is not None}
+        self.max_batch_size, self.compile = max_batch_size, compile
+        self.prefixes = prefixes if prefixes is not None else OrderedDict()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.buckets = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size] + [max_batch_size]
+        self.cache_tokens = 0
+        self.t = 0  # the column every slot writes its next token at
+        self.slots: list[tuple[Request, int] | None] = [None] * max_batch_size
+        self.starts = [0] * max_batch_size  # first column of each slot's tokens
+        self.temperatures: list[float] = [0.0] * max_batch_size
+        self.steps = self.shifts = 0
+        self._incoming: queue.Queue[Request] = queue.Queue()
+        self._waiting: deque[Request] = deque()
+        self._argument = _cache_argument(self.model)
+        self._generator = torch.Generator(self.device).manual_seed(0)
+        self._forward = self.model.__call__
+        if compile:
+            # Each batch bucket and cache length is one graph; allow them all without dynamo giving up.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._forward = torch.compile(self.model.__call__, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        self._check_layers()
+
+    # ------------------------------------------------------------ the caller's side
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (any thread); it joins the decode batch at the engine's next step."""
+        request.outputs = [[] for _ in range(request.n)]
+        request._open = request.n
+        self._incoming.put(request)
+
+    def submit_call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the engine's thread (which owns the model) between steps; its result comes in the future."""
+        future: Future = Future()
+        self._incoming.put(_Call(fn, future))
+        return future
+
+    def run(self, requests: list[Request]) -> None:
+        """Decode `requests` to the end in this thread (predict/eval)."""
+        for request in requests:
+            self.submit(request)
+        while self.step():
+            pass
+        failed = next((r.error for r in requests if r.error is not None), None)
+        if failed is not None:
+            raise failed
+
+    def serve_forever(self, stop: threading.Event) -> None:
+        """Step while there is work, wait for requests when there is none, until `stop` is set. A failed step
+        fails the requests it held and the engine goes on."""
+        while not stop.is_set():
+            if self.idle():
+                try:
+                    self._take(self._incoming.get(timeout=0.1))
+                except queue.Empty:
+                    pass
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # the model failed: its requests get the error, the next ones a fresh cache
+                self.fail_all(exc)
+
+    def _take(self, item: Request | _Call) -> None:
+        if isinstance(item, _Call):
+            item.run()
+        else:
+            self._waiting.append(item)
+
+    def idle(self) -> bool:
+        return not self._waiting and self._incoming.empty() and all(s is None for s in self.slots)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """End every request held or waiting with `exc`."""
+        held = {id(s[0]): s[0] for s in self.slots if s is not None}
+        while not self._incoming.empty():
+            self._take(self._incoming.get_nowait())
+        held |= {id(r): r for r in self._waiting}
+        self._waiting.clear()
+        self.slots = [None] * self.max_batch_size
+        for request in held.values():
+            request.error = exc
+            request._open = 0
+            if request.on_done:
+                request.on_done(request)
+
+    def warm(self, prompt: list[int], shared: int, max_new_tokens: int) -> None:
+        """Size the cache for prompts of this length, keep the prompt's shared prefix, and (compiled) record every
+        batch bucket's step, so no user waits for it."""
+        self._reserve(len(prompt) + max_new_tokens)
+        self.run([Request(prompt, 1, shared=shared)])
+        self._set_t(0)  # no slot is in use: the warm-up steps write where nothing is read
+        for batch in self.buckets:
+            for _ in range(WARMUP_CALLS):
+                self._decode(batch)
+        self._mask.fill_(self._masked)
+        self._set_t(0)
+
+    # ------------------------------------------------------------ one step
+
+    def step(self) -> bool:
+        """Admit what waits (while slots are free), decode one token for every occupied slot. False once idle."""
+        while not self._incoming.empty():
+            self._take(self._incoming.get_nowait())
+        self._admit()
+        occupied = [s for s, held in enumerate(self.slots) if held is not None]
+        if not occupied:
+            return bool(self._waiting)
+        if self.t >= self.cache_tokens:
+            self._shift(-min(self.starts[s] for s in occupied))
+        batch = next(b for b in self.buckets if b > occupied[-1])
+        tokens = self._decode(batch).tolist()
+        self.steps += 1
+        for s in occupied:
+            request = self.slots[s][0]
+            request.batch = max(request.batch, len(occupied))
+        for s in occupied:
+            self._emit(s, tokens[s])
+        return True
+
+    def _decode(self, batch: int):
+        import torch
+
+        self._mask[:, :, :, self.t] = 0  # the column this step writes, for every row
+        if self.compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.inference_mode():
+            logits = self._forward(input_ids=self._next[:batch, None], position_ids=self._positions[:batch, None],
+                                   attention_mask=self._mask[:batch], use_cache=True,
+                                   **{self._argument: self._caches[batch]}).logits[:, -1]
+            chosen = self._pick(logits, batch)
+            self._next[:batch] = chosen
+            self._positions[:batch] += 1
+        self.t += 1
+        return chosen
+
+    def _pick(self, logits, batch: int):
+        import torch
+
+        greedy = logits.argmax(-1)
+        if not any(self.temperatures[:batch]):
+            return greedy
+        temps = torch.tensor(self.temperatures[:batch], device=logits.device)
+        probs = torch.softmax(logits.float() / temps.clamp(min=1e-5)[:, None], -1)
+        sampled = torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+        return torch.where(temps > 0, sampled, greedy)
+
+    def _first_token(self, logits, temperature: float) -> int:
+        import torch
+
+        if not temperature:
+            return int(logits.argmax(-1)[0])
+        probs = torch.softmax(logits.float() / temperature, -1)
+        return int(torch.multinomial(probs, 1, generator=self._generator)[0, 0])
+
+    def _emit(self, slot: int, token: int) -> None:
+        request, i = self.slots[slot]
+        if request.cancelled:
+            self._finish(slot, request)
+            return
+        done = token in self.eos
+        if not done:
+            request.outputs[i].append(token)
+            if request.on_tokens:
+                request.on_tokens(request, i)
+        if done or len(request.outputs[i]) >= request.max_new_tokens:
+            self._finish(slot, request)
+
+    def _finish(self, slot: int | None, request: Request) -> None:
+        if slot is not None:
+            self.slots[slot] = None
+            self.temperatures[slot] = 0.0
+        request._open -= 1
+        if request._open == 0 and request.on_done:
+            request.on_done(request)
+
+    # ------------------------------------------------------------ admission
+
+    def _admit(self) -> None:
+        import torch
+
+        while self._waiting:
+            request = self._waiting[0]
+            if request.cancelled:
+                self._waiting.popleft()
+                request._open = 0
+                if request.on_done:
+                    request.on_done(request)
+                continue
+            free = [s for s, held in enumerate(self.slots) if held is None]
+            if len(free) < min(request.n, self.max_batch_size):
+                return
+            self._waiting.popleft()
+            length = len(request.prompt)
+            if request.n > self.max_batch_size or request.max_new_tokens < 1 or not length:
+                request.error = ModelError(f"cannot decode {request.n} samples of a {length}-token prompt with "
+                                           f"{self.max_batch_size} slots and {request.max_new_tokens} new tokens")
+                request._open = 1
+                self._finish(None, request)
+                continue
+            self._reserve(length + request.max_new_tokens)
+            with torch.inference_mode():
+                logits, cache = self._prefill(request)
+                if self.t < length:
+                    self._shift(length - self.t)
+                for i in range(request.n):
+                    slot = free[i]
+                    self.temperatures[slot] = request.temperature
+                    first = self._first_token(logits, request.temperature)
+                    self._place(slot, cache, length, first)
+                    self.slots[slot] = (request, i)
+                    self._emit(slot, first)  # may finish at once (end of sequence, max_new_tokens 1)
+                self._keep_prefix(request, cache)
+
+    def _prefill(self, request: Request):
+        """Logits after the prompt and its KV (a DynamicCache), from the kept prefix cache when there is one."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix = tuple(request.prompt[:request.shared]) if MIN_CACHED_PREFIX <= request.shared < len(request.prompt) \
+            else None
+        kept = self.prefixes.get(prefix) if prefix else None
+        if kept is not None:
+            self.prefixes.move_to_end(prefix)
+            cache, ids = copy.deepcopy(kept), request.prompt[len(prefix):]
+        else:
+            cache, ids = DynamicCache(), request.prompt
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1,
+                         **{self._argument: cache})
+        return out.logits[:, -1], cache
+
+    def _keep_prefix(self, request: Request, cache) -> None:
+        if not MIN_CACHED_PREFIX <= request.shared < len(request.prompt):
+            return
+        prefix = tuple(request.prompt[:request.shared])
+        if prefix in self.prefixes:
+            return
+        cache.crop(len(prefix) - cache.get_seq_length())  # negative: drop that many (transformers 5.2x)
+        self.prefixes[prefix] = cache
+        while len(self.prefixes) > PREFIX_CACHES:
+            self.prefixes.popitem(last=False)
+
+    def _place(self, slot: int, cache, length: int, first: int) -> None:
+        """Copy a prefilled prompt's KV into `slot`, ending at column t, and set the slot's mask and next input."""
+        start = self.t - length
+        for layer, prefilled in zip(self._layers, cache.layers):
+            layer.keys[slot, :, start:self.t] = prefilled.keys[0]
+            layer.values[slot, :, start:self.t] = prefilled.values[0]
+        self._mask[slot].fill_(self._masked)
+        self._mask[slot, :, :, start:self.t] = 0
+        self._positions[slot] = length
+        self._next[slot] = first
+        self.starts[slot] = start
+
+    # ------------------------------------------------------------ the cache
+
+    def _reserve(self, tokens: int) -> None:
+        """Make the cache at least `tokens` columns long (a longer one keeps the columns in use)."""
+        if tokens <= self.cache_tokens:
+            return
+        import torch
+        from transformers import StaticCache
+
+        size = -(-tokens // CACHE_TOKENS_STEP) * CACHE_TOKENS_STEP
+        config = self.model.config.get_text_config(decoder=True)
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        full = StaticCache(config=config, max_cache_len=size)
+        full.early_initialization(self.max_batch_size, heads, head_dim, self.dtype, self.device)
+        mask = torch.full((self.max_batch_size, 1, 1, size), torch.finfo(self.dtype).min, dtype=self.dtype,
+                          device=self.device)
+        if self.cache_tokens:  # columns in use move over as they are
+            for new, old in zip(full.layers, self._layers):
+                new.keys[:, :, :self.cache_tokens] = old.keys
+                new.values[:, :, :self.cache_tokens] = old.values
+            mask[..., :self.cache_tokens] = self._mask
+        else:
+            self._next = torch.zeros(self.max_batch_size, dtype=torch.long, device=self.device)
+            self._positions = torch.zeros(self.max_batch_size, dtype=torch.long, device=self.device)
+        self._layers, self._mask, self._masked = full.layers, mask, torch.finfo(self.dtype).min
+        # One cache object per batch bucket, its tensors views of the full one's first rows: the slots stay put
+        # and each bucket's compiled step sees fixed addresses.
+        self._caches = {}
+        for batch in self.buckets:
+            view = StaticCache(config=config, max_cache_len=size)
+            view.early_initialization(batch, heads, head_dim, self.dtype, torch.device("meta"))
+            for layer, source in zip(view.layers, full.layers):
+                layer.keys, layer.values = source.keys[:batch], source.values[:batch]
+                layer.cumulative_length = source.cumulative_length  # one write column for every bucket
+                layer.device = self.device
+                if self.compile:
+                    torch._dynamo.mark_static_address(layer.keys)
+                    torch._dynamo.mark_static_address(layer.values)
+            self._caches[batch] = view
+        self.cache_tokens = size
+        self._set_t(self.t)
+
+    def _shift(self, by: int) -> None:
+        """Move every slot's columns `by` places (left when negative), so the write column moves with them."""
+        if by == 0:
+            return
+        occupied = [s for s, held in enumerate(self.slots) if held is not None]
+        low = min((self.starts[s] for s in occupied), default=self.t)
+        if not (0 <= low + by and self.t + by <= self.cache_tokens):
+            raise ModelError(f"decode cache of {self.cache_tokens} tokens cannot shift by {by}")
+        for layer in self._layers:
+            for tensor in (layer.keys, layer.values):
+                tensor[:, :, low + by:self.t + by] = tensor[:, :, low:self.t].clone()
+        moved = self._mask[..., low:self.t].clone()
+        self._mask.fill_(self._masked)
+        self._mask[..., low + by:self.t + by] = moved
+        for s in occupied:
+            self.starts[s] += by
+        self._set_t(self.t + by)
+        self.shifts += 1
+
+    def _set_t(self, t: int) -> None:
+        self.t = t
+        for layer in self._layers:
+            layer.cumulative_length.fill_(t)
+
+    def _check_layers(self) -> None:
+        from transformers import StaticCache
+
+        config = self.model.config.get_text_config(decoder=True)
+        probe = StaticCache(config=config, max_cache_len=CACHE_TOKENS_STEP)
+        if any(type(layer).__name__ != "StaticLayer" for layer in probe.layers):
+            raise ModelError(f"static decoding needs full-attention layers only; {config.model_type} has "
+                             "sliding-window or other layers: set generate.decoding=eager")
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: Future
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except Exception as exc:
+            self.future.set_exception(exc)
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.2x, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
