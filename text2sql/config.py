@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from text2sql.errors import ConfigError
 from text2sql.vocab import EVAL_MODES, METHODS, REL_TOL, SPLITS, WAREHOUSE_ENGINES
+from text2sql.files import read_text
 
 CONFIG_FILENAME = "text2sql.yaml"
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
@@ -428,7 +429,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         root = path.resolve().parent
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(read_text(path, ConfigError))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -52,7 +52,7 @@ def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
 
 
 def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16",
-              checkpoint: str = "best") -> Path:
+              checkpoint: str = "best", force: bool = False) -> Path:
     """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
 
     `checkpoint` says which adapter (`choose_checkpoint`): by default the checkpoint with the best dev EX.
@@ -61,10 +61,11 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
     the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
     `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
-    float32) is the dtype of the merge, the parity check and the saved weights.
+    float32) is the dtype of the merge, the parity check and the saved weights. An existing `out` is
+    replaced only with `force`.
 
     Raises:
-        ModelError: not a run dir with an adapter, or its base model is missing.
+        ModelError: not a run dir with an adapter, its base model is missing, or `out` exists (without `force`).
         MissingDependencyError: torch, transformers or peft is not installed.
     """
     require_all((*MODEL_PACKAGES, "peft"), "train")
@@ -81,6 +82,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     adapter_dir = choose_checkpoint(run_dir, checkpoint)
     base_dir = adapter_base(adapter_dir)
     out = Path(out) if out else run_dir / "merged"
+    if out.exists() and not force:
+        raise ModelError(f"merged dir {out} exists: --force replaces it, or give another --out")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
 
