@@ -312,4 +312,4 @@ def test_readme_and_demo_state_the_same_expected_figures():
     readme = (REPO / "README.md").read_text()
     assert f"measured: {format_seconds(CPU_DEMO_EXPECTED['time_s'])}" in readme
     ex = CPU_DEMO_EXPECTED["ex"]
-    assert (f"EX {ex:.1%}" if ex is not None else "EX not measured yet") in readme
+    assert (f"expected EX {ex:.1%}" if ex is not None else "expected EX not measured yet") in readme

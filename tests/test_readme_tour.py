@@ -113,8 +113,10 @@ def test_every_tour_command_runs_as_written(tmp_path, tiny_model):
                 _wait_healthy(server, port)
                 ran.append(line)
                 continue
+            started = time.perf_counter()
             done = subprocess.run(cmd, cwd=project, env={**env, **extra_env}, capture_output=True, text=True,
                                   timeout=600)
+            print(f"{time.perf_counter() - started:6.1f} s  {line}")  # pytest -s: where the test's time goes
             assert done.returncode == 0, f"{line}\nexit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
             assert "Traceback" not in done.stderr, line
             if words[0] == "curl":

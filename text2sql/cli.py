@@ -35,7 +35,6 @@ HARMLESS_WARNINGS = [
 ]
 QUIET_ENV = {
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' map/filter bars inside SFTTrainer: one per split, no ETA
-    "TOKENIZERS_PARALLELISM": "false",  # "the current process just got forked" after predict's tokenizer ran
 }
 
 

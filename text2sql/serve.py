@@ -244,10 +244,10 @@ def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = N
     s = cfg.serve
     host = host or s.host
     port = s.port if port is None else port
-    _check_address(host, port)  # before the model loads: a bad or busy port fails at once, not minutes later
     if host not in ("127.0.0.1", "localhost", "::1") and not (s.token_env and os.environ.get(s.token_env)):
         raise ConfigError(f"serving on {host} needs a bearer token: set ${s.token_env or 'TEXT2SQL_TOKEN'} "
                           "(serve.token_env names the variable), or bind 127.0.0.1")
+    _check_address(host, port)  # before the model loads: a bad or busy port fails at once, not minutes later
     configure_logging()
     app = create_app(cfg, model_dir, upstream, strict)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info",
