@@ -242,15 +242,15 @@ def test_outside_a_project_commands_say_so_and_init_writes_one(tmp_path):
 
 
 def test_harmless_warnings_are_filtered_by_the_cli_not_by_importing_it():
-    code = ("import logging, warnings, text2sql.cli as cli; n = len(warnings.filters); "
-            "assert not logging.getLogger('bitsandbytes.backends.cpu.ops').filters; cli.quiet_third_party(); "
+    code = ("import logging, warnings, text2sql.cli, text2sql.quiet as quiet; n = len(warnings.filters); "
+            "assert not logging.getLogger('bitsandbytes.backends.cpu.ops').filters; quiet.quiet_third_party(); "
             "print(len(warnings.filters) > n, len(logging.getLogger('bitsandbytes.backends.cpu.ops').filters))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "1"]
 
 
 def test_the_bitsandbytes_kernels_hint_is_dropped_and_other_records_kept(caplog):
-    from text2sql.cli import quiet_third_party
+    from text2sql.quiet import quiet_third_party
 
     quiet_third_party()
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -19,45 +16,6 @@ import click
 from text2sql import __version__
 from text2sql.errors import ConfigError, Text2SQLError
 from text2sql.vocab import DIFFICULTIES, EVAL_MODES, PREDICTION_DIALECTS, SPLITS
-
-# Third-party output known to be harmless, silenced for `text2sql` commands only (the library itself, imported
-# elsewhere, leaves warnings alone). One entry per source, with why it is harmless:
-HARMLESS_LOG_RECORDS = [
-    # bitsandbytes on an AVX512-bf16 CPU: an optional fused kernel from the `kernels` package is missing. The
-    # plain CPU path is used instead; we never run 4-bit on a CPU (qlora needs CUDA), so `pip install kernels`
-    # would change nothing.
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
-]
-HARMLESS_WARNINGS = [
-    # transformers/TRL/PEFT/accelerate deprecation notices about arguments they pass to each other: not ours to fix,
-    # and pinned versions (pyproject.toml) keep them working.
-    dict(category=FutureWarning, module=r"(transformers|trl|peft|accelerate)(\.|$)"),
-]
-QUIET_ENV = {
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' map/filter bars inside SFTTrainer: one per split, no ETA
-}
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-def quiet_third_party() -> None:
-    """Apply HARMLESS_LOG_RECORDS, HARMLESS_WARNINGS and QUIET_ENV (a variable the user set is kept)."""
-    for logger_name, prefix in HARMLESS_LOG_RECORDS:
-        logger = logging.getLogger(logger_name)
-        if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in logger.filters):
-            logger.addFilter(_DropMessages(prefix))
-    for spec in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", **spec)
-    for name, value in QUIET_ENV.items():
-        os.environ.setdefault(name, value)
-
 
 def catch_errors(fn):
     """Turn a Text2SQLError into one line on stderr and exit code 1; anything else keeps its traceback."""
@@ -135,47 +93,20 @@ def main() -> None:
 
     Pipeline: lakehouse/schema -> data -> train -> merge -> predict/eval -> serve.
     """
+    from text2sql.quiet import quiet_third_party
+
     quiet_third_party()
 
 
 # ---------------------------------------------------------------- init
 
-STARTER_CONFIG = """\
-# text2sql project config. Every command reads the nearest text2sql.yaml; `text2sql config show` prints
-# every key with its default, and text2sql/config.py says what each one does.
-catalog:
-  name: demo                 # a key of `catalogs` below, or a catalog pyiceberg knows (~/.pyiceberg.yaml)
-  catalogs:
-    demo:                    # the embedded demo lakehouse: `text2sql lakehouse create` builds it
-      type: sql
-      uri: sqlite:///.lakehouse/catalog.db
-      warehouse: file://.lakehouse/warehouse
-    # prod: {type: rest, uri: https://iceberg.example.com, credential: "..."}
-  schemas_dir: schemas       # `text2sql schema pull` writes the DDL snapshot here (commit it)
-warehouse:
-  timeout_s: 10              # per query; a longer limit lets slow gold queries finish, a shorter one fails faster
-data:
-  dataset: demo              # datasets/<name>/pairs.jsonl; `text2sql data add` creates it
-model:
-  base: smollm2-135m-instruct  # tiny, for a pipeline check; point it at a 7-8B instruct model for real use
-train:
-  method: auto               # qlora on a CUDA GPU, lora on a CPU
-eval:
-  mode: strict               # strict | lenient | set
-"""
-
-
 @main.command("init")
 @click.option("--force", is_flag=True, help="Replace an existing text2sql.yaml.")
 def init(force):
     """Write a commented starter text2sql.yaml in the current directory (refuses to overwrite one)."""
-    from text2sql.config import CONFIG_FILENAME
-    from text2sql.files import write_atomic
+    from text2sql.config import write_starter_config
 
-    path = Path.cwd() / CONFIG_FILENAME
-    if path.exists() and not force:
-        raise ConfigError(f"{path} exists: --force replaces it")
-    write_atomic(path, STARTER_CONFIG)
+    path = write_starter_config(Path.cwd(), force)
     click.echo(f"wrote {path}; next: text2sql lakehouse create && text2sql schema pull")
 
 

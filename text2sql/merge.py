@@ -13,17 +13,31 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.train import HELD_PROMPTS, MANIFEST
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
 
 PARITY_FILE = "parity.json"
 PARITY_MAX_NEW_TOKENS = 64
 MERGED_MANIFEST = "run_manifest.json"
 """The run's manifest.json, as it is called in a merged dir (a merged dir is not a run dir)."""
 DTYPES = ("bfloat16", "float32")
+
+
+def latest_run(cfg: Config) -> Path:
+    """The run dir `train.run_name` names, else the run under `train.output_dir` whose manifest changed last."""
+    root = cfg.path(cfg.train.output_dir)
+    if cfg.train.run_name:
+        return root / cfg.train.run_name
+    runs = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ModelError(f"no run under {root}: give a run dir, or train one with `text2sql train`")
+    return runs[-1].parent
 
 
 def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:

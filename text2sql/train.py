@@ -138,8 +138,10 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
         _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = dict(result.metrics)
-    if dev_records:
-        metrics.update(_final_eval(trainer))
+    if dev_records:  # the Trainer has evaluated the last step if eval_steps divides it: not the dev split twice
+        last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), {})
+        done = last.get("step") == trainer.state.global_step
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if done else trainer.evaluate())
 
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded (fast to resume); the run dir needs a loadable adapter
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -183,17 +185,6 @@ def last_checkpoint(run_dir: Path) -> Path | None:
         if state.get("global_step") == step:
             return path
     return None
-
-
-def latest_run(cfg: Config) -> Path:
-    """The run dir `train.run_name` names, else the run under `train.output_dir` whose manifest changed last."""
-    root = cfg.path(cfg.train.output_dir)
-    if cfg.train.run_name:
-        return root / cfg.train.run_name
-    runs = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ModelError(f"no run under {root}: give a run dir, or train one with `text2sql train`")
-    return runs[-1].parent
 
 
 # ---------------------------------------------------------------- recipe steps
@@ -333,8 +324,7 @@ def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1, force: bool
             if not force:
                 raise ModelError(f"run dir {run_dir} exists: --resume continues it, --force replaces it, "
                                  "or set another train.run_name")
-            print(f"train: --force: removing the existing run dir {run_dir}", file=sys.stderr)
-            shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir)  # --force
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir, None
     if cfg.train.run_name:
@@ -429,15 +419,6 @@ def _attention(cuda: bool) -> str:
         except ImportError:
             pass
     return "sdpa"
-
-
-def _final_eval(trainer) -> dict:
-    """Dev metrics after training: the Trainer's own evaluation at the last step when it ran one
-    (`eval_steps` divides the step count), else one more evaluation. Never the dev split twice."""
-    last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
-    if last and last.get("step") == trainer.state.global_step:
-        return {k: v for k, v in last.items() if k.startswith("eval_")}
-    return trainer.evaluate()
 
 
 def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
