@@ -130,6 +130,7 @@ def test_train_and_merge_guard_their_dirs_and_evaluate_dev_once(tiny_project):
 
         merged = invoke("merge", *config, "--set", "train.run_name=r")  # RUN from the config
         assert merged.exit_code == 0 and merged.output.strip().splitlines()[-1] == str(run / "merged")
+        assert invoke("merge", str(run), "--set", "train.run_name=x").exit_code == 2  # --set could not apply
         refused = invoke("merge", str(run))
         assert one_error_line(refused) == f"error: merged dir {run / 'merged'} exists: --force replaces it, or give another --out"
         assert invoke("merge", str(run), "--force").exit_code == 0
