@@ -230,11 +230,10 @@ def query(sql, config_path, overrides, as_json, max_rows):
     result = run_query(cfg, sql, max_rows=max_rows)
     if as_json:
         echo_json(result.to_json())
-    if result.error_kind == "timeout":
-        raise Text2SQLError(f"timeout: stopped after {cfg.warehouse.timeout_s:g} s, the limit warehouse.timeout_s sets "
-                            "(raise it with --set warehouse.timeout_s=SECONDS)")
-    if result.error_kind:
-        raise Text2SQLError(f"{result.error_kind}: {result.error}")
+    if result.error_kind:  # one line on stderr like every error; a timeout names its limit and the setting
+        why = (f"stopped after {cfg.warehouse.timeout_s:g} s, the limit warehouse.timeout_s sets (raise it with "
+               "--set warehouse.timeout_s=SECONDS)") if result.error_kind == "timeout" else result.error
+        raise Text2SQLError(f"{result.error_kind}: {why}")
     if not as_json:
         from text2sql.warehouse import render_table
 
@@ -269,20 +268,19 @@ def data() -> None:
 @click.option("--sql", "-s", default=None, help="The DuckDB query that answers it.")
 @click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Add many: a JSONL file, or a YAML/JSON list of records.")
-@click.option("--tags", default="", help="Comma-separated tags (with --from: for records that have none).")
+@click.option("--tags", default="", help="Comma-separated tags.")
 @click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=None,
-              help="Default: computed from the SQL (with --from: for records that have none).")
+              help="Default: computed from the SQL.")
 @click.option("--author", default=None, help="Default: the OS user.")
-@click.option("--notes", default="", help="Anything a reviewer should know (with --from: for records that have none).")
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Default: unassigned (with --from: for records that have none).")
-@click.option("--db", default=None, help="Database id of a benchmark dataset (default: the lakehouse; with --from: "
-                                         "for records that have none).")
+@click.option("--notes", default="", help="Anything a reviewer should know.")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Default: unassigned.")
+@click.option("--db", default=None, help="Database id of a benchmark dataset (default: the lakehouse).")
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--force", is_flag=True, help="Add pairs that fail validation anyway (recorded as forced).")
 def data_add(config_path, overrides, question, sql, from_file, tags, difficulty, author, notes, split, db, dataset,
              force):
-    """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers)."""
+    """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers).
+    With --from, --tags/--difficulty/--notes/--split/--db fill in what a record lacks."""
     from text2sql.data.add import add_pairs, read_pair_file
     from text2sql.data.store import new_pair
 
@@ -291,13 +289,10 @@ def data_add(config_path, overrides, question, sql, from_file, tags, difficulty,
     cfg = load(config_path, overrides)
     given = {"tags": [t for t in tags.split(",") if t.strip()], "difficulty": difficulty, "notes": notes,
              "split": split, "db": db}
-    if from_file:  # the options are defaults for the records that lack them; a record's own value wins
-        records = read_pair_file(from_file)
-        for record in records:
-            if isinstance(record, dict):
-                record.update({k: v for k, v in given.items() if v and not record.get(k)})
-    else:
-        records = [{"question": question, "sql": sql, **given}]
+    records = read_pair_file(from_file) if from_file else [{"question": question, "sql": sql}]
+    for record in records:  # the options fill in what a record lacks
+        if isinstance(record, dict):
+            record.update({k: v for k, v in given.items() if v and not record.get(k)})
     result = add_pairs(cfg, [new_pair(r, author) for r in records], dataset=dataset, force=force)
     for pair, checked in zip(result.added, result.report.pairs if result.report else []):
         for problem in checked.problems:
