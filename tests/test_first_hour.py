@@ -108,7 +108,7 @@ def test_train_and_merge_guard_their_dirs_and_evaluate_dev_once(tiny_project):
     """One run dir per name unless --force; the dev split is evaluated once at the end; merge takes --config/--set."""
     config = ["--config", str(tiny_project)]
     quick = ["--set", "train.run_name=r", "--set", "train.max_steps=2", "--set", "train.eval_steps=2",
-             "--set", "train.save_steps=2"]
+             "--set", "train.save_steps=2", "--set", "train.select_by=last"]
     run = tiny_project.parent / "runs" / "r"
 
     def eval_steps_logged() -> list[int]:

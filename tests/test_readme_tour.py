@@ -77,7 +77,7 @@ def _demo_project(root: Path, tiny_model: Path, port: int) -> Path:
     cfg["model"]["base"] = str(tiny_model)
     cfg["prompt"] = {"max_schema_tokens": 256}
     cfg["train"] = {"method": "lora", "run_name": "tour", "max_steps": 2, "per_device_train_batch_size": 4,
-                    "eval_steps": 2, "save_steps": 2, "max_length": 2048}
+                    "eval_steps": 2, "save_steps": 2, "max_length": 2048, "select_by": "last"}
     cfg["generate"] = {"max_new_tokens": 8, "batch_size": 16}
     cfg["serve"] = {"port": port, "torch_threads": 1}
     (project / "text2sql.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -98,8 +98,6 @@ def main() -> None:
     quiet_third_party()
 
 
-# ---------------------------------------------------------------- init
-
 @main.command("init")
 @click.option("--force", is_flag=True, help="Replace an existing text2sql.yaml.")
 def init(force):
@@ -519,10 +517,8 @@ def merge_cmd(run, config_path, overrides, out, checkpoint, force):
 
     if run is None:
         run = latest_run(load(config_path, overrides))
-    elif overrides:
-        raise click.UsageError("--set picks the run (train.run_name, train.output_dir) only when RUN is not given")
-    elif config_path:
-        load(config_path, overrides)  # a named RUN needs no project, but a config given is still checked
+    elif config_path or overrides:
+        raise click.UsageError("--config/--set pick the run (train.run_name, output_dir) only when RUN is not given")
     merged = merge_run(run, out, checkpoint=checkpoint, force=force)
     parity = json.loads((merged / PARITY_FILE).read_text())
     if parity["prompts"]:
