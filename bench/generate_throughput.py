@@ -136,7 +136,7 @@ def main() -> None:
         started = time.perf_counter()
         predictions = predict(cfg, gen.model_dir, split=args.split)
         report = evaluate(cfg, predictions, split=args.split, release=f"bench-generate-{dt.date.today():%Y%m%d}",
-                          model=str(gen.model_dir))
+                          model=str(gen.model_dir), force=True)
         result["end_to_end"] = {"seconds": time.perf_counter() - started, "ex": report["metrics"]["ex"]}
     for name, r in [*(("batched", r) for r in batched_runs), ("one_at_a_time", single)]:
         print(f"{name:14s} batch {r['batch_size']:3d}: {r['predictions_per_s']:7.2f} predictions/s "

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "text2sql"
 MAX_LINES = 600
 
 STAGES = [
-    ("base", ["text2sql", "text2sql.config", "text2sql.errors", "text2sql.files", "text2sql.vocab"]),
+    ("base", ["text2sql", "text2sql.config", "text2sql.errors", "text2sql.files", "text2sql.progress",
+              "text2sql.vocab"]),
     ("catalog", ["text2sql.catalog", "text2sql.lakehouse"]),
     ("warehouse", ["text2sql.warehouse"]),
     ("data", ["text2sql.data"]),  # the package and every module in it
@@ -26,7 +27,7 @@ STAGES = [
     ("evaluate", ["text2sql.evaluate"]),
     ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
     ("serve", ["text2sql.serve"]),
-    ("top", ["text2sql.cli", "text2sql.pipeline", "text2sql.synthesize"]),
+    ("top", ["text2sql.cli", "text2sql.pipeline", "text2sql.quiet", "text2sql.synthesize"]),
 ]
 """Pipeline order, lowest first: a module may import from its own stage and the stages before it."""
 OVERSIZED = {

@@ -143,7 +143,10 @@ def test_reimport_replaces_the_dataset(cfg, tmp_path):
     first = import_spider(cfg, bench, name="shop")
     one = [{"db_id": "shop", "question": "Count?", "query": "SELECT count(*) FROM maker"}]
     (bench / "dev.json").write_text(json.dumps(one))
-    second = import_spider(cfg, bench, name="shop")
+    with pytest.raises(DataError, match=r"dataset 'shop' exists .*pairs.jsonl\): --force replaces it"):
+        import_spider(cfg, bench, name="shop")
+    assert len(load_pairs(cfg, "shop")) == 8
+    second = import_spider(cfg, bench, name="shop", force=True)
     assert first.kept == 8 and second.kept == 1 and len(load_pairs(cfg, "shop")) == 1
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import CatalogError, NoSuchTableError, SchemaSnapshotError
-from text2sql.files import write_atomic
+from text2sql.files import read_text, write_atomic
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -439,7 +439,7 @@ def read_snapshot(schemas_dir: Path) -> SchemaSnapshot:
     path = Path(schemas_dir) / MANIFEST
     if not path.is_file():
         raise SchemaSnapshotError(f"{path} not found: run `text2sql schema pull`")
-    raw = path.read_text()
+    raw = read_text(path, SchemaSnapshotError)
     try:
         manifest = json.loads(raw)
         tables = {}

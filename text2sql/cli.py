@@ -14,9 +14,8 @@ from pathlib import Path
 import click
 
 from text2sql import __version__
-from text2sql.errors import Text2SQLError
+from text2sql.errors import ConfigError, Text2SQLError
 from text2sql.vocab import DIFFICULTIES, EVAL_MODES, PREDICTION_DIALECTS, SPLITS
-
 
 def catch_errors(fn):
     """Turn a Text2SQLError into one line on stderr and exit code 1; anything else keeps its traceback."""
@@ -61,8 +60,11 @@ set_option = click.option(
 
 
 def load(config_path: Path | None, overrides: tuple[str, ...] = ()):
-    from text2sql.config import load_config
+    """The project config: --config FILE, or the nearest text2sql.yaml (none: an error, never silent defaults)."""
+    from text2sql.config import find_config, load_config
 
+    if config_path is None and find_config() is None:
+        raise ConfigError("no text2sql.yaml here or above; run text2sql init")
     return load_config(config_path, list(overrides))
 
 
@@ -91,6 +93,19 @@ def main() -> None:
 
     Pipeline: lakehouse/schema -> data -> train -> merge -> predict/eval -> serve.
     """
+    from text2sql.quiet import quiet_third_party
+
+    quiet_third_party()
+
+
+@main.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing text2sql.yaml.")
+def init(force):
+    """Write a commented starter text2sql.yaml in the current directory (refuses to overwrite one)."""
+    from text2sql.config import write_starter_config
+
+    path = write_starter_config(Path.cwd(), force)
+    click.echo(f"wrote {path}; next: text2sql lakehouse create && text2sql schema pull")
 
 
 # ---------------------------------------------------------------- config
@@ -213,12 +228,14 @@ def query(sql, config_path, overrides, as_json, max_rows):
     result = run_query(cfg, sql, max_rows=max_rows)
     if as_json:
         echo_json(result.to_json())
-    else:
+    if result.error_kind:  # one line on stderr like every error; a timeout names its limit and the setting
+        why = (f"stopped after {cfg.warehouse.timeout_s:g} s, the limit warehouse.timeout_s sets (raise it with "
+               "--set warehouse.timeout_s=SECONDS)") if result.error_kind == "timeout" else result.error
+        raise Text2SQLError(f"{result.error_kind}: {why}")
+    if not as_json:
         from text2sql.warehouse import render_table
 
         click.echo(render_table(result))
-    if result.error_kind:
-        sys.exit(1)
 
 
 @main.command("demo")
@@ -226,11 +243,12 @@ def query(sql, config_path, overrides, as_json, max_rows):
 @set_option
 @click.option("--release", default=None, help="Report name under eval/reports/ (default demo-<date>).")
 @click.option("--rebuild", is_flag=True, help="Rebuild the lakehouse even if it exists.")
-def demo(config_path, overrides, release, rebuild):
+@click.option("--force", is_flag=True, help="Replace the run dir and report of --release if they exist.")
+def demo(config_path, overrides, release, rebuild, force):
     """The whole job on this project: lakehouse, schema, validate, train, merge, eval, report."""
     from text2sql.pipeline import main_echo, run_pipeline
 
-    run_pipeline(load(config_path, overrides), release=release, rebuild=rebuild, echo=main_echo)
+    run_pipeline(load(config_path, overrides), release=release, rebuild=rebuild, echo=main_echo, force=force)
 
 
 # ---------------------------------------------------------------- data
@@ -259,16 +277,20 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Add pairs that fail validation anyway (recorded as forced).")
 def data_add(config_path, overrides, question, sql, from_file, tags, difficulty, author, notes, split, db, dataset,
              force):
-    """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers)."""
+    """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers).
+    With --from, --tags/--difficulty/--notes/--split/--db fill in what a record lacks."""
     from text2sql.data.add import add_pairs, read_pair_file
     from text2sql.data.store import new_pair
 
     if bool(from_file) == bool(question or sql) or (not from_file and not (question and sql)):
         raise click.UsageError("give --question and --sql, or --from FILE")
     cfg = load(config_path, overrides)
-    records = read_pair_file(from_file) if from_file else [{
-        "question": question, "sql": sql, "tags": [t for t in tags.split(",") if t.strip()], "difficulty": difficulty,
-        "notes": notes, "split": split, "db": db}]
+    given = {"tags": [t for t in tags.split(",") if t.strip()], "difficulty": difficulty, "notes": notes,
+             "split": split, "db": db}
+    records = read_pair_file(from_file) if from_file else [{"question": question, "sql": sql}]
+    for record in records:  # the options fill in what a record lacks
+        if isinstance(record, dict):
+            record.update({k: v for k, v in given.items() if v and not record.get(k)})
     result = add_pairs(cfg, [new_pair(r, author) for r in records], dataset=dataset, force=force)
     for pair, checked in zip(result.added, result.report.pairs if result.report else []):
         for problem in checked.problems:
@@ -384,15 +406,16 @@ def data_import() -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @config_option
 @set_option
-@click.option("--name", default="spider-sample", help="Dataset name to create (replaced if it exists).")
+@click.option("--name", default="spider-sample", help="Dataset name to create.")
 @click.option("--split", default="dev", help="Which <split>.json to import.")
+@click.option("--force", is_flag=True, help="Replace dataset --name if it exists (its pairs are lost).")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
-def data_import_spider(path, config_path, overrides, name, split, as_json):
+def data_import_spider(path, config_path, overrides, name, split, force, as_json):
     """Spider format (dev.json, tables.json, database/*/*.sqlite) -> pairs + DuckDB files; keeps golds that agree."""
     from text2sql.data import import_spider
     from text2sql.data.spider import REPORT_FILE
 
-    report = import_spider(load(config_path, overrides), path, name=name, split=split)
+    report = import_spider(load(config_path, overrides), path, name=name, split=split, force=force)
     if as_json:
         echo_json(report.to_json())
         return
@@ -466,26 +489,37 @@ def model_pull(name, config_path, overrides):
 @config_option
 @set_option
 @click.option("--resume", is_flag=True, help="Continue the latest run (or train.run_name) from its last complete checkpoint.")
-def train_cmd(config_path, overrides, resume):
+@click.option("--force", is_flag=True, help="Replace the run dir train.run_name if it exists (its checkpoints are lost).")
+def train_cmd(config_path, overrides, resume, force):
     """Fine-tune model.base on the dataset's train split (qlora on a GPU, lora on CPU); prints the run dir."""
     from text2sql.checkpoints import dev_ex_callbacks
     from text2sql.train import train
 
+    if resume and force:
+        raise click.UsageError("--resume continues a run dir and --force replaces it: give one")
     cfg = load(config_path, overrides)
-    click.echo(train(cfg, resume=resume, callbacks=dev_ex_callbacks(cfg)))
+    click.echo(train(cfg, resume=resume, callbacks=dev_ex_callbacks(cfg), force=force))
 
 
 @main.command("merge")
-@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@config_option
+@set_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Merged model dir (default RUN/merged).")
 @click.option("--checkpoint", default="best", show_default=True, metavar="last|best|PATH",
               help="Which adapter: the final weights, the checkpoint with the best dev EX, or a checkpoint dir.")
-def merge_cmd(run, out, checkpoint):
-    """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir."""
-    from text2sql.merge import PARITY_FILE, merge_run
+@click.option("--force", is_flag=True, help="Replace the merged dir if it exists.")
+def merge_cmd(run, config_path, overrides, out, checkpoint, force):
+    """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir.
+    RUN defaults to train.run_name, else the newest run under train.output_dir."""
+    from text2sql.merge import PARITY_FILE, latest_run, merge_run
 
-    merged = merge_run(run, out, checkpoint=checkpoint)
+    if run is None:
+        run = latest_run(load(config_path, overrides))
+    elif config_path or overrides:
+        raise click.UsageError("--config/--set pick the run (train.run_name, output_dir) only when RUN is not given")
+    merged = merge_run(run, out, checkpoint=checkpoint, force=force)
     parity = json.loads((merged / PARITY_FILE).read_text())
     if parity["prompts"]:
         same = sum(item["same"] for item in parity["items"])
@@ -531,24 +565,27 @@ def predict_cmd(config_path, overrides, model_dir, split, dataset, out, strict, 
 @click.option("--dialect", type=click.Choice(PREDICTION_DIALECTS), default=None,
               help='SQL dialect of predictions without a "dialect" field (default duckdb); sqlite ones are rewritten '
                    "for DuckDB as `data import spider` rewrites golds.")
+@click.option("--force", is_flag=True, help="Replace the report of --release if it exists.")
 @click.pass_context
 @catch_errors
-def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name, dialect):
+def eval_(ctx, config_path, overrides, predictions, dataset, split, mode, release, model_name, dialect, force):
     """Score predictions by execution accuracy and write eval/reports/<release>/ (or: eval compare A B)."""
     if ctx.invoked_subcommand is not None:
         return
     if predictions is None and model_name is None:
         raise click.UsageError("give --predictions FILE or --model DIR (or a subcommand: eval compare A B)")
-    from text2sql.evaluate import evaluate, format_summary
+    from text2sql.evaluate import check_release_free, evaluate, format_summary
 
     cfg = load(config_path, overrides)
+    if release:
+        check_release_free(cfg, release, force)  # before minutes of generation, not after
     if predictions is None:
         from text2sql.generate import predict
 
         predictions = predict(cfg, model_name, split=split or cfg.eval.split, dataset=dataset)
     show_warehouse_engine()
     report = evaluate(cfg, predictions, dataset=dataset, split=split, mode=mode, release=release, model=model_name,
-                      dialect=dialect)
+                      dialect=dialect, force=force)
     click.echo(format_summary(report))
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from text2sql.errors import ConfigError
 from text2sql.vocab import EVAL_MODES, METHODS, REL_TOL, SPLITS, WAREHOUSE_ENGINES
+from text2sql.files import read_text
 
 CONFIG_FILENAME = "text2sql.yaml"
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
@@ -413,6 +414,43 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
+STARTER_CONFIG = """\
+# text2sql project config. Every command reads the nearest text2sql.yaml; `text2sql config show` prints
+# every key with its default, and text2sql/config.py says what each one does.
+catalog:
+  name: demo                 # a key of `catalogs` below, or a catalog pyiceberg knows (~/.pyiceberg.yaml)
+  catalogs:
+    demo:                    # the embedded demo lakehouse: `text2sql lakehouse create` builds it
+      type: sql
+      uri: sqlite:///.lakehouse/catalog.db
+      warehouse: file://.lakehouse/warehouse
+    # prod: {type: rest, uri: https://iceberg.example.com, credential: "..."}
+  schemas_dir: schemas       # `text2sql schema pull` writes the DDL snapshot here (commit it)
+warehouse:
+  timeout_s: 10              # per query; a longer limit lets slow gold queries finish, a shorter one fails faster
+data:
+  dataset: demo              # datasets/<name>/pairs.jsonl; `text2sql data add` creates it
+model:
+  base: smollm2-135m-instruct  # tiny, for a pipeline check; point it at a 7-8B instruct model for real use
+train:
+  method: auto               # qlora on a CUDA GPU, lora on a CPU
+eval:
+  mode: strict               # strict | lenient | set
+"""
+"""What `text2sql init` writes: the keys a new project sets first, each with what it trades off."""
+
+
+def write_starter_config(directory: Path, force: bool = False) -> Path:
+    """Write STARTER_CONFIG as `directory`/text2sql.yaml; an existing file is replaced only with `force`."""
+    from text2sql.files import write_atomic
+
+    path = Path(directory) / CONFIG_FILENAME
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists: --force replaces it")
+    write_atomic(path, STARTER_CONFIG)
+    return path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a config file (or the nearest text2sql.yaml, or defaults) and apply `section.key=value` overrides.
 
@@ -432,7 +470,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         root = path.resolve().parent
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(read_text(path, ConfigError))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -28,14 +28,17 @@ import datetime as dt
 import functools
 import hashlib
 import html
+import io
 import json
 import math
 import os
 import pickle
 import re
+import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -46,7 +49,7 @@ from sqlglot import exp
 
 from text2sql.data.analysis import parse_sql
 from text2sql.errors import DataError
-from text2sql.files import sha256_file, write_atomic
+from text2sql.files import read_text, sha256_file, write_atomic
 from text2sql.vocab import ABS_TOL, DIALECT, DIFFICULTIES, PREDICTION_DIALECTS
 from text2sql.vocab import EVAL_MODES as MODES
 from text2sql.vocab import REL_TOL as DEFAULT_REL_TOL
@@ -587,7 +590,7 @@ def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dic
     predictions: dict[str, str | None] = {}
     first_line: dict[str, int] = {}
     problems: list[str] = []
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path)) as f:  # one helper reads every input file (non-UTF-8: one-line error)
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -701,6 +704,7 @@ def score_pairs(
     use_cache: bool = True,
     cache_dir: Path | None = None,
     dialects: dict[str, str] | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> ScoredRun:
     """Run every pair's gold and predicted SQL in the sandbox and judge the prediction.
 
@@ -712,6 +716,7 @@ def score_pairs(
     `.cache/gold/` (by SQL and database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
     `dialects` ({id: dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for
     DuckDB first, and their records keep the SQL as written in `predicted_sqlite`.
+    `progress(1)` is called as each pair is judged.
     """
     from text2sql.warehouse import QueryRunner
 
@@ -732,7 +737,7 @@ def score_pairs(
         scored.engines[db or "lakehouse"] = spec.engine
         group_predictions, as_written = _to_duckdb(predictions, group, dialects or {}, snapshot)
         with QueryRunner.from_config(cfg, spec, workers=workers, snapshot=snapshot) as runner:
-            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored, progress)
         for record in scored.examples + scored.excluded:
             if record["id"] in as_written:
                 record["predicted_sqlite"] = as_written[record["id"]]
@@ -742,7 +747,7 @@ def score_pairs(
     return scored
 
 
-def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun) -> None:
+def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun, progress=None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(runner.size) as pool:
@@ -756,6 +761,8 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
                    for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
+            if progress:
+                progress(1)
             gold_check, gold = golds.result(pair.sql)
             reply = predictions.get(pair.id)
             if pair.id not in pending:
@@ -965,6 +972,7 @@ def evaluate(
     release: str | None = None,
     model: str | None = None,
     dialect: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Score a predictions file against a dataset split and write the release report.
 
@@ -978,21 +986,23 @@ def evaluate(
         model: what produced the predictions, recorded in the report.
         dialect: the SQL dialect of predictions without a "dialect" field: duckdb (default) or sqlite (rewritten
             for DuckDB as the Spider import rewrites golds).
+        force: replace an existing report of the same release (refused otherwise).
 
     Returns:
         The report (also written as report.json, report.md and report.html); its "path" key is the directory.
 
     Raises:
-        DataError: bad predictions file, unknown mode, bad release name, or dataset problems from `load_pairs`.
+        DataError: bad predictions file, unknown mode, bad release name, a report of that release exists
+            (without `force`), or dataset problems from `load_pairs`.
     """
     from text2sql.data import load_pairs
+    from text2sql.progress import format_seconds, progress_bar
 
     mode = mode or cfg.eval.mode
     if mode not in MODES:
         raise DataError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     release = release or time.strftime("%Y%m%d-%H%M%S")
-    if not RELEASE_NAME.match(release):
-        raise DataError(f"release name {release!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    check_release_free(cfg, release, force)
     split = split or cfg.eval.split
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, None if split == "all" else split)
@@ -1002,8 +1012,11 @@ def evaluate(
     from text2sql.select import select_predictions  # records with candidates: pick each answer first
 
     selected = select_predictions(cfg, pairs, predictions, predictions_path, dataset)
-    scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
-                         dialects=dialects)
+    print(f"eval: scoring {len(pairs)} {dataset}/{split} predictions ({mode})", file=sys.stderr, flush=True)
+    with progress_bar("eval", len(pairs), "q") as advance:
+        scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
+                             dialects=dialects, progress=advance)
+    print(f"eval: scored in {format_seconds(time.perf_counter() - started)}", file=sys.stderr, flush=True)
     report = {
         "release": release,
         "mode": mode,
@@ -1051,6 +1064,16 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
         "greedy_predictions_per_s": stats.get("greedy_predictions_per_s"),
         "selection_s": round(selected.seconds, 3),
     }
+
+
+def check_release_free(cfg: Config, release: str, force: bool = False) -> Path:
+    """The report dir of `release`; refuses a bad name, or a report already there unless `force` (releases are kept)."""
+    if not RELEASE_NAME.match(release):
+        raise DataError(f"release name {release!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    out = cfg.path(cfg.eval.reports_dir) / release
+    if (out / "report.json").exists() and not force:
+        raise DataError(f"release report {out} exists: --force replaces it, or choose another --release")
+    return out
 
 
 def compute_metrics(examples: list[dict], excluded: list[dict], mode: str) -> dict:

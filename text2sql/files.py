@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from text2sql.errors import DataError, Text2SQLError
+
 
 def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644, durable: bool = False) -> None:
     """Write to a temp file in the same directory, then rename it over `path` (0644, like an ordinary file).
@@ -52,3 +54,24 @@ def read_json_or_empty(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def read_text(path: str | Path, error: type[Text2SQLError] = DataError) -> str:
+    """A text input file as UTF-8, newlines made `\\n` (as `Path.read_text`); every user file is read through here.
+
+    Raises:
+        `error` (DataError unless the caller names another): the file is not UTF-8, named with the first
+        bad byte and its offset, e.g. `data.jsonl: not UTF-8 (byte 0xff at offset 12)`.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "x.txt"; _ = f.write_bytes(b"ok\\r\\n\\xff")
+    >>> read_text(f)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    text2sql.errors.DataError: ...x.txt: not UTF-8 (byte 0xff at offset 4)
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,9 +136,12 @@ class Candidate:
 
 
 def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_tokens: int | None = None,
-             sampling: Sampling | None = None, logprobs: bool = False) -> list[str]:
+             sampling: Sampling | None = None, logprobs: bool = False,
+             on_batch: Callable[[int], Any] | None = None) -> list[str]:
     """Greedy (or, with `sampling`, sampled) replies, one per chat, in batches (KV cache, stop at eos); special
     tokens dropped. With `logprobs`, each reply's log-probability goes to `gen.stats["logprobs"]`.
+
+    `on_batch(n)` is called after each batch with its size (predict's progress bar).
 
     The part of the prompts a batch shares (system message, schema) comes from a kept KV cache when
     `gen.prefix_cache` is on; the pads go after it, so every reply still follows its prompt directly.
@@ -189,6 +193,8 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
             for i, row, logprob in zip(batch, generated, summed):
                 replies[i] = tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 scores[i] = logprob
+            if on_batch:
+                on_batch(len(batch))
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": new_tokens, "prompts": len(ids),
                  "prompt_tokens": [len(r) for r in ids], **({"logprobs": scores} if logprobs else {})}
     return replies
@@ -394,6 +400,7 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     SchemaSnapshotError with `strict` when schemas/ changed since the model was trained.
     """
     from text2sql.data import load_pairs
+    from text2sql.progress import progress_bar
 
     require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
     dataset = dataset or cfg.data.dataset
@@ -412,7 +419,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
         if select:
             _select_in_predict(cfg, pairs, records, candidates, dataset)
     else:
-        replies = generate(gen, messages)
+        with progress_bar("predict", len(messages), "q") as advance:
+            replies = generate(gen, messages, on_batch=advance)
         records = [{"id": pair.id, "sql": extract_sql(raw), "raw": raw} for pair, raw in zip(pairs, replies)]
     out = Path(out) if out else gen.model_dir / "predictions" / f"{dataset}-{split}.jsonl"
     write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import CatalogError
+from text2sql.progress import progress_bar
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -88,14 +89,16 @@ def create_lakehouse(cfg: Config, scale: float | None = None, seed: int | None =
     rng = random.Random(seed)
     tables = _generate(rng, scale)
     counts = {}
-    with _seeded_uuid4(seed):
+    definitions = _table_definitions(tables)
+    with _seeded_uuid4(seed), progress_bar("lakehouse", len(definitions), "tables") as advance:
         for ns in ("core", "marketing", "sales"):
             catalog.create_namespace(ns, {"comment": NAMESPACE_COMMENTS[ns]})
-        for name, (schema, spec, props, rows) in _table_definitions(tables).items():
+        for name, (schema, spec, props, rows) in definitions.items():
             table = catalog.create_table(name, schema=schema, partition_spec=spec, properties=props)
             # create_table assigns fresh field ids: build the Arrow data from the table's own schema.
             table.append(_to_arrow(table.schema(), rows))
             counts[name] = len(rows)
+            advance(1)
     return {"path": str(root), "seconds": time.perf_counter() - started, "tables": counts}
 
 

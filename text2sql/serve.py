@@ -235,8 +235,9 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
         return {"object": "list", "data": data}
 
     @app.post("/v1/sql")
-    async def sql(body: SQLRequest, request: Request):
+    async def sql(request: Request):
         started = time.perf_counter()
+        body = _json_body(SQLRequest, await request.body(), RequestValidationError)
         question = _check_question(body.question, s.max_question_chars)
         max_rows = min(body.max_rows or max_rows_cap, max_rows_cap)
         answer = await pipeline.answer(question, max_new_tokens, execute=body.execute, max_rows=max_rows)
@@ -278,7 +279,8 @@ def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = N
     """Serve until SIGINT/SIGTERM (the `text2sql serve` command).
 
     Raises:
-        ConfigError: a non-loopback address without a token (anyone on the network could query the warehouse).
+        ConfigError: a non-loopback address without a token (anyone on the network could query the warehouse);
+            a port out of range, a host that does not resolve, or an address already in use.
     """
     uvicorn = require("uvicorn", "serve")
     s = cfg.serve
@@ -287,11 +289,46 @@ def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = N
     if host not in ("127.0.0.1", "localhost", "::1") and not (s.token_env and os.environ.get(s.token_env)):
         raise ConfigError(f"serving on {host} needs a bearer token: set ${s.token_env or 'TEXT2SQL_TOKEN'} "
                           "(serve.token_env names the variable), or bind 127.0.0.1")
+    _check_address(host, port)  # before the model loads: a bad or busy port fails at once, not minutes later
     configure_logging()
     app = create_app(cfg, model_dir, upstream, strict)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info",
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, lifespan="on"))
     server.run()
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse a port out of range, a host that does not resolve, or an address something else listens on."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port}: a TCP port is 1-65535 (--port or serve.port)")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"host {host!r}: cannot resolve it ({exc.strerror}; --host or serve.host)") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (another server there? "
+                              "choose another --port)") from None
+
+
+def _json_body(model: type[BaseModel], raw: bytes, invalid: type[Exception]) -> Any:
+    """The request body parsed as JSON into `model`, whatever the content type says: `curl -d` sends
+    application/x-www-form-urlencoded, and FastAPI would then not parse the JSON at all (issue 19)."""
+    from pydantic import ValidationError
+
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise invalid([{"type": "json_invalid", "loc": ("body",), "msg": "not valid JSON"}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 def configure_logging(stream: Any = None) -> None:

@@ -67,16 +67,18 @@ HELD_PROMPT_COUNT = 8
 _PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "bitsandbytes")
 
 
-def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> Path:
+def train(cfg: Config, resume: bool = False, callbacks: list | None = None, force: bool = False) -> Path:
     """Fine-tune the base model on the dataset's train split; returns the run dir.
 
     `callbacks` are extra transformers TrainerCallbacks (benchmarks and tests measure through them).
+    `force` replaces an existing run dir of the same name (`train.run_name`); without it that is refused.
 
     Raises:
         ConfigError: unknown method, qlora or FSDP without CUDA, packing without max_length, `resume` on
             another number of processes than the run was trained on.
         DataError: the dataset has no train split, or its definitions.yaml names a column schemas/ lacks.
-        ModelError: the base model cannot be resolved; `resume` finds no checkpoint.
+        ModelError: the base model cannot be resolved; `resume` finds no checkpoint; the run dir exists
+            (without `force`).
         MissingDependencyError: a package of the [train] extra (torch, transformers, peft, trl, ...) is not installed.
     """
     require_all(TRAIN_PACKAGES, "train")
@@ -105,7 +107,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
     lengths = _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
     speed = speed_settings(cfg, method, cuda, base_dir, lengths)
     # Rank 0 picks (or finds) the run dir; every rank gets its answer, or its error.
-    run_dir, checkpoint = from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size)
+    run_dir, checkpoint = from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size, force)
 
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     manifest: dict = {}
@@ -136,8 +138,10 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None) -> P
         _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = dict(result.metrics)
-    if dev_records:
-        metrics.update(trainer.evaluate())
+    if dev_records:  # the Trainer has evaluated the last step if eval_steps divides it: not the dev split twice
+        last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), {})
+        done = last.get("step") == trainer.state.global_step
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if done else trainer.evaluate())
 
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded (fast to resume); the run dir needs a loadable adapter
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -310,14 +314,17 @@ def _gpu_memory_bytes() -> int:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
-def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1) -> tuple[Path, Path | None]:
-    """The run dir (new, or the one to resume) and the checkpoint to resume from."""
+def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1, force: bool = False) -> tuple[Path, Path | None]:
+    """The run dir (new, or the one to resume) and the checkpoint to resume from; `force` empties an existing one."""
     root = cfg.path(cfg.train.output_dir)
     if not resume:
         name = cfg.train.run_name or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = root / name
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ModelError(f"run dir {run_dir} already exists: use `text2sql train --resume` or another train.run_name")
+            if not force:
+                raise ModelError(f"run dir {run_dir} exists: --resume continues it, --force replaces it, "
+                                 "or set another train.run_name")
+            shutil.rmtree(run_dir)  # --force
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir, None
     if cfg.train.run_name:

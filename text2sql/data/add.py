@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from text2sql.data.store import Pair, load_dataset, update_pairs
 from text2sql.data.validate import ValidationReport, validate_pairs
 from text2sql.errors import DataError
+from text2sql.files import read_text
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -73,7 +74,7 @@ def read_pair_file(path: Path) -> list[dict[str, Any]]:
 
     if not path.is_file():
         raise DataError(f"{path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,5 +138,16 @@ def embed_questions(texts: list[str], model_path: str):
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar in `data dedup` output
+    import numpy as np
+
+    from text2sql.progress import progress_bar
+
     model = sentence_transformers.SentenceTransformer(model_path, device="cpu")
-    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    print(f"dedup: embedding {len(texts)} questions", file=sys.stderr, flush=True)
+    chunks, step = [], 256  # encode in slices so the bar moves; encode batches 64 inside each
+    with progress_bar("embed", len(texts), "q") as advance:
+        for start in range(0, len(texts), step):
+            chunks.append(model.encode(texts[start:start + step], batch_size=64, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False))
+            advance(len(chunks[-1]))
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.get_sentence_embedding_dimension()))

@@ -88,11 +88,12 @@ class ImportReport:
 
 
 def import_spider(cfg: Config, path: str | Path, name: str = "spider-sample", split: str = "dev",
-                  timeout_s: float | None = None) -> ImportReport:
-    """Import a Spider-format benchmark split as dataset `name` (replacing its pairs and databases).
+                  timeout_s: float | None = None, force: bool = False) -> ImportReport:
+    """Import a Spider-format benchmark split as dataset `name` (replacing its pairs and databases only with `force`).
 
     Raises:
-        DataError: the benchmark files are missing or malformed, hold no questions, or none of their databases.
+        DataError: the benchmark files are missing or malformed, hold no questions, or none of their databases;
+            dataset `name` has pairs and `force` is off.
     """
     from text2sql.data.store import Pair, load_dataset, update_pairs, write_dataset_info, write_text_atomic
 
@@ -111,6 +112,8 @@ def import_spider(cfg: Config, path: str | Path, name: str = "spider-sample", sp
         raise DataError(f"no SQLite database under {root / 'database'} for the {len(db_ids)} db_id(s) of {split}.json: "
                         f"expected database/<db_id>/<db_id>.sqlite, e.g. database/{db_ids[0]}/{db_ids[0]}.sqlite")
     ds = load_dataset(cfg, name)
+    if ds.pairs_file.is_file() and not force:  # a dataset may hold hand-written pairs: never replace it silently
+        raise DataError(f"dataset {ds.name!r} exists ({ds.pairs_file}): --force replaces it, or choose another --name")
     report = ImportReport(ds.name, str(root), questions=len(examples))
     db_dir = ds.path / DATABASES_DIR
     db_dir.mkdir(parents=True, exist_ok=True)

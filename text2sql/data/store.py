@@ -14,6 +14,7 @@ import datetime as dt
 import fcntl
 import getpass
 import hashlib
+import io
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.data.analysis import difficulty_of, normalize_question, normalize_sql
 from text2sql.errors import DataError
-from text2sql.files import write_atomic
+from text2sql.files import read_text, write_atomic
 from text2sql.vocab import DIFFICULTIES, SPLITS
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def load_dataset(cfg: Config, name: str | None = None) -> Dataset:
     info: dict[str, Any] = {}
     if info_file.is_file():
         try:
-            info = yaml.safe_load(info_file.read_text()) or {}
+            info = yaml.safe_load(read_text(info_file)) or {}
         except yaml.YAMLError as exc:
             raise DataError(f"{info_file}: not valid YAML: {exc}") from None
         if not isinstance(info, dict) or set(info) - _DATASET_KEYS:
@@ -155,7 +156,7 @@ def read_pairs_file(path: Path) -> list[tuple[Pair, str]]:
     problems: list[str] = []
     out: list[tuple[Pair, str]] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
+    with io.StringIO(read_text(path)) as fh:  # one helper reads every input file (non-UTF-8: one-line error)
         for number, line in enumerate(fh, 1):
             raw = line.rstrip("\n")
             if not raw.strip():
