@@ -23,11 +23,11 @@ STAGES = [
     ("prompt", ["text2sql.prompt"]),
     ("train", ["text2sql.models", "text2sql.train", "text2sql.distributed", "text2sql.merge"]),
     ("select", ["text2sql.select"]),  # candidate selection: needs only the sandbox; generate, evaluate, serve use it
-    ("generate", ["text2sql.generate"]),
+    ("generate", ["text2sql.generate", "text2sql.engine"]),
     ("evaluate", ["text2sql.evaluate"]),
     ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
-    ("serve", ["text2sql.serve"]),
-    ("top", ["text2sql.cli", "text2sql.pipeline", "text2sql.quiet", "text2sql.synthesize"]),
+    ("serve", ["text2sql.serve", "text2sql.serve_engine", "text2sql.feedback"]),
+    ("top", ["text2sql.cli", "text2sql.cli_common", "text2sql.cli_data", "text2sql.pipeline", "text2sql.quiet", "text2sql.synthesize"]),
 ]
 """Pipeline order, lowest first: a module may import from its own stage and the stages before it."""
 OVERSIZED = {

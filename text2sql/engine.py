@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from text2sql.errors import ModelError
-from text2sql.generate import MIN_CACHED_PREFIX, PREFIX_CACHES
+
+MIN_CACHED_PREFIX = 32
+"""Shorter shared prefixes are prefilled with the rest: a cache copy would cost more than it saves."""
+PREFIX_CACHES = 8
+"""Prefix caches kept: with a pruned schema each set of tables makes its own system message."""
 
 CACHE_TOKENS_STEP = 256
 """The cache length is rounded up to a multiple of this: each length is one more compiled shape."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 
@@ -287,10 +288,6 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     return replies
 
 
-MIN_CACHED_PREFIX = 32
-"""Shorter shared prefixes are prefilled with the rest: a cache copy would cost more than it saves."""
-PREFIX_CACHES = 8
-"""Prefix caches kept: with a pruned schema each set of tables makes its own system message."""
 
 
 def _question_start(tok, messages: list[dict[str, str]], row: list[int], heads: dict[str, list[int]]) -> int:
