@@ -1,0 +1,307 @@
+"""Scoring predictions: run gold and predicted SQL in the sandbox, judge each prediction, cache gold results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlglot import exp
+
+from text2sql.compare import _parse, compare_results, exact_match, tie_query
+from text2sql.errors import DataError
+from text2sql.evaluate.predictions import _to_duckdb, extract_sql
+from text2sql.files import write_atomic
+from text2sql.vocab import EVAL_MODES as MODES
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
+
+VERDICTS = (
+    "correct", "wrong_result", "no_sql", "parse_error", "unknown_table", "unknown_column",
+    "refused", "runtime_error", "timeout",
+)
+VALID_SQL_VERDICTS = ("correct", "wrong_result")
+"""Predictions that ran to a result: what the valid-SQL rate counts."""
+GOLD_CACHE_DIR = ".cache/gold"
+GOLD_CACHE_FORMAT = 2
+
+
+@dataclass
+class ScoredRun:
+    """What `score_pairs` found: one record per scored example, the excluded ones, the targets' fingerprints."""
+
+    examples: list[dict] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    """Examples whose gold failed, timed out or exceeded the row cap: left out of every metric."""
+    schemas: dict[str, str] = field(default_factory=dict)
+    """Fingerprint of each database evaluated on ("lakehouse" or the pair's db id)."""
+    engines: dict[str, str] = field(default_factory=dict)
+    """The warehouse engine each database ran on (materialized, iceberg, duckdb)."""
+
+
+def score_pairs(
+    cfg: Config,
+    pairs: list,
+    predictions: dict[str, str | None],
+    *,
+    dataset: str | Path | None = None,
+    mode: str | None = None,
+    workers: int | None = None,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+    dialects: dict[str, str] | None = None,
+) -> ScoredRun:
+    """Run every pair's gold and predicted SQL in the sandbox and judge the prediction.
+
+    Pairs with `db` null run on the project lakehouse; others on the DuckDB file that the dataset's
+    dataset.yaml lists for that db (`dataset`: a name under data.datasets_dir or a directory).
+    `predictions` maps ids to replies (or plain SQL), each judged whole by `warehouse.judge_reply` inside the
+    workers; gold SQL goes through the same judge, and a gold it does not pass is excluded, so golds and
+    predictions are treated alike. A pair with no prediction scores `no_sql`. Gold results are cached under
+    `.cache/gold/` (by SQL and database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
+    `dialects` ({id: dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for
+    DuckDB first, and their records keep the SQL as written in `predicted_sqlite`.
+    """
+    from text2sql.warehouse import QueryRunner
+
+    mode = mode or cfg.eval.mode
+    if mode not in MODES:
+        raise DataError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    workers = workers or cfg.eval.workers or os.cpu_count() or 1
+    scored = ScoredRun()
+    by_db: dict[str | None, list] = {}
+    for pair in pairs:
+        by_db.setdefault(getattr(pair, "db", None), []).append(pair)
+    cache_root = Path(cache_dir) if cache_dir else cfg.path(GOLD_CACHE_DIR)
+    for db, group in by_db.items():
+        spec, snapshot = _open_target(cfg, dataset, db)
+        fingerprint = _target_fingerprint(spec, snapshot)
+        scored.schemas[db or "lakehouse"] = snapshot.fingerprint
+        cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
+        scored.engines[db or "lakehouse"] = spec.engine
+        group_predictions, as_written = _to_duckdb(predictions, group, dialects or {}, snapshot)
+        with QueryRunner.from_config(cfg, spec, workers=workers, snapshot=snapshot) as runner:
+            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+        for record in scored.examples + scored.excluded:
+            if record["id"] in as_written:
+                record["predicted_sqlite"] = as_written[record["id"]]
+    order = {p.id: i for i, p in enumerate(pairs)}
+    scored.examples.sort(key=lambda e: order[e["id"]])
+    scored.excluded.sort(key=lambda e: order[e["id"]])
+    return scored
+
+
+def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(runner.size) as pool:
+        golds = _GoldRuns(runner, pool, cache)
+        for sql in dict.fromkeys(p.sql for p in pairs):
+            golds.request(sql)
+        # Each reply is judged and, when it passes, run in a worker, in parallel with the gold queries; a reply that
+        # is its gold's text (but for spacing) gets the gold's verdict and result: same text, same judge, same query.
+        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql)
+                   else pool.submit(runner.judge_and_run, predictions[pair.id])
+                   for pair in pairs if predictions.get(pair.id)}
+        retry = []
+        for pair in pairs:
+            gold_check, gold = golds.result(pair.sql)
+            reply = predictions.get(pair.id)
+            if pair.id not in pending:
+                pred_sql, check, pred = None, None, None
+            elif pending[pair.id] is None:
+                pred_sql, check, pred = extract_sql(reply), gold_check, gold
+            else:
+                pred_sql, check, pred = pending[pair.id].result()
+            record = {"id": pair.id, "question": getattr(pair, "question", ""), "gold": pair.sql, "predicted": pred_sql}
+            if reply and reply.strip() != pred_sql:  # the raw reply, next to the SQL judged in it
+                record["raw"] = reply
+            record.update({
+                "db": getattr(pair, "db", None),
+                "difficulty": getattr(pair, "difficulty", None) or "unknown",
+                "tags": list(getattr(pair, "tags", None) or []),
+                "tables": gold_check.tables if gold_check.ok else _tables(pair.sql, snapshot),
+            })
+            problem = _gold_problem(gold_check, gold, runner.max_rows)
+            if problem:
+                scored.excluded.append({**record, "reason": problem})
+                continue
+            judged = (pair.sql, gold, pred_sql, check, pred)
+            record.update(_judge(*judged, None, mode, rel_tol, runner.timeout_s))
+            record["empty_gold"] = not gold.rows
+            record["exact_match"] = _exact_match(pair.sql, pred_sql, check, record["verdicts"])
+            scored.examples.append(record)
+            if record["verdicts"]["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
+                retry.append((record, judged, untied))
+        # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
+        # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
+        for _, _, untied in retry:
+            golds.request(untied)
+        for record, judged, untied in retry:
+            _, tie = golds.result(untied)
+            if tie is not None and not tie.error_kind:
+                record.pop("diff", None)
+                record.update(_judge(*judged, tie.rows, mode, rel_tol, runner.timeout_s))
+
+
+class _GoldRuns:
+    """Gold (check, result) by SQL: from the disk cache, or judged and run once in the pool (and then cached)."""
+
+    def __init__(self, runner, pool, cache) -> None:
+        self.runner, self.pool, self.cache = runner, pool, cache
+        self.results: dict[str, Any] = {}
+
+    def request(self, sql: str) -> None:
+        if sql not in self.results:
+            cached = self.cache.get(sql) if self.cache else None
+            self.results[sql] = cached if cached is not None else self.pool.submit(self._run, sql)
+
+    def _run(self, sql: str):
+        _, check, result = self.runner.judge_and_run(sql)
+        if self.cache:
+            self.cache.put(sql, check, result)
+        return check, result
+
+    def result(self, sql: str):
+        value = self.results[sql]
+        return value.result() if hasattr(value, "result") and callable(value.result) else value
+
+
+def _judge(gold_sql, gold, pred_sql, check, pred, tie_rows, mode: str, rel_tol: float, timeout_s: float) -> dict:
+    """Verdict, reason (and diff) of one prediction, under the chosen mode and every other mode."""
+    if not pred_sql:
+        verdict, reason = "no_sql", "no SQL in the prediction"
+    elif not check.ok:
+        verdict, reason = check.kind, check.message
+    elif pred.error_kind == "timeout":
+        verdict, reason = "timeout", f"stopped at the {timeout_s:g} s timeout (warehouse.timeout_s)"
+    elif pred.error_kind:
+        verdict, reason = pred.error_kind, pred.error
+    elif pred.truncated:
+        verdict, reason = "wrong_result", f"the prediction returned more than {len(pred.rows)} rows (the row cap)"
+    else:
+        comparisons = {
+            m: compare_results(gold, pred, gold_sql=gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows)
+            for m in MODES
+        }
+        chosen = comparisons[mode]
+        out = {
+            "verdict": "correct" if chosen.equal else "wrong_result",
+            "reason": chosen.reason,
+            "verdicts": {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
+        }
+        if chosen.diff:
+            out["diff"] = chosen.diff
+        return out
+    return {"verdict": verdict, "reason": reason, "verdicts": {m: verdict for m in MODES}}
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _exact_match(gold_sql: str, pred_sql: str | None, check, verdicts: dict) -> bool:
+    """`exact_match`, parsed only for a prediction whose result matched the gold's in some mode: the same query
+    gives the same result, so a prediction that matched in no mode is no exact match (sqlglot's normalization
+    costs more than judging and running the query)."""
+    if not (check and check.ok):
+        return False
+    if _same_text(gold_sql, pred_sql):
+        return True
+    return "correct" in verdicts.values() and exact_match(gold_sql, pred_sql)
+
+
+def _gold_problem(check, gold, max_rows: int) -> str:
+    """Why a gold result cannot be scored against, or '' when it can."""
+    if not check.ok:  # judged as a prediction would be: a gold that would score 0 as a prediction is no gold
+        return f"gold query not accepted by the SQL check ({check.kind}): {check.message}"
+    if gold.error_kind:
+        return f"gold query failed ({gold.error_kind}): {gold.error}"
+    if gold.truncated:
+        return f"gold result has more than {max_rows} rows (warehouse.max_rows): it cannot be compared exactly"
+    return ""
+
+
+def _tables(sql: str, snapshot) -> list[str]:
+    """Qualified names of the snapshot tables a gold query reads (names it cannot resolve kept as written)."""
+    tree = _parse(sql)
+    if tree is None:
+        return []
+    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    names = set()
+    for table in tree.find_all(exp.Table):
+        if table.name and not (not table.db and table.name.lower() in ctes):
+            written = ".".join(p for p in (table.db, table.name) if p)
+            names.add(snapshot.resolve(written) or written)
+    return sorted(names)
+
+
+def _open_target(cfg: Config, dataset: str | Path | None, db: str | None):
+    """WarehouseSpec and SchemaSnapshot of the project lakehouse (db None) or of a benchmark database file."""
+    from text2sql.catalog import SchemaSnapshot, load_snapshot
+    from text2sql.data import load_dataset
+    from text2sql.warehouse import WarehouseSpec
+
+    if db is None:
+        snapshot = load_snapshot(cfg)
+        return WarehouseSpec.from_config(cfg, snapshot), snapshot
+    path = load_dataset(cfg, str(dataset) if dataset else None).database(db)
+    return WarehouseSpec.from_duckdb_file(path), SchemaSnapshot.from_duckdb(path)
+
+
+def _target_fingerprint(spec, snapshot) -> str:
+    """Identifies the data a query sees: schema snapshot, how it is opened and, for a file, its version on disk."""
+    from text2sql.warehouse import spec_fingerprint
+
+    parts = [snapshot.fingerprint, spec_fingerprint(spec)]
+    if spec.database != ":memory:" and Path(spec.database).is_file():
+        st = Path(spec.database).stat()
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+class _CachedResult(NamedTuple):
+    columns: list[str]
+    rows: list[tuple]
+    error_kind: str | None
+    error: str
+    truncated: bool
+
+
+class _GoldCache:
+    """Gold (check, result) on disk, one pickle per (gold SQL, database fingerprint, row cap, DuckDB version)."""
+
+    def __init__(self, root: Path, fingerprint: str, max_rows: int) -> None:
+        import duckdb
+
+        self.root, self.salt = root, [GOLD_CACHE_FORMAT, fingerprint, max_rows, duckdb.__version__]
+
+    def _path(self, sql: str) -> Path:
+        key = hashlib.sha256(json.dumps([*self.salt, sql]).encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.pkl"
+
+    def get(self, sql: str):
+        """(SQLCheck, _CachedResult or None), or None when not cached."""
+        from text2sql.warehouse import SQLCheck
+
+        path = self._path(sql)
+        try:
+            with path.open("rb") as f:
+                check, result = pickle.load(f)
+            return SQLCheck(*check), (_CachedResult(*result) if result is not None else None)
+        except (OSError, pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError):
+            return None  # missing or unreadable: run the query again
+
+    def put(self, sql: str, check, result) -> None:
+        if result is not None and result.error_kind == "timeout":  # may pass on a less busy machine: don't remember it
+            return
+        path = self._path(sql)
+        value = ((check.ok, check.kind, check.message, list(check.tables)),
+                 None if result is None else
+                 (list(result.columns), list(result.rows), result.error_kind, result.error, result.truncated))
+        write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
