@@ -109,7 +109,7 @@ def read_prediction_dialects(path: str | Path, default: str = DIALECT) -> dict[s
 
 def _to_duckdb(predictions: dict[str, str | None], pairs: list, dialects: dict[str, str], snapshot):
     """The predictions of `pairs` written for SQLite, rewritten for DuckDB; and {id: SQL as written} of those."""
-    from text2sql.data.spider import transpile_prediction
+    from text2sql.data.spider_convert import transpile_prediction
     from text2sql.warehouse import locate_sql
 
     columns = {name: {c.name: c.type for c in t.columns} for name, t in snapshot.tables.items()}
