@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.compare import ResultSet, compare_results, order_key_columns, rows_close, tie_query
+from text2sql.data.compare import ResultSet, compare_results, order_key_columns, rows_close, tie_query
 from text2sql.data.spider_convert import (
     _canonical_int,
     _connect_sqlite,

@@ -21,12 +21,12 @@ Pipeline of `evaluate`: load pairs -> read predictions -> for each database: che
 (cached on disk) and predictions in parallel through `text2sql.warehouse.QueryRunner` -> judge each example
 -> metrics -> report.json, report.md, report.html under ``eval/reports/<release>/``.
 
-The code: `text2sql.compare` (comparing two results, shared with the Spider import), `predictions` (reading
-predictions files), `scoring` (running and judging), `release` (`evaluate`, metrics, inputs) and `report`
-(rendering and comparing reports). This package re-exports their public names.
+The code: `text2sql.data.compare` (comparing two results, shared with the Spider import), `predictions` (reading
+predictions files), `scoring` (running and judging), `records` (the `Example` and `Report` written),
+`release` (`evaluate`, metrics, inputs) and `report` (rendering and comparing reports). This package re-exports their public names.
 """
 
-from text2sql.compare import (
+from text2sql.data.compare import (
     DIFF_ROWS,
     MAX_FUZZY_MATCH,
     MAX_MAPPING_STEPS,
@@ -38,6 +38,7 @@ from text2sql.compare import (
     tie_query,
 )
 from text2sql.evaluate.predictions import extract_sql, read_prediction_dialects, read_predictions
+from text2sql.evaluate.records import Example, Judgement, Report
 from text2sql.evaluate.release import DIFFICULTY_ORDER, RELEASE_NAME, compute_metrics, evaluate
 from text2sql.evaluate.report import (
     compare_reports,
@@ -62,7 +63,8 @@ from text2sql.vocab import EVAL_MODES as MODES
 
 __all__ = [
     "DIFFICULTY_ORDER", "DIFF_ROWS", "GOLD_CACHE_DIR", "GOLD_CACHE_FORMAT", "MAX_FUZZY_MATCH", "MAX_MAPPING_STEPS",
-    "MODES", "RELEASE_NAME", "VALID_SQL_VERDICTS", "VERDICTS", "Comparison", "ResultSet", "ScoredRun",
+    "MODES", "RELEASE_NAME", "VALID_SQL_VERDICTS", "VERDICTS", "Comparison", "Example", "Judgement", "Report",
+    "ResultSet", "ScoredRun",
     "compare_reports", "compare_results", "compute_metrics", "evaluate", "exact_match", "extract_sql",
     "find_report", "format_comparison", "format_summary", "order_key_columns", "read_prediction_dialects",
     "read_predictions", "render_html", "render_markdown", "score_pairs", "tie_query", "write_report",

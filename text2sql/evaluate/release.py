@@ -15,6 +15,7 @@ import sqlglot
 
 from text2sql.errors import DataError
 from text2sql.evaluate.predictions import read_prediction_dialects, read_predictions
+from text2sql.evaluate.records import Example, Report
 from text2sql.evaluate.report import write_report
 from text2sql.evaluate.scoring import VALID_SQL_VERDICTS, VERDICTS, ScoredRun, score_pairs
 from text2sql.files import sha256_file
@@ -53,7 +54,8 @@ def evaluate(
             for DuckDB as the Spider import rewrites golds).
 
     Returns:
-        The report (also written as report.json, report.md and report.html); its "path" key is the directory.
+        The report's JSON form (`Report.to_json`, also written as report.json, report.md and report.html) and
+        its "path", the directory.
 
     Raises:
         DataError: bad predictions file, unknown mode, bad release name, or dataset problems from `load_pairs`.
@@ -77,27 +79,21 @@ def evaluate(
     selected = select_predictions(cfg, pairs, predictions, predictions_path, dataset)
     scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
                          dialects=dialects)
-    report = {
-        "release": release,
-        "mode": mode,
-        "model": model,
-        "dataset": dataset,
-        "split": split,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "metrics": compute_metrics(scored.examples, scored.excluded, mode),
-        "examples": scored.examples,
-        "excluded": scored.excluded,
-        "inputs": _inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
-    }
-    report["inputs"]["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, DIALECT) for p in pairs))
+    report = Report(
+        release=release, mode=mode, model=model, dataset=dataset, split=split,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        metrics=compute_metrics(scored.examples, scored.excluded, mode),
+        examples=scored.examples, excluded=scored.excluded,
+        inputs=_inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
+    )
+    report.inputs["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, DIALECT) for p in pairs))
     if selected is not None:
-        report["selection"] = _selection_metrics(cfg, pairs, scored, selected, predictions_path, dataset, mode,
-                                                 dialects)
-    report["metrics"]["elapsed_s"] = round(time.perf_counter() - started, 3)
+        report.selection = _selection_metrics(cfg, pairs, scored, selected, predictions_path, dataset, mode, dialects)
+    report.metrics["elapsed_s"] = round(time.perf_counter() - started, 3)
     out = cfg.path(cfg.eval.reports_dir) / release
-    write_report(report, out)
-    report["path"] = str(out)
-    return report
+    body = report.to_json()
+    write_report(body, out)
+    return {**body, "path": str(out)}
 
 
 def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, predictions_path, dataset, mode,
@@ -109,8 +105,8 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
     changed = [p for p in pairs if selected.greedy.get(p.id) != selected.predictions.get(p.id)]
     rescored = score_pairs(cfg, changed, selected.greedy, dataset=dataset, mode=mode,
                            dialects=dialects).examples if changed else []
-    greedy_correct = {e["id"]: e["verdict"] == "correct" for e in scored.examples}
-    greedy_correct.update({e["id"]: e["verdict"] == "correct" for e in rescored if e["id"] in greedy_correct})
+    greedy_correct = {e.id: e.verdict == "correct" for e in scored.examples}
+    greedy_correct.update({e.id: e.verdict == "correct" for e in rescored if e.id in greedy_correct})
     n = len(scored.examples)
     ex_greedy = round(sum(greedy_correct.values()) / n, 4) if n else 0.0
     ex_selected = compute_metrics(scored.examples, scored.excluded, mode)["ex"]
@@ -126,8 +122,10 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
     }
 
 
-def compute_metrics(examples: list[dict], excluded: list[dict], mode: str) -> dict:
-    """EX overall and by slice, valid-SQL rate, exact match, EX per mode, verdict counts, gold problems."""
+def compute_metrics(examples: list[Example] | list[dict], excluded: list, mode: str) -> dict:
+    """EX overall and by slice, valid-SQL rate, exact match, EX per mode, verdict counts, gold problems.
+
+    `examples`: `Example` records or their report.json objects (read alike)."""
     n = len(examples)
 
     def rate(items, ok=lambda e: e["verdict"] == "correct") -> float:

@@ -14,9 +14,14 @@ def write_report(report: dict, out: Path) -> None:
     """Write report.json, report.md and report.html into `out` (each atomically)."""
     out = Path(out)
     body = {k: v for k, v in report.items() if k != "path"}
-    write_atomic(out / "report.json", json.dumps(body, indent=2, default=str) + "\n")
+    write_atomic(out / "report.json", json.dumps(body, indent=2, default=_to_json) + "\n")
     write_atomic(out / "report.md", render_markdown(body))
     write_atomic(out / "report.html", render_html(body))
+
+
+def _to_json(value):
+    """JSON for what `json` cannot write itself: an `Example` (or `Report`) as its report.json object, else text."""
+    return value.to_json() if hasattr(value, "to_json") else str(value)
 
 
 def format_summary(report: dict) -> str:

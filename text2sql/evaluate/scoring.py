@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlglot import exp
 
-from text2sql.compare import _parse, compare_results, exact_match, tie_query
+from text2sql.data.compare import _parse, compare_results, exact_match, tie_query
 from text2sql.errors import DataError
 from text2sql.evaluate.predictions import _to_duckdb, extract_sql
+from text2sql.evaluate.records import Example, Judgement
 from text2sql.files import write_atomic
 from text2sql.vocab import EVAL_MODES as MODES
 
@@ -35,8 +36,8 @@ GOLD_CACHE_FORMAT = 2
 class ScoredRun:
     """What `score_pairs` found: one record per scored example, the excluded ones, the targets' fingerprints."""
 
-    examples: list[dict] = field(default_factory=list)
-    excluded: list[dict] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+    excluded: list[Example] = field(default_factory=list)
     """Examples whose gold failed, timed out or exceeded the row cap: left out of every metric."""
     schemas: dict[str, str] = field(default_factory=dict)
     """Fingerprint of each database evaluated on ("lakehouse" or the pair's db id)."""
@@ -88,11 +89,11 @@ def score_pairs(
         with QueryRunner.from_config(cfg, spec, workers=workers, snapshot=snapshot) as runner:
             _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
         for record in scored.examples + scored.excluded:
-            if record["id"] in as_written:
-                record["predicted_sqlite"] = as_written[record["id"]]
+            if record.id in as_written:
+                record.predicted_sqlite = as_written[record.id]
     order = {p.id: i for i, p in enumerate(pairs)}
-    scored.examples.sort(key=lambda e: order[e["id"]])
-    scored.excluded.sort(key=lambda e: order[e["id"]])
+    scored.examples.sort(key=lambda e: order[e.id])
+    scored.excluded.sort(key=lambda e: order[e.id])
     return scored
 
 
@@ -118,35 +119,35 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
                 pred_sql, check, pred = extract_sql(reply), gold_check, gold
             else:
                 pred_sql, check, pred = pending[pair.id].result()
-            record = {"id": pair.id, "question": getattr(pair, "question", ""), "gold": pair.sql, "predicted": pred_sql}
-            if reply and reply.strip() != pred_sql:  # the raw reply, next to the SQL judged in it
-                record["raw"] = reply
-            record.update({
-                "db": getattr(pair, "db", None),
-                "difficulty": getattr(pair, "difficulty", None) or "unknown",
-                "tags": list(getattr(pair, "tags", None) or []),
-                "tables": gold_check.tables if gold_check.ok else _tables(pair.sql, snapshot),
-            })
+            record = Example(
+                id=pair.id, question=getattr(pair, "question", ""), gold=pair.sql, predicted=pred_sql,
+                # the raw reply, next to the SQL judged in it
+                raw=reply if reply and reply.strip() != pred_sql else None,
+                db=getattr(pair, "db", None), difficulty=getattr(pair, "difficulty", None) or "unknown",
+                tags=list(getattr(pair, "tags", None) or []),
+                tables=gold_check.tables if gold_check.ok else _tables(pair.sql, snapshot),
+            )
             problem = _gold_problem(gold_check, gold, runner.max_rows)
             if problem:
-                scored.excluded.append({**record, "reason": problem})
+                record.reason = problem
+                scored.excluded.append(record)
                 continue
-            judged = (pair.sql, gold, pred_sql, check, pred)
-            record.update(_judge(*judged, None, mode, rel_tol, runner.timeout_s))
-            record["empty_gold"] = not gold.rows
-            record["exact_match"] = _exact_match(pair.sql, pred_sql, check, record["verdicts"])
+            case = Case(pair.sql, gold, pred_sql, check, pred)
+            record.judged(_judge(case, mode=mode, rel_tol=rel_tol, timeout_s=runner.timeout_s))
+            record.empty_gold = not gold.rows
+            record.exact_match = _exact_match(pair.sql, pred_sql, check, record.verdicts)
             scored.examples.append(record)
-            if record["verdicts"]["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
-                retry.append((record, judged, untied))
+            if record.verdicts["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
+                retry.append((record, case, untied))
         # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
         # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
         for _, _, untied in retry:
             golds.request(untied)
-        for record, judged, untied in retry:
+        for record, case, untied in retry:
             _, tie = golds.result(untied)
             if tie is not None and not tie.error_kind:
-                record.pop("diff", None)
-                record.update(_judge(*judged, tie.rows, mode, rel_tol, runner.timeout_s))
+                record.judged(_judge(case, tie.rows, mode=mode, rel_tol=rel_tol, timeout_s=runner.timeout_s))
+                record.rejudged = True
 
 
 class _GoldRuns:
@@ -172,8 +173,20 @@ class _GoldRuns:
         return value.result() if hasattr(value, "result") and callable(value.result) else value
 
 
-def _judge(gold_sql, gold, pred_sql, check, pred, tie_rows, mode: str, rel_tol: float, timeout_s: float) -> dict:
+class Case(NamedTuple):
+    """One prediction to judge: the gold query and result, the predicted SQL, its SQL check and result."""
+
+    gold_sql: str
+    gold: Any
+    pred_sql: str | None
+    check: Any
+    pred: Any
+
+
+def _judge(case: Case, tie_rows: list[tuple] | None = None, *, mode: str, rel_tol: float,
+           timeout_s: float) -> Judgement:
     """Verdict, reason (and diff) of one prediction, under the chosen mode and every other mode."""
+    pred_sql, check, pred = case.pred_sql, case.check, case.pred
     if not pred_sql:
         verdict, reason = "no_sql", "no SQL in the prediction"
     elif not check.ok:
@@ -186,19 +199,14 @@ def _judge(gold_sql, gold, pred_sql, check, pred, tie_rows, mode: str, rel_tol: 
         verdict, reason = "wrong_result", f"the prediction returned more than {len(pred.rows)} rows (the row cap)"
     else:
         comparisons = {
-            m: compare_results(gold, pred, gold_sql=gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows)
+            m: compare_results(case.gold, pred, gold_sql=case.gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows)
             for m in MODES
         }
         chosen = comparisons[mode]
-        out = {
-            "verdict": "correct" if chosen.equal else "wrong_result",
-            "reason": chosen.reason,
-            "verdicts": {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
-        }
-        if chosen.diff:
-            out["diff"] = chosen.diff
-        return out
-    return {"verdict": verdict, "reason": reason, "verdicts": {m: verdict for m in MODES}}
+        return Judgement("correct" if chosen.equal else "wrong_result", chosen.reason,
+                         {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
+                         chosen.diff or None)
+    return Judgement(verdict, reason, {m: verdict for m in MODES})
 
 
 def _same_text(a: str, b: str) -> bool:
