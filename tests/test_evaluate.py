@@ -97,6 +97,28 @@ def test_limit_tie_would_fail_without_the_tie_rows(con):
     assert not compare_results(gold, too_many, gold_sql=gold_sql, tie_rows=tie_rows).equal
 
 
+@pytest.mark.parametrize("direction", ["DESC", "ASC"])
+def test_limit_tie_on_a_key_that_is_not_an_output_column(con, direction):
+    """ORDER BY count(*) ... LIMIT (two Spider concert golds): the tie query brings the key as an extra column,
+    so another row tied with the gold's last one is correct, and rows before the tie still count in order."""
+    limit = 1 if direction == "DESC" else 2  # eng and ops have 2 employees each, hr 1
+    gold_sql = f"SELECT dept FROM emp GROUP BY dept ORDER BY count(*) {direction} LIMIT {limit}"
+    untied = tie_query(gold_sql)
+    assert untied.endswith(f"COUNT(*) AS __t2s_tie_key0 FROM emp GROUP BY dept ORDER BY COUNT(*) {direction}")
+    gold, tie_rows = run(con, gold_sql), run(con, untied).rows
+    kept = gold.rows[-1][0]
+    other = ("ops" if kept == "eng" else "eng",)
+    before = gold.rows[:-1]  # hr, alone before the tie when ascending
+    pred = ResultSet(gold.columns, [*before, other])
+    assert not compare_results(gold, pred, gold_sql=gold_sql).equal
+    assert compare_results(gold, pred, gold_sql=gold_sql, tie_rows=tie_rows).equal
+    assert compare_results(gold, gold, gold_sql=gold_sql, tie_rows=tie_rows).equal
+    assert not compare_results(gold, ResultSet(gold.columns, [*before, ("hr",)] if not before else [other, ("hr",)]),
+                               gold_sql=gold_sql, tie_rows=tie_rows).equal  # not tied / tied rows out of order
+    assert not compare_results(gold, ResultSet(gold.columns, [*before, ("eng",), ("ops",)]), gold_sql=gold_sql,
+                               tie_rows=tie_rows).equal  # both tied rows: one too many
+
+
 def test_errors_are_never_compared():
     timeout = SimpleNamespace(columns=[], rows=[], error_kind="timeout")
     gold = ResultSet(["n"], [])

@@ -54,7 +54,6 @@ def demo_eval_project(tmp_path, lakehouse_project) -> Path:
     return tmp_path
 
 
-@pytest.mark.slow  # about 25 s each on 2 cores (a lakehouse build and 132 examples)
 @pytest.mark.parametrize("release", RELEASES)
 def test_committed_predictions_score_to_the_reference_report(demo_eval_project, release):
     committed = json.loads((REPO / "eval" / "reports" / release / "report.json").read_text())

@@ -41,6 +41,8 @@ MAX_FUZZY_MATCH = 64
 """Above this many leftover rows, tolerance matching only pairs rows in sorted order."""
 DIFF_ROWS = 3
 """Differing rows shown per side in a wrong_result diff."""
+TIE_KEY_PREFIX = "__t2s_tie_key"
+"""Names of the ORDER BY key columns `tie_query` adds when a key is not an output column."""
 
 
 class ResultSet(NamedTuple):
@@ -170,9 +172,13 @@ def tie_query(gold_sql: str) -> str | None:
     """The gold query without its top-level LIMIT when it orders and limits (and has no OFFSET), else None.
 
     Its rows tell which rows tie with the last ones the LIMIT kept, which a correct prediction may return instead.
+    When an ORDER BY key is not an output column (ORDER BY count(*)), the keys come as extra columns after the
+    output ones (named TIE_KEY_PREFIX<i>), so that the rows tied with the gold's last one can still be told.
 
-    >>> tie_query("SELECT a FROM t ORDER BY b DESC LIMIT 3")
-    'SELECT a FROM t ORDER BY b DESC'
+    >>> tie_query("SELECT a, b FROM t ORDER BY b DESC LIMIT 3")
+    'SELECT a, b FROM t ORDER BY b DESC'
+    >>> tie_query("SELECT a FROM t GROUP BY a ORDER BY COUNT(*) DESC LIMIT 1")
+    'SELECT a, COUNT(*) AS __t2s_tie_key0 FROM t GROUP BY a ORDER BY COUNT(*) DESC'
     >>> tie_query("SELECT a FROM t LIMIT 3") is None
     True
     """
@@ -182,6 +188,12 @@ def tie_query(gold_sql: str) -> str | None:
     if top is None or top.args.get("order") is None or top.args.get("limit") is None or top.args.get("offset"):
         return None
     top.set("limit", None)
+    keys = [ordered.this for ordered in top.args["order"].expressions]
+    # DISTINCT would count rows differently with more columns; a star's names are not known before it runs.
+    if isinstance(top, exp.Select) and not top.args.get("distinct") and \
+            not any(isinstance(e, exp.Star) for e in top.selects) and \
+            any(_output_index(k, top.selects, [""] * len(top.selects)) is None for k in keys):
+        top.select(*(exp.alias_(k.copy(), f"{TIE_KEY_PREFIX}{i}") for i, k in enumerate(keys)), copy=False)
     return tree.sql(dialect=DIALECT)
 
 
@@ -388,20 +400,35 @@ class _StrictCheck:
     def __init__(self, gold, pred, rel_tol, keys, tie_rows) -> None:
         self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
         self.order_differs = False
-        self.groups = self._key_groups(keys) if keys else None
+        self.groups = self._key_groups(gold, keys) if keys else None
         self.tie_pool = None
         if self.groups and tie_rows is not None:
-            last_key = tuple(gold[-1][i] for i in keys)
-            normalized = (_normalize_row(r, False) for r in tie_rows)
-            self.tie_pool = [r for r in normalized if _close(tuple(r[i] for i in keys), last_key, rel_tol)]
+            width = len(gold[0])
+            normalized = [_normalize_row(r, False) for r in tie_rows]
+            if normalized and len(normalized[0]) > width and keys == tuple(range(width)) and \
+                    len(normalized) >= len(gold):
+                self._pool_by_added_keys(normalized, width, keys)
+            else:  # the keys are output columns: any added ones are not needed
+                last_key = tuple(gold[-1][i] for i in keys)
+                self.tie_pool = [r[:width] for r in normalized if _close(tuple(r[i] for i in keys), last_key, rel_tol)]
         self.cut = len(gold) - self.groups[-1] if self.tie_pool else len(gold)
         """Rows before the cut must match the gold's; rows after it come from the tie pool."""
 
-    def _key_groups(self, keys) -> list[int]:
-        """Sizes of the runs of consecutive gold rows with equal sort keys."""
+    def _pool_by_added_keys(self, tie_rows: list[tuple], width: int, keys) -> None:
+        """The tie pool when a key is no output column and the tie rows end with the keys' values (`tie_query`).
+        The gold's rows are the first len(gold) rows of the same ordering, so the last one's key, and how many of
+        them share it, are known although the gold's own rows do not hold the keys."""
+        n = len(self.gold)
+        last_key = tie_rows[n - 1][width:]
+        tied = sum(1 for r in tie_rows[:n] if _close(r[width:], last_key, self.rel_tol))
+        self.tie_pool = [r[:width] for r in tie_rows if _close(r[width:], last_key, self.rel_tol)]
+        self.groups = self._key_groups(self.gold[: n - tied], keys) + [tied]
+
+    def _key_groups(self, rows: list[tuple], keys) -> list[int]:
+        """Sizes of the runs of consecutive rows with equal sort keys."""
         sizes: list[int] = []
         previous = None
-        for row in self.gold:
+        for row in rows:
             key = tuple(row[i] for i in keys)
             if sizes and _close(key, previous, self.rel_tol):
                 sizes[-1] += 1
