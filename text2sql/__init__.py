@@ -8,7 +8,8 @@ Stages, one module (or package) each, read in order; a module imports only from 
     prompt     prompt.py                  the one builder of model inputs
     train      models.py, train.py, merge.py   base models; SFT with TRL; adapter merge + parity check
     generate   generate.py                batched greedy generation; `predict` to JSONL
-    evaluate   evaluate.py                execution accuracy on DuckDB; release reports
+    evaluate   evaluate/                  execution accuracy on DuckDB (results compared by data/compare.py);
+                                          release reports
     serve      serve.py                   the HTTP server a BI chatbot calls
 
 `pipeline.py` (`text2sql demo`) and `cli.py` sit on top; `config.py`, `errors.py`, `files.py` and `vocab.py`
