@@ -39,7 +39,7 @@ from text2sql.data.compare import (
 )
 from text2sql.evaluate.predictions import extract_sql, read_prediction_dialects, read_predictions
 from text2sql.evaluate.records import Example, Judgement, Report
-from text2sql.evaluate.release import DIFFICULTY_ORDER, RELEASE_NAME, compute_metrics, evaluate
+from text2sql.evaluate.release import DIFFICULTY_ORDER, RELEASE_NAME, check_release_free, compute_metrics, evaluate
 from text2sql.evaluate.report import (
     compare_reports,
     find_report,
@@ -65,7 +65,7 @@ __all__ = [
     "DIFFICULTY_ORDER", "DIFF_ROWS", "GOLD_CACHE_DIR", "GOLD_CACHE_FORMAT", "MAX_FUZZY_MATCH", "MAX_MAPPING_STEPS",
     "MODES", "RELEASE_NAME", "VALID_SQL_VERDICTS", "VERDICTS", "Comparison", "Example", "Judgement", "Report",
     "ResultSet", "ScoredRun",
-    "compare_reports", "compare_results", "compute_metrics", "evaluate", "exact_match", "extract_sql",
+    "check_release_free", "compare_reports", "compare_results", "compute_metrics", "evaluate", "exact_match", "extract_sql",
     "find_report", "format_comparison", "format_summary", "order_key_columns", "read_prediction_dialects",
     "read_predictions", "render_html", "render_markdown", "score_pairs", "tie_query", "write_report",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from text2sql.errors import DataError
+from text2sql.files import read_text
 from text2sql.vocab import DIALECT, PREDICTION_DIALECTS
 
 
@@ -37,7 +39,7 @@ def read_predictions(path: str | Path, known_ids: set[str] | None = None) -> dic
     predictions: dict[str, str | None] = {}
     first_line: dict[str, int] = {}
     problems: list[str] = []
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path)) as f:  # one helper reads every input file (non-UTF-8: one-line error)
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,7 @@ def evaluate(
     release: str | None = None,
     model: str | None = None,
     dialect: str | None = None,
+    force: bool = False,
 ) -> dict:
     """Score a predictions file against a dataset split and write the release report.
 
@@ -52,22 +54,24 @@ def evaluate(
         model: what produced the predictions, recorded in the report.
         dialect: the SQL dialect of predictions without a "dialect" field: duckdb (default) or sqlite (rewritten
             for DuckDB as the Spider import rewrites golds).
+        force: replace an existing report of the same release (refused otherwise).
 
     Returns:
         The report's JSON form (`Report.to_json`, also written as report.json, report.md and report.html) and
         its "path", the directory.
 
     Raises:
-        DataError: bad predictions file, unknown mode, bad release name, or dataset problems from `load_pairs`.
+        DataError: bad predictions file, unknown mode, bad release name, a report of that release exists
+            (without `force`), or dataset problems from `load_pairs`.
     """
     from text2sql.data import load_pairs
+    from text2sql.progress import format_seconds, progress_bar
 
     mode = mode or cfg.eval.mode
     if mode not in MODES:
         raise DataError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     release = release or time.strftime("%Y%m%d-%H%M%S")
-    if not RELEASE_NAME.match(release):
-        raise DataError(f"release name {release!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    check_release_free(cfg, release, force)
     split = split or cfg.eval.split
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, None if split == "all" else split)
@@ -77,8 +81,11 @@ def evaluate(
     from text2sql.select import select_predictions  # records with candidates: pick each answer first
 
     selected = select_predictions(cfg, pairs, predictions, predictions_path, dataset)
-    scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
-                         dialects=dialects)
+    print(f"eval: scoring {len(pairs)} {dataset}/{split} predictions ({mode})", file=sys.stderr, flush=True)
+    with progress_bar("eval", len(pairs), "q") as advance:
+        scored = score_pairs(cfg, pairs, selected.predictions if selected else predictions, dataset=dataset, mode=mode,
+                             dialects=dialects, progress=advance)
+    print(f"eval: scored in {format_seconds(time.perf_counter() - started)}", file=sys.stderr, flush=True)
     report = Report(
         release=release, mode=mode, model=model, dataset=dataset, split=split,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -120,6 +127,16 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
         "greedy_predictions_per_s": stats.get("greedy_predictions_per_s"),
         "selection_s": round(selected.seconds, 3),
     }
+
+
+def check_release_free(cfg: Config, release: str, force: bool = False) -> Path:
+    """The report dir of `release`; refuses a bad name, or a report already there unless `force` (releases are kept)."""
+    if not RELEASE_NAME.match(release):
+        raise DataError(f"release name {release!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    out = cfg.path(cfg.eval.reports_dir) / release
+    if (out / "report.json").exists() and not force:
+        raise DataError(f"release report {out} exists: --force replaces it, or choose another --release")
+    return out
 
 
 def compute_metrics(examples: list[Example] | list[dict], excluded: list, mode: str) -> dict:

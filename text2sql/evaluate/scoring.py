@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -56,6 +57,7 @@ def score_pairs(
     use_cache: bool = True,
     cache_dir: Path | None = None,
     dialects: dict[str, str] | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> ScoredRun:
     """Run every pair's gold and predicted SQL in the sandbox and judge the prediction.
 
@@ -67,6 +69,7 @@ def score_pairs(
     `.cache/gold/` (by SQL and database fingerprint; `cache_dir` overrides the directory) unless `use_cache` is False.
     `dialects` ({id: dialect}, see `read_prediction_dialects`): predictions written for SQLite are rewritten for
     DuckDB first, and their records keep the SQL as written in `predicted_sqlite`.
+    `progress(1)` is called as each pair is judged.
     """
     from text2sql.warehouse import QueryRunner
 
@@ -87,7 +90,7 @@ def score_pairs(
         scored.engines[db or "lakehouse"] = spec.engine
         group_predictions, as_written = _to_duckdb(predictions, group, dialects or {}, snapshot)
         with QueryRunner.from_config(cfg, spec, workers=workers, snapshot=snapshot) as runner:
-            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored)
+            _score_group(group, group_predictions, snapshot, runner, cache, mode, cfg.eval.rel_tol, scored, progress)
         for record in scored.examples + scored.excluded:
             if record.id in as_written:
                 record.predicted_sqlite = as_written[record.id]
@@ -97,7 +100,7 @@ def score_pairs(
     return scored
 
 
-def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun) -> None:
+def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, scored: ScoredRun, progress=None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(runner.size) as pool:
@@ -111,6 +114,8 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
                    for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
+            if progress:
+                progress(1)
             gold_check, gold = golds.result(pair.sql)
             reply = predictions.get(pair.id)
             if pair.id not in pending:
