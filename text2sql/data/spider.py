@@ -20,8 +20,8 @@ counts). The gold runs on SQLite and the rewrite on DuckDB; the pair is kept onl
 multiset of rows (numbers within a relative tolerance), in the same order when the query orders its result (rows
 that tie on the ORDER BY keys may swap); a canonical integer string equals the number (the column type change
 above). A gold whose ORDER BY ... LIMIT cuts through tied rows is kept when SQLite's rows differ from DuckDB's only
-in which tied rows they kept (listed in the report's `ties`): `text2sql eval` accepts any tied row where the
-ORDER BY keys are output columns.
+in which tied rows they kept (listed in the report's `ties`): `text2sql eval` accepts any tied row, the ORDER BY
+keys being output columns or not (`text2sql.data.compare.tie_query`).
 
 An import that finds no questions, or none of their SQLite databases, is an error (nothing is written).
 Predictions written for SQLite go through the same rewrite (`transpile_prediction`, `eval --dialect sqlite`).
