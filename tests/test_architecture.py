@@ -18,7 +18,7 @@ STAGES = [
     ("base", ["text2sql", "text2sql.config", "text2sql.errors", "text2sql.files", "text2sql.progress",
               "text2sql.vocab"]),
     ("catalog", ["text2sql.catalog", "text2sql.lakehouse"]),
-    ("warehouse", ["text2sql.warehouse"]),
+    ("warehouse", ["text2sql.warehouse"]),  # the package: engines, guard (the SQL check), sandbox (the workers)
     ("data", ["text2sql.data"]),  # the package and every module in it
     ("prompt", ["text2sql.prompt"]),
     ("train", ["text2sql.models", "text2sql.train", "text2sql.distributed", "text2sql.merge"]),
