@@ -158,6 +158,13 @@ def test_no_import_cycles():
     assert _cycles(CHECKED) == []
 
 
+def test_the_warehouse_package_imports_downward():
+    """Inside the warehouse stage, as its docstring says: engines, then guard (the SQL check), then sandbox."""
+    order = ["text2sql.warehouse.engines", "text2sql.warehouse.guard", "text2sql.warehouse.sandbox"]
+    for rank, name in enumerate(order):
+        assert GRAPH[name] & set(order) <= set(order[:rank]), f"{name} imports {GRAPH[name] & set(order[rank:])}"
+
+
 @pytest.mark.xfail(reason="; ".join(KNOWN_BACKWARD.values()) or "none", strict=False)
 def test_known_violations_are_gone():
     """Passes once every KNOWN_BACKWARD import is gone: then empty KNOWN_BACKWARD (the strict tests take over)."""
