@@ -18,7 +18,7 @@ STAGES = [
     ("base", ["text2sql", "text2sql.config", "text2sql.errors", "text2sql.files", "text2sql.progress",
               "text2sql.vocab"]),
     ("catalog", ["text2sql.catalog", "text2sql.lakehouse"]),
-    ("warehouse", ["text2sql.warehouse"]),
+    ("warehouse", ["text2sql.warehouse"]),  # the package: engines, guard (the SQL check), sandbox (the workers)
     ("data", ["text2sql.data"]),  # the package and every module in it (compare: result comparison, eval uses it)
     ("prompt", ["text2sql.prompt"]),
     ("train", ["text2sql.models", "text2sql.train", "text2sql.distributed", "text2sql.merge"]),
@@ -151,6 +151,13 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_no_import_cycles():
     assert _cycles(CHECKED) == []
+
+
+def test_the_warehouse_package_imports_downward():
+    """Inside the warehouse stage, as its docstring says: engines, then guard (the SQL check), then sandbox."""
+    order = ["text2sql.warehouse.engines", "text2sql.warehouse.guard", "text2sql.warehouse.sandbox"]
+    for rank, name in enumerate(order):
+        assert GRAPH[name] & set(order) <= set(order[:rank]), f"{name} imports {GRAPH[name] & set(order[rank:])}"
 
 
 @pytest.mark.xfail(reason="; ".join(KNOWN_BACKWARD.values()) or "none", strict=False)

@@ -3,7 +3,7 @@
 Stages, one module (or package) each, read in order; a module imports only from stages before it:
 
     catalog    catalog.py, lakehouse.py   Iceberg catalogs -> DDL snapshots in schemas/; the demo lakehouse
-    warehouse  warehouse.py               DuckDB over the pinned snapshots: the sandbox every query runs in
+    warehouse  warehouse/                 DuckDB over the pinned snapshots: the SQL check and the sandbox
     data       data/                      curated NL/SQL pairs: store, add, validate, dedup, stats, split, Spider
     prompt     prompt.py                  the one builder of model inputs
     train      models.py, train.py, merge.py   base models; SFT with TRL; adapter merge + parity check
