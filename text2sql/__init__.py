@@ -9,7 +9,7 @@ Stages, one module (or package) each, read in order; a module imports only from 
     train      models.py, train.py, merge.py   base models; SFT with TRL; adapter merge + parity check
     generate   generate.py                batched greedy generation; `predict` to JSONL
     evaluate   evaluate.py                execution accuracy on DuckDB; release reports
-    serve      serve.py                   the HTTP server a BI chatbot calls
+    serve      serve/                     the HTTP server a BI chatbot calls: app, pipeline, backends, guard
 
 `pipeline.py` (`text2sql demo`) and `cli.py` sit on top; `config.py`, `errors.py`, `files.py` and `vocab.py`
 are shared by all. The verbs below are importable from the package root; each loads its stage module on first
