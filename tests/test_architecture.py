@@ -26,12 +26,12 @@ STAGES = [
     ("generate", ["text2sql.generate", "text2sql.engine"]),
     ("evaluate", ["text2sql.evaluate"]),
     ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
-    ("serve", ["text2sql.serve", "text2sql.serve_engine", "text2sql.feedback"]),
+    # the serve package (app, openai, pipeline, backends, engine_backend, guard) and the feedback store it writes
+    ("serve", ["text2sql.serve", "text2sql.feedback"]),
     ("top", ["text2sql.cli", "text2sql.cli_common", "text2sql.cli_data", "text2sql.pipeline", "text2sql.quiet", "text2sql.synthesize"]),
 ]
 """Pipeline order, lowest first: a module may import from its own stage and the stages before it."""
 OVERSIZED = {
-    "text2sql.serve": "serve.py is over the limit until it is split (after issue 17 item 1 moves its prompt code out)",
 }
 """Modules known to be over MAX_LINES, with the work that brings them under; each is an xfail, not a pass."""
 KNOWN_BACKWARD: dict[tuple[str, str], str] = {}

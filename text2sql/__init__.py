@@ -10,7 +10,7 @@ Stages, one module (or package) each, read in order; a module imports only from 
     generate   generate.py                batched greedy generation; `predict` to JSONL
     evaluate   evaluate/                  execution accuracy on DuckDB (results compared by data/compare.py);
                                           release reports
-    serve      serve.py                   the HTTP server a BI chatbot calls
+    serve      serve/                     the HTTP server a BI chatbot calls: app, pipeline, backends, guard
 
 `pipeline.py` (`text2sql demo`) and `cli.py` sit on top; `config.py`, `errors.py`, `files.py` and `vocab.py`
 are shared by all. The verbs below are importable from the package root; each loads its stage module on first

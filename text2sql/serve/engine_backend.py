@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from text2sql.serve.openai import _APIError
+from text2sql.serve.pipeline import _Completion
 
 
 class EngineBackend:
@@ -60,7 +62,6 @@ class EngineBackend:
                        on_text: Callable[[str], None] | None = None, n: int = 1, temperature: float = 0.0):
         from text2sql.engine import Request
         from text2sql.generate import encode_chats
-        from text2sql.serve import _APIError, _Completion
 
         if self._pending >= self.queue_size:
             raise _APIError(429, "the generation queue is full: retry later", "rate_limit_exceeded")
@@ -108,7 +109,6 @@ class EngineBackend:
         """`n` candidates for one chat (greedy first, then seeded samples with their log-probabilities), generated on
         the engine's thread between decode steps by `generate_candidates` (its eager sampling path)."""
         from text2sql.generate import generate_candidates
-        from text2sql.serve import _Completion
 
         def run():
             found = generate_candidates(self.gen, [messages], n, sampling, max_new_tokens)[0]

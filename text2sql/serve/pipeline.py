@@ -1,0 +1,184 @@
+"""One question's way through the server: prompt -> backend -> judged SQL -> (execute) -> (retry with the error)."""
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from text2sql.errors import ModelError
+
+if TYPE_CHECKING:
+    from text2sql.catalog import SchemaSnapshot
+    from text2sql.config import Config
+    from text2sql.prompt import PromptBuilder, PromptSettings
+    from text2sql.warehouse import QueryResult, QueryRunner
+
+RETRY_PROMPT = "That query failed ({kind}): {message}\nWrite a corrected query. Reply with the SQL query only."
+"""The user turn added after a failed attempt; the failed SQL is the assistant turn before it."""
+
+
+def correction_messages(messages: list[dict[str, str]], failed: str, kind: str, message: str) -> list[dict[str, str]]:
+    """The chat for a self-correction attempt: the failed reply as the assistant turn, then the error as a user turn.
+
+    >>> chat = correction_messages([{"role": "user", "content": "q"}], "SELECT nme FROM t", "unknown_column", "no nme")
+    >>> [m["role"] for m in chat], chat[1]["content"], chat[2]["content"].splitlines()[0]
+    (['user', 'assistant', 'user'], 'SELECT nme FROM t', 'That query failed (unknown_column): no nme')
+    """
+    return [*messages, {"role": "assistant", "content": failed},
+            {"role": "user", "content": RETRY_PROMPT.format(kind=kind, message=message)}]
+
+
+def _json_value(value: Any) -> Any:
+    """A value JSON can carry: NaN/inf -> null, anything exotic (UUID, interval) -> its string."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return str(value)
+
+
+
+
+@dataclass
+class _Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_size: int = 1
+    """Requests that shared the generation batch (local backend)."""
+    logprob: float = float("-inf")
+    """Sum of the reply's token log-probabilities, when the backend gives them (candidate selection's tie-break)."""
+
+
+@dataclass
+class _Answer:
+    sql: str
+    tables: list[str]
+    valid: bool
+    error_kind: str | None = None
+    error: str = ""
+    result: "QueryResult | None" = None
+    retried: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_size: int = 1
+
+    def to_json(self, started: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"sql": self.sql, "tables": self.tables, "valid": self.valid, "retried": self.retried}
+        if self.error_kind:
+            out |= {"error": self.error, "error_kind": self.error_kind}
+        if self.result is not None and not self.result.error_kind:
+            result = self.result.to_json()
+            out |= {"columns": result["columns"], "rows": _json_value(result["rows"]), "truncated": result["truncated"]}
+        if started is not None:
+            out["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return out
+
+    def log_fields(self, question_chars: int) -> dict[str, Any]:
+        return {"valid": self.valid, "error_kind": self.error_kind, "retried": self.retried, "batch": self.batch_size,
+                "executed": self.result is not None, "question_chars": question_chars}
+
+
+class _Pipeline:
+    """Question -> prompt -> backend -> SQL -> check -> (execute) -> (retry with the error)."""
+
+    num_candidates = 1
+    """First attempt from this many candidates (`text2sql.select`); retries, if needed, are greedy as before."""
+    sampling: Any = None
+
+    def __init__(self, snapshot: "SchemaSnapshot", backend: Any, prompts: "PromptBuilder", runner: "QueryRunner",
+                 retries: int, query_workers: int):
+        self.snapshot, self.backend, self.prompts = snapshot, backend, prompts
+        self.runner, self.retries = runner, retries
+        self._queries = ThreadPoolExecutor(max(1, query_workers), thread_name_prefix="text2sql-query")
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """The prompt, built as `generate.predict` builds it for a lakehouse question (db None)."""
+        return self.prompts.messages(question, db=None)
+
+    async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0,
+                     on_text: Callable[[str], None] | None = None) -> _Answer:
+        """`on_text` gets the model's text as it comes (each attempt's; a retry starts on a new line)."""
+        from text2sql.warehouse import judge_reply
+
+        messages = self.messages(question)
+        prompt_tokens = completion_tokens = 0
+        for attempt in range(self.retries + 1):
+            if on_text is not None and attempt:
+                on_text("\n")
+            if attempt == 0 and self.num_candidates > 1:
+                done, sql = await self._best_candidate(messages, max_new_tokens)
+                if on_text is not None:
+                    on_text(done.text)
+            else:
+                done = await self.backend.complete(messages, max_new_tokens, on_text=on_text)
+                sql = None
+            prompt_tokens += done.prompt_tokens
+            completion_tokens += done.completion_tokens
+            # The reply is judged whole, by the function eval judges with: "DROP TABLE t; SELECT ..." is refused.
+            judged, check = judge_reply(done.text, self.snapshot)
+            sql = judged if judged is not None else (sql or done.text.strip())
+            answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
+                             retried=attempt > 0, batch_size=done.batch_size)
+            if check.ok and execute:
+                loop = asyncio.get_running_loop()
+                answer.result = await loop.run_in_executor(self._queries, self.runner.run, sql, max_rows)
+                answer.error_kind, answer.error = answer.result.error_kind, answer.result.error
+            # A timeout is not retried: a second slow query doubles the wait, and the model cannot fix "too slow".
+            if answer.error_kind in (None, "timeout") or attempt == self.retries:
+                break
+            messages = correction_messages(messages, sql, answer.error_kind, answer.error)
+        answer.prompt_tokens, answer.completion_tokens = prompt_tokens, completion_tokens
+        return answer
+
+    async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[_Completion, str | None]:
+        """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox);
+        the greedy one when none is valid, so the retry loop then corrects it as it would a greedy reply."""
+        from text2sql.select import select_candidate
+
+        done, candidates = await self.backend.candidates(messages, max_new_tokens, self.num_candidates, self.sampling)
+        loop = asyncio.get_running_loop()
+        selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
+        chosen = candidates[selection.index]
+        return _Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql
+
+    async def validate(self, sql: str) -> str:
+        """Why `sql` cannot be kept ('' when it passes the check and runs in the sandbox)."""
+        from text2sql.warehouse import check_sql
+
+        check = check_sql(sql, self.snapshot)
+        if not check.ok:
+            return f"{check.kind}: {check.message}"
+        result = await asyncio.get_running_loop().run_in_executor(self._queries, self.runner.run, sql, 1)
+        return f"{result.error_kind}: {result.error}" if result.error_kind else ""
+
+    def close(self) -> None:
+        self._queries.shutdown(wait=True)
+        self.runner.close()
+
+
+def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple["PromptSettings", Any]:
+    """Upstream mode: the model's prompt settings and tokenizer (for the prompt budgets), without its weights;
+    the model dir is found as `load_generator` finds it."""
+    from text2sql.prompt import PromptSettings, model_prompt_settings
+
+    if not model_dir:
+        return PromptSettings(cfg.prompt), None  # the budgets are then counted as 4 characters a token
+    from transformers import AutoTokenizer
+
+    from text2sql.models import resolve_model_dir
+
+    path = resolve_model_dir(cfg, model_dir)
+    settings = model_prompt_settings(path, cfg.prompt)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # no tokenizer files, or unreadable ones
+        raise ModelError(f"cannot load the tokenizer of {path} (needed for the prompt's budgets): {exc}") from exc
+    return settings, tokenizer
