@@ -14,7 +14,6 @@ is removed without being added twice.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +88,7 @@ def render_entries(entries: list[Entry]) -> str:
 
 def read_entries(path: Path, source: str) -> list[Entry]:
     """Parse a source file into entries; collects every malformed line, then raises one DataError."""
-    from text2sql.data.store import pair_from_record
+    from text2sql.data.store import pair_from_record, read_pairs_file
     from text2sql.data.synthesize import EXTRA_FIELDS, read_candidate_lines
 
     if source == "synthetic":
@@ -97,26 +96,7 @@ def read_entries(path: Path, source: str) -> list[Entry]:
                       bool(r.get("confirmed")), raw) for r, raw in read_candidate_lines(path)]
     if not path.is_file():
         return []
-    entries, problems, seen = [], [], set()
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            pair = feedback_pair(json.loads(raw))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-            continue
-        except DataError as exc:
-            problems.append(f"{path}:{number}: {exc}")
-            continue
-        if pair.id in seen:
-            problems.append(f"{path}:{number}: duplicate id {pair.id!r}")
-            continue
-        seen.add(pair.id)
-        entries.append(Entry(pair, True, raw))
-    if problems:
-        raise DataError("; ".join(problems[:20]))
-    return entries
+    return [Entry(pair, True, raw) for pair, raw in read_pairs_file(path, feedback_pair)]
 
 
 def feedback_pair(record: Any) -> Pair:

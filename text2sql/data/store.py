@@ -151,8 +151,12 @@ def load_pairs(cfg: Config, dataset: str | None = None, split: str | None = None
     return chosen
 
 
-def read_pairs_file(path: Path) -> list[tuple[Pair, str]]:
-    """Every record with its raw line. Collects all problems, then raises one DataError naming file:line."""
+def read_pairs_file(path: Path, convert: Callable[[Any], Pair] | None = None) -> list[tuple[Pair, str]]:
+    """Every record with its raw line. Collects all problems, then raises one DataError naming file:line.
+
+    `convert` turns a parsed record into a Pair (default `pair_from_record`; review passes its feedback reader).
+    """
+    convert = convert or pair_from_record
     problems: list[str] = []
     out: list[tuple[Pair, str]] = []
     seen: dict[str, int] = {}
@@ -162,7 +166,7 @@ def read_pairs_file(path: Path) -> list[tuple[Pair, str]]:
             if not raw.strip():
                 continue
             try:
-                pair = pair_from_record(json.loads(raw))
+                pair = convert(json.loads(raw))
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
                 continue
