@@ -38,8 +38,11 @@ def dev_ex_callbacks(cfg: Config) -> list:
     Raises:
         ConfigError: `select_by: dev_ex` but the dataset has no dev split or the sandbox cannot run here.
     """
+    from text2sql.errors import TRAIN_PACKAGES, require_all
+
     if cfg.train.select_by == "last":
         return []
+    require_all(TRAIN_PACKAGES, "train")  # a missing package is the first thing to say, before any notice
     missing = _why_not(cfg)
     if missing:
         if cfg.train.select_by == "dev_ex":
@@ -47,9 +50,7 @@ def dev_ex_callbacks(cfg: Config) -> list:
         print(f"train: checkpoints are not scored on dev ({missing}); merge takes the last weights", file=sys.stderr)
         return []
     from text2sql.data import load_pairs
-    from text2sql.errors import TRAIN_PACKAGES, require_all
 
-    require_all(TRAIN_PACKAGES, "train")  # the callback is a transformers TrainerCallback
     return [_dev_ex_callback(cfg, load_pairs(cfg, cfg.data.dataset, "dev"))]
 
 
