@@ -193,6 +193,10 @@ def demo_pairs() -> list:
     return load_pairs(load_config(REPO / "text2sql.yaml"), "demo", "train")
 
 
+TEMPLATE_SLACK = 4
+"""Tokens kept free under max_tokens in `synthetic_pairs` for the end of the chat template's assistant turn."""
+
+
 def synthetic_pairs(model_dir: Path, count: int, max_tokens: int, seed: int) -> list:
     """Pairs whose rendered prompt + completion lengths (schema included) spread evenly up to max_tokens."""
     from transformers import AutoTokenizer
@@ -220,7 +224,9 @@ def synthetic_pairs(model_dir: Path, count: int, max_tokens: int, seed: int) -> 
         target = base_len + rng.randint(room // 8, room)
         n_words = int((target - base_len) / per_word)
         pair = make(i, n_words)
-        while len(tokenize_pairs(tokenizer, [pair], 10**9)[0]["input_ids"]) > max_tokens and n_words > 1:
+        # TRL's chat template closes the assistant turn with a few tokens this count does not see: keep room.
+        limit = max_tokens - TEMPLATE_SLACK
+        while len(tokenize_pairs(tokenizer, [pair], 10**9)[0]["input_ids"]) > limit and n_words > 1:
             n_words = int(n_words * 0.95)  # word pieces vary: trim until it fits
             pair = make(i, n_words)
         pairs.append(pair)
