@@ -108,7 +108,7 @@ def record_dev_ex(run_dir: Path, checkpoint: str, entry: dict[str, Any]) -> dict
 
 
 def _why_not(cfg: Config) -> str:
-    """What dev EX needs and lacks here ('' when it can run): a dev split, DuckDB, the schema snapshot."""
+    """What dev EX needs and lacks here ('' when it can run): a dev split, DuckDB, the schema snapshot, the warehouse."""
     from text2sql.data import load_pairs
     from text2sql.errors import Text2SQLError
 
@@ -123,6 +123,16 @@ def _why_not(cfg: Config) -> str:
         return "DuckDB for the sandbox (not installed here)"
     if not (cfg.path(cfg.catalog.schemas_dir) / "manifest.json").is_file():
         return f"the schema snapshot {cfg.catalog.schemas_dir}/ (`text2sql schema pull`)"
+    if cfg.warehouse.engine == "duckdb":
+        if not cfg.path(cfg.warehouse.duckdb_path).is_file():
+            return f"the warehouse file {cfg.warehouse.duckdb_path}"
+        return ""
+    from text2sql.catalog import load_catalog
+
+    try:  # found now, not at the first save: a run without its lakehouse trains on and merges the last weights
+        load_catalog(cfg)
+    except Text2SQLError as exc:
+        return f"a warehouse to run the dev queries on: {exc}"
     return ""
 
 
