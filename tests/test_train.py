@@ -142,7 +142,7 @@ def test_trained_pairs_are_generated_verbatim_and_stop_at_end_of_turn(tmp_path, 
 
     pairs = [(q, s, "train") for q, s, _ in PAIRS[:2]] + [PAIRS[-1]]
     path = make_project(tmp_path / "proj", lakehouse_project, tiny_model, pairs=pairs)
-    cfg = load_config(path, ["train.method=full", "train.max_steps=30", "train.learning_rate=0.003",
+    cfg = load_config(path, ["train.method=full", "train.max_steps=60", "train.learning_rate=0.003",
                              "train.save_steps=1000", "generate.max_new_tokens=40"])
     run = train(cfg)
     out = predict(cfg, run, split="train")
