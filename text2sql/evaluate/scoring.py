@@ -18,6 +18,7 @@ from text2sql.errors import DataError
 from text2sql.evaluate.predictions import _to_duckdb, extract_sql
 from text2sql.evaluate.records import Example, Judgement
 from text2sql.files import write_atomic
+from text2sql.select import open_target
 from text2sql.vocab import EVAL_MODES as MODES
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def score_pairs(
         by_db.setdefault(getattr(pair, "db", None), []).append(pair)
     cache_root = Path(cache_dir) if cache_dir else cfg.path(GOLD_CACHE_DIR)
     for db, group in by_db.items():
-        spec, snapshot = _open_target(cfg, dataset, db)
+        spec, snapshot = open_target(cfg, dataset, db)
         fingerprint = _target_fingerprint(spec, snapshot)
         scored.schemas[db or "lakehouse"] = snapshot.fingerprint
         cache = _GoldCache(cache_root, fingerprint, cfg.warehouse.max_rows) if use_cache else None
@@ -252,19 +253,6 @@ def _tables(sql: str, snapshot) -> list[str]:
             written = ".".join(p for p in (table.db, table.name) if p)
             names.add(snapshot.resolve(written) or written)
     return sorted(names)
-
-
-def _open_target(cfg: Config, dataset: str | Path | None, db: str | None):
-    """WarehouseSpec and SchemaSnapshot of the project lakehouse (db None) or of a benchmark database file."""
-    from text2sql.catalog import SchemaSnapshot, load_snapshot
-    from text2sql.data import load_dataset
-    from text2sql.warehouse import WarehouseSpec
-
-    if db is None:
-        snapshot = load_snapshot(cfg)
-        return WarehouseSpec.from_config(cfg, snapshot), snapshot
-    path = load_dataset(cfg, str(dataset) if dataset else None).database(db)
-    return WarehouseSpec.from_duckdb_file(path), SchemaSnapshot.from_duckdb(path)
 
 
 def _target_fingerprint(spec, snapshot) -> str:
