@@ -413,6 +413,7 @@ def test_serve_builds_the_prompt_predict_builds(tiny_model, tmp_path, monkeypatc
     """The text the model sees from serve == from predict (`prompts_for`), k-shot examples included."""
     import shutil
 
+    from text2sql import generate as generate_module
     from text2sql import prompt as prompt_module
     from text2sql.config import PromptConfig
     from text2sql.data import load_pairs
@@ -430,7 +431,7 @@ def test_serve_builds_the_prompt_predict_builds(tiny_model, tmp_path, monkeypatc
 
     seen: list[str] = []
     render = prompt_module.render_prompt
-    monkeypatch.setattr(prompt_module, "render_prompt",
+    monkeypatch.setattr(generate_module, "render_prompt",  # where serve's generation thread renders chats
                         lambda tok, messages: seen.append(render(tok, messages)) or seen[-1])
     with serving(cfg, model) as url:
         assert httpx.post(f"{url}/v1/sql", json={"question": test_pair.question}, timeout=60).status_code == 200

@@ -20,8 +20,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import ConfigError
+from text2sql.catalog import load_catalog
+from text2sql.data import load_pairs
+from text2sql.errors import TRAIN_PACKAGES, ConfigError, Text2SQLError, require_all
+from text2sql.evaluate import compute_metrics, score_pairs
 from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.generate import Generator, extract_sql, generate, prompts_for
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -38,8 +42,6 @@ def dev_ex_callbacks(cfg: Config) -> list:
     Raises:
         ConfigError: `select_by: dev_ex` but the dataset has no dev split or the sandbox cannot run here.
     """
-    from text2sql.errors import TRAIN_PACKAGES, require_all
-
     if cfg.train.select_by == "last":
         return []
     require_all(TRAIN_PACKAGES, "train")  # a missing package is the first thing to say, before any notice
@@ -49,7 +51,6 @@ def dev_ex_callbacks(cfg: Config) -> list:
             raise ConfigError(f"train.select_by: dev_ex needs {missing}; set train.select_by: last")
         print(f"train: checkpoints are not scored on dev ({missing}); merge takes the last weights", file=sys.stderr)
         return []
-    from text2sql.data import load_pairs
 
     return [_dev_ex_callback(cfg, load_pairs(cfg, cfg.data.dataset, "dev"))]
 
@@ -65,8 +66,6 @@ def best_of(curve: list[dict]) -> dict | None:
 
 def score_dev(cfg: Config, model: Any, tokenizer: Any, pairs: list, dataset: str) -> dict[str, Any]:
     """Dev EX of a model in memory: greedy predictions with `cfg.prompt` (as in training), scored in the sandbox."""
-    from text2sql.generate import Generator, extract_sql, generate, prompts_for
-
     g = cfg.generate
     gen = Generator(model, tokenizer, prompt=cfg.prompt, dataset=dataset, batch_size=g.batch_size,
                     max_new_tokens=g.max_new_tokens, prefix_cache=g.prefix_cache)
@@ -83,8 +82,6 @@ def score_dev(cfg: Config, model: Any, tokenizer: Any, pairs: list, dataset: str
 
 def score_predictions(cfg: Config, pairs: list, predictions: dict[str, str | None], dataset: str) -> dict[str, Any]:
     """EX of predictions on `pairs`, judged as `eval` judges them (sandbox, `eval.mode`)."""
-    from text2sql.evaluate import compute_metrics, score_pairs
-
     scored = score_pairs(cfg, pairs, predictions, dataset=dataset)
     m = compute_metrics(scored.examples, scored.excluded, cfg.eval.mode)
     return {"dev_ex": m["ex"], "n": m["n"], "correct": m["correct"], "valid_sql_rate": m["valid_sql_rate"],
@@ -109,9 +106,6 @@ def record_dev_ex(run_dir: Path, checkpoint: str, entry: dict[str, Any]) -> dict
 
 def _why_not(cfg: Config) -> str:
     """What dev EX needs and lacks here ('' when it can run): a dev split, DuckDB, the schema snapshot, the warehouse."""
-    from text2sql.data import load_pairs
-    from text2sql.errors import Text2SQLError
-
     try:
         if not load_pairs(cfg, cfg.data.dataset, "dev"):
             return f"a dev split in dataset {cfg.data.dataset!r} (`text2sql data split`)"
@@ -127,7 +121,6 @@ def _why_not(cfg: Config) -> str:
         if not cfg.path(cfg.warehouse.duckdb_path).is_file():
             return f"the warehouse file {cfg.warehouse.duckdb_path}"
         return ""
-    from text2sql.catalog import load_catalog
 
     try:  # found now, not at the first save: a run without its lakehouse trains on and merges the last weights
         load_catalog(cfg)

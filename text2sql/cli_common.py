@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from text2sql.config import find_config, load_config
 from text2sql.errors import ConfigError, Text2SQLError
 
 def catch_errors(fn):
@@ -57,8 +58,6 @@ set_option = click.option(
 
 def load(config_path: Path | None, overrides: tuple[str, ...] = ()):
     """The project config: --config FILE, or the nearest text2sql.yaml (none: an error, never silent defaults)."""
-    from text2sql.config import find_config, load_config
-
     if config_path is None and find_config() is None:
         raise ConfigError("no text2sql.yaml here or above; run text2sql init")
     return load_config(config_path, list(overrides))

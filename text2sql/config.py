@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from text2sql.errors import ConfigError
+from text2sql.files import read_text, write_atomic
 from text2sql.vocab import EVAL_MODES, METHODS, REL_TOL, SPLITS, WAREHOUSE_ENGINES
-from text2sql.files import read_text
 
 CONFIG_FILENAME = "text2sql.yaml"
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$", re.IGNORECASE)
@@ -442,8 +442,6 @@ eval:
 
 def write_starter_config(directory: Path, force: bool = False) -> Path:
     """Write STARTER_CONFIG as `directory`/text2sql.yaml; an existing file is replaced only with `force`."""
-    from text2sql.files import write_atomic
-
     path = Path(directory) / CONFIG_FILENAME
     if path.exists() and not force:
         raise ConfigError(f"{path} exists: --force replaces it")

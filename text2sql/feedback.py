@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from text2sql.data.store import load_dataset
+
 FEEDBACK_FILE = "feedback.jsonl"
 
 
@@ -72,6 +74,4 @@ class FeedbackStore:
 
 def feedback_path(cfg) -> Path:
     """datasets/<data.dataset>/feedback.jsonl (the dataset the served model's pairs come from)."""
-    from text2sql.data.store import load_dataset
-
     return load_dataset(cfg).path / FEEDBACK_FILE

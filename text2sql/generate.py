@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES
+from text2sql.data import load_pairs
+from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
+from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
+from text2sql.progress import progress_bar
+from text2sql.prompt import PromptBuilder, PromptSettings, model_prompt_settings, render_prompt
+from text2sql.select import open_target, select_candidates
+from text2sql.warehouse import QueryRunner, extract_sql as extract
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
-    from text2sql.prompt import PromptSettings
-
 
 
 @dataclass
@@ -62,9 +66,6 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
-    from text2sql.prompt import model_prompt_settings
-
     path = resolve_model_dir(cfg, model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -91,8 +92,6 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
 
 def decode_engine(gen: Generator, max_batch_size: int | None = None):
     """The generator's static-decoding engine with this many slots (built once; compiled on CUDA)."""
-    from text2sql.engine import DecodeEngine
-
     slots = max_batch_size or gen.batch_size
     if slots not in gen._engines:
         compile = next(gen.model.parameters()).device.type == "cuda"
@@ -103,8 +102,6 @@ def decode_engine(gen: Generator, max_batch_size: int | None = None):
 def encode_chats(gen: Generator, messages: list[list[dict[str, str]]]) -> tuple[list[list[int]], list[int]]:
     """Token ids of each rendered chat, and how many of its leading tokens come before the question (0 with the
     prefix cache off)."""
-    from text2sql.prompt import render_prompt
-
     tok = gen.tokenizer
     ids = [tok(render_prompt(tok, m), add_special_tokens=False)["input_ids"] for m in messages]
     # Where each prompt stops being shared: its tokens before the question (system message, schema, ...).
@@ -274,8 +271,6 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     a slot frees up."""
     import time
 
-    from text2sql.engine import Request
-
     gen.model.eval()
     ids, shared = encode_chats(gen, messages)
     started = time.perf_counter()
@@ -288,14 +283,10 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     return replies
 
 
-
-
 def _question_start(tok, messages: list[dict[str, str]], row: list[int], heads: dict[str, list[int]]) -> int:
     """How many leading tokens of `row` (these messages, rendered) come before the first question: the system
     message (instructions, schema), the same for every question, and for a retry of that question too.
     `heads` keeps the rendered head of each system message seen."""
-    from text2sql.prompt import render_prompt
-
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     key = head[0]["content"] if head else ""
     if key not in heads:
@@ -378,8 +369,6 @@ def extract_sql(text: str) -> str | None:
     >>> extract_sql("We have 10 customers.") is None
     True
     """
-    from text2sql.warehouse import extract_sql as extract
-
     return extract(text)
 
 
@@ -396,9 +385,6 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     `model.models_dir`). Raises DataError for a missing split, ModelError for an unusable model,
     SchemaSnapshotError with `strict` when schemas/ changed since the model was trained.
     """
-    from text2sql.data import load_pairs
-    from text2sql.progress import progress_bar
-
     require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
     dataset = dataset or cfg.data.dataset
     pairs = load_pairs(cfg, dataset, split)
@@ -441,9 +427,6 @@ def stats_path(predictions: str | Path) -> Path:
 def _select_in_predict(cfg: Config, pairs: list, records: list[dict], candidates: list[list[Candidate]],
                        dataset: str) -> None:
     """Pick each question's answer among its candidates on the warehouse (lakehouse or the pair's database)."""
-    from text2sql.select import open_target, select_candidates
-    from text2sql.warehouse import QueryRunner
-
     by_db: dict[Any, list[int]] = {}
     for i, pair in enumerate(pairs):
         by_db.setdefault(getattr(pair, "db", None), []).append(i)
@@ -459,8 +442,6 @@ def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str,
                 strict: bool = False) -> list[list[dict[str, str]]]:
     """Chat messages for pairs, built as in training (`prompt.PromptBuilder.for_model`): the model's prompt
     settings, schema by `pair.db`, k-shot examples from the train split of the dataset the model was trained on."""
-    from text2sql.prompt import PromptBuilder, PromptSettings
-
     settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
     builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, dataset, strict=strict)
     return [builder.messages(p.question, p.db, p.id) for p in pairs]

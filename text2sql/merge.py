@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.models import adapter_base, set_end_of_turn
+from text2sql.prompt import PROMPT_FILE, render_prompt
 from text2sql.train import HELD_PROMPTS, MANIFEST
 
 if TYPE_CHECKING:
@@ -87,9 +89,6 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from text2sql.models import adapter_base, set_end_of_turn
-    from text2sql.prompt import PROMPT_FILE
-
     if dtype not in DTYPES:
         raise ModelError(f"merge dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     run_dir = Path(run_dir)
@@ -150,8 +149,6 @@ def greedy_replies(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]]
     two models given the same chats see the same input ids and any difference in the replies is theirs."""
     import torch
     from transformers import GenerationConfig
-
-    from text2sql.prompt import render_prompt
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

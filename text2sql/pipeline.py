@@ -20,8 +20,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2sql.catalog import diff_schemas, pull_schemas
+from text2sql.checkpoints import dev_ex_callbacks
+from text2sql.data import load_pairs, validate_pairs
 from text2sql.errors import TRAIN_PACKAGES, DataError, ModelError, require_all
+from text2sql.evaluate import check_release_free, evaluate
+from text2sql.generate import predict
+from text2sql.lakehouse import create_lakehouse
+from text2sql.merge import merge_run
+from text2sql.models import pull_model
 from text2sql.progress import format_seconds
+from text2sql.train import train
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -48,15 +57,6 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
         rebuild: rebuild the lakehouse even if its catalog exists.
         force: replace the run dir and report of `release` if they exist (refused otherwise, before any work).
     """
-    from text2sql.catalog import diff_schemas, pull_schemas
-    from text2sql.data import load_pairs, validate_pairs
-    from text2sql.evaluate import check_release_free, evaluate
-    from text2sql.generate import predict
-    from text2sql.lakehouse import create_lakehouse
-    from text2sql.models import pull_model
-    from text2sql.merge import merge_run
-    from text2sql.train import train
-
     require_all(TRAIN_PACKAGES, "train")  # before the first stage: the stages up to train would run for nothing
     import torch
 
@@ -109,7 +109,6 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
                 f"prompt.max_schema_tokens={train_cfg.prompt.max_schema_tokens} (a GPU trains the full config)")
     else:
         what = f"{torch.cuda.get_device_name(0)}, method {cfg.train.method}"
-    from text2sql.checkpoints import dev_ex_callbacks
 
     with stage(5, "train", what):
         run_dir = train(train_cfg, callbacks=dev_ex_callbacks(train_cfg), force=force)

@@ -27,17 +27,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from text2sql.config import PromptConfig
+from text2sql.catalog import SchemaSnapshot, load_snapshot
+from text2sql.config import Config, PromptConfig
+from text2sql.data import load_dataset, load_pairs
 from text2sql.data.definitions import Definitions, check_definitions, load_definitions
 from text2sql.data.impact import RUN_MANIFESTS
 from text2sql.errors import DataError, ModelError, SchemaSnapshotError
 from text2sql.files import write_atomic
 
-if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
-    from text2sql.config import Config
 
 INSTRUCTIONS = (
     "You write one DuckDB SQL query that answers the user's question, using only the tables below. "
@@ -231,13 +230,9 @@ def schema_loader(cfg: Any, dataset: str) -> Callable[[str | None], SchemaSnapsh
 
     def schema_for(db: str | None) -> SchemaSnapshot:
         if db not in cache:
-            from text2sql.catalog import SchemaSnapshot, load_snapshot
-
             if db is None:
                 cache[db] = load_snapshot(cfg)
             else:
-                from text2sql.data import load_dataset
-
                 cache[db] = SchemaSnapshot.from_duckdb(load_dataset(cfg, dataset).database(db))
         return cache[db]
 
@@ -380,8 +375,6 @@ class PromptBuilder:
         Raises:
             SchemaSnapshotError: with `strict`, schemas/ is not the snapshot the model was trained on.
         """
-        from text2sql.data import load_pairs
-
         dataset = dataset or cfg.data.dataset
         schema_for = schema_loader(cfg, dataset)
         if settings.source is not None:

@@ -11,16 +11,20 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from text2sql.catalog import SchemaSnapshot, load_snapshot
+from text2sql.data.store import Dataset, Pair, load_dataset, read_pairs_file
 from text2sql.data.synthesize import (
     _QUESTION_PREFIX, BACK_TRANSLATION_INSTRUCTIONS, QUESTION_MAX_NEW_TOKENS, SYNTHETIC_FILE, Candidate, Progress,
     SynthesisReport, mutation_pool, question_guard, validate_candidates, write_candidates,
 )
 from text2sql.errors import DataError
+from text2sql.evaluate import compare_results
+from text2sql.generate import extract_sql, generate, load_generator, prompts_for
+from text2sql.prompt import PromptBuilder, PromptSettings
+from text2sql.warehouse import QueryRunner
 
 if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.data.store import Dataset, Pair
 
 
 def synthesize_pairs(cfg: Config, dataset: str | None = None, n: int = 2000, model: str | None = None,
@@ -36,9 +40,6 @@ def synthesize_pairs(cfg: Config, dataset: str | None = None, n: int = 2000, mod
     Raises:
         DataError: n is not positive, or the dataset has no train pairs over the project lakehouse.
     """
-    from text2sql.catalog import load_snapshot
-    from text2sql.data.store import load_dataset, read_pairs_file
-
     if n <= 0:
         raise DataError(f"--n must be a positive number of candidates, got {n}")
     started = time.perf_counter()
@@ -70,7 +71,6 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
     """Back-translate, guard against dev/test questions, round-trip; returns the candidates to keep."""
     if not valid:
         return []
-    from text2sql.generate import extract_sql, load_generator, prompts_for
 
     from transformers.utils import logging as transformers_logging
 
@@ -86,7 +86,6 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
     asked = question_guard(cfg, asked, held_out, report)
     if not asked:
         return []
-    from text2sql.data.store import Pair
 
     task = bar.add("round trip", len(asked))
     pairs = [Pair(c.question, c.sql, id=c.id) for c in asked]
@@ -101,8 +100,6 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
 
 def _generate_in_batches(gen, messages: list, bar: Progress, task, max_new_tokens: int | None = None) -> list[str]:
     """`generate.generate` a batch at a time, so the progress bar moves."""
-    from text2sql.generate import generate
-
     replies: list[str] = []
     for start in range(0, len(messages), gen.batch_size):
         batch = messages[start:start + gen.batch_size]
@@ -115,8 +112,6 @@ def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[C
     """The model's own text->SQL prompt (schema, business definitions) with the instructions turned around, the SQL
     as the user turn, and no k-shot turns (they show question -> SQL), built by the one prompt builder."""
     from dataclasses import replace
-
-    from text2sql.prompt import PromptBuilder, PromptSettings
 
     settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
     settings = replace(settings, instructions=BACK_TRANSLATION_INSTRUCTIONS, prompt=replace(settings.prompt, k_shot=0))
@@ -135,9 +130,6 @@ def _question_from(reply: str) -> str:
 
 def _round_trip(cfg: Config, snapshot: SchemaSnapshot, candidates: list[Candidate], answers: list[str | None]) -> None:
     """Set `confirmed` on each candidate: does the model's SQL for its question return the same result?"""
-    from text2sql.evaluate import compare_results
-    from text2sql.warehouse import QueryRunner
-
     with QueryRunner.from_config(cfg, workers=0, snapshot=snapshot) as runner:
         golds = runner.run_many([c.sql for c in candidates], checked=True)
         runnable = [i for i, a in enumerate(answers) if a]

@@ -40,10 +40,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, require, require_all
-from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.config import Config, dump_config
+from text2sql.data import load_pairs
+from text2sql.data.synthesize import load_synthetic
 from text2sql.distributed import (
     RANK_REPORT,
     RANK_REPORT_ENV,
@@ -53,10 +54,12 @@ from text2sql.distributed import (
     local_rank,
     rank_reporter,
 )
+from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, require, require_all
+from text2sql.files import read_json_or_empty, write_atomic
+from text2sql.models import resolve_base_model, set_end_of_turn, weights_sha256
+from text2sql.prompt import PromptBuilder
 from text2sql.vocab import METHODS
 
-if TYPE_CHECKING:
-    from text2sql.config import Config
 
 MANIFEST = "manifest.json"
 HELD_PROMPTS = "held_prompts.json"
@@ -83,9 +86,6 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     """
     require_all(TRAIN_PACKAGES, "train")
     import torch
-
-    from text2sql.models import resolve_base_model, set_end_of_turn
-    from text2sql.prompt import PromptBuilder
 
     # Everything that can be wrong with the settings, the data or the base model fails here, before
     # a run dir is made or any weights load.
@@ -353,8 +353,6 @@ def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1, force: bool
 
 
 def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
-    from text2sql.data import load_pairs
-
     try:
         train_pairs = load_pairs(cfg, dataset, "train")
     except DataError as exc:
@@ -362,8 +360,6 @@ def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
     if not train_pairs:
         raise DataError(f"dataset {dataset!r} has no train split: run `text2sql data split`")
     if cfg.data.synthetic == "include":  # unreviewed `data synthesize` candidates, train split only
-        from text2sql.data.synthesize import load_synthetic
-
         train_pairs = train_pairs + load_synthetic(cfg, dataset, train_pairs)
     try:
         dev_pairs = load_pairs(cfg, dataset, "dev")
@@ -374,8 +370,6 @@ def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
 
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
-
-    from text2sql.models import set_end_of_turn
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not getattr(tokenizer, "chat_template", None):
@@ -530,9 +524,6 @@ def _jsonl_logger(path: Path):
 
 
 def _manifest(cfg: Config, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint) -> dict:
-    from text2sql.config import dump_config
-    from text2sql.models import weights_sha256
-
     previous = read_json_or_empty(run_dir / MANIFEST) if checkpoint else {}
     return {
         "run_dir": str(run_dir),

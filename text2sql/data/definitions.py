@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2sql.data.store import load_dataset
 from text2sql.errors import DataError
 from text2sql.vocab import DIALECT
 
@@ -185,8 +186,6 @@ class Definitions:
 
 def definitions_path(cfg: Config, dataset: str | None = None) -> Path:
     """Where a dataset's definitions live (the file may not exist)."""
-    from text2sql.data.store import load_dataset
-
     return load_dataset(cfg, dataset).path / DEFINITIONS_FILE
 
 

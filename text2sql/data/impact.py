@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from text2sql.data.analysis import query_refs
+from text2sql.data.store import load_pairs
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaChange, SchemaSnapshot
@@ -48,8 +49,6 @@ def schema_impact(cfg: Config, changes: list[SchemaChange], snapshot: SchemaSnap
     """Pairs of `dataset` (default data.dataset; lakehouse pairs only) that read what `changes` remove or
     retype, and the runs trained on `snapshot` (schemas/, the old side of the diff). Nothing when no change.
     """
-    from text2sql.data.store import load_pairs
-
     impact = SchemaImpact()
     if not changes:
         return impact

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from sqlglot import exp
 
 from text2sql.data.analysis import DIALECT
+from text2sql.data.definitions import Definitions, load_definitions
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.data.definitions import Definitions
     from text2sql.data.store import Dataset
 
 MAX_VALUES = 50
@@ -61,8 +61,6 @@ class MutationContext:
 
 
 def load_dataset_definitions(cfg: Config, ds: Dataset):
-    from text2sql.data.definitions import load_definitions
-
     return load_definitions(cfg, str(ds.path))  # empty when the dataset has no definitions.yaml
 
 

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.validate import ERROR_KINDS
+from text2sql.data.store import (
+    Dataset, Pair, _locked, load_dataset, pair_from_record, read_pairs_file, update_pairs, write_text_atomic,
+)
+from text2sql.data.synthesize import EXTRA_FIELDS, read_candidate_lines
+from text2sql.data.validate import ERROR_KINDS, validate_pairs
 from text2sql.errors import DataError
 
 if TYPE_CHECKING:
     from text2sql.config import Config
-    from text2sql.data.store import Dataset, Pair
 
 SOURCES = {"synthetic": "synthetic.jsonl", "feedback": "feedback.jsonl"}
 """Source name -> file in the dataset directory."""
@@ -74,8 +77,6 @@ def source_path(ds: Dataset, source: str) -> Path:
 
 def list_entries(cfg: Config, dataset: str | None = None, source: str = "synthetic") -> list[Entry]:
     """The proposed pairs of a source file, in file order (empty when the file does not exist)."""
-    from text2sql.data.store import load_dataset
-
     return read_entries(source_path(load_dataset(cfg, dataset), source), source)
 
 
@@ -88,9 +89,6 @@ def render_entries(entries: list[Entry]) -> str:
 
 def read_entries(path: Path, source: str) -> list[Entry]:
     """Parse a source file into entries; collects every malformed line, then raises one DataError."""
-    from text2sql.data.store import pair_from_record, read_pairs_file
-    from text2sql.data.synthesize import EXTRA_FIELDS, read_candidate_lines
-
     if source == "synthetic":
         return [Entry(pair_from_record({k: v for k, v in r.items() if k not in EXTRA_FIELDS}),
                       bool(r.get("confirmed")), raw) for r, raw in read_candidate_lines(path)]
@@ -106,8 +104,6 @@ def feedback_pair(record: Any) -> Pair:
     ...                "verdict": "wrong", "run": "runs/a", "created": "2026-11-30T03:00:00Z"}).notes
     "from serve feedback fb-0123456789ab: the model's SQL was marked wrong and corrected (model runs/a)"
     """
-    from text2sql.data.store import pair_from_record
-
     if not isinstance(record, dict):
         raise DataError("a feedback record must be a JSON object")
     unknown = sorted(set(record) - set(FEEDBACK_KEYS))
@@ -136,9 +132,6 @@ def review_pairs(cfg: Config, dataset: str | None = None, source: str = "synthet
     Raises:
         DataError: an id is unknown or both accepted and rejected; a file is malformed.
     """
-    from text2sql.data.store import load_dataset, read_pairs_file, update_pairs
-    from text2sql.data.validate import validate_pairs
-
     if confirmed_only and not accept_all:
         raise DataError("--confirmed-only goes with --accept-all")
     ds = load_dataset(cfg, dataset)
@@ -185,8 +178,6 @@ def review_pairs(cfg: Config, dataset: str | None = None, source: str = "synthet
 def _write_source(ds: Dataset, path: Path, source: str, drop: set[str]) -> int:
     """Rewrite the source file without the `drop` ids, re-read under the dataset lock (lines kept byte for
     byte); returns the entries left."""
-    from text2sql.data.store import _locked, write_text_atomic
-
     with _locked(ds):
         current = read_entries(path, source)
         kept = [e.raw for e in current if e.pair.id not in drop]

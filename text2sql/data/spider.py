@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from text2sql.catalog import SchemaSnapshot
 from text2sql.data.compare import ResultSet, compare_results, order_key_columns, rows_close, tie_query
 from text2sql.data.spider_convert import (
     _canonical_int,
@@ -46,8 +47,11 @@ from text2sql.data.spider_convert import (
     transpile_gold,
     transpile_prediction,  # noqa: F401 (`eval --dialect sqlite` rewrites predictions as the import rewrites golds)
 )
+from text2sql.data.store import Pair, load_dataset, update_pairs, write_dataset_info, write_text_atomic
+from text2sql.data.validate import limit_probes
 from text2sql.errors import DataError
 from text2sql.vocab import REL_TOL, SPLITS
+from text2sql.warehouse import QueryRunner, WarehouseSpec, check_sql
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -100,8 +104,6 @@ def import_spider(cfg: Config, path: str | Path, name: str = "spider-sample", sp
         DataError: the benchmark files are missing or malformed, hold no questions, or none of their databases;
             dataset `name` has pairs and `force` is off.
     """
-    from text2sql.data.store import Pair, load_dataset, update_pairs, write_dataset_info, write_text_atomic
-
     started = time.perf_counter()
     root = Path(path).expanduser()
     examples = _read_json(root / f"{split}.json")
@@ -200,10 +202,6 @@ def _ensure_gitignore(datasets_dir: Path) -> None:
 def _check_golds(cfg: Config, sqlite_path: Path, duck_path: Path, golds: list[tuple[int, str]],
                  timeout_s: float) -> list[tuple[int, str, str]]:
     """(index, DuckDB SQL, reason or '') for each gold: transpile, run on both engines, compare."""
-    from text2sql.catalog import SchemaSnapshot
-    from text2sql.data.validate import limit_probes
-    from text2sql.warehouse import QueryRunner, WarehouseSpec, check_sql
-
     snapshot = SchemaSnapshot.from_duckdb(duck_path)
     columns = {name: {c.name: c.type for c in t.columns} for name, t in snapshot.tables.items()}
     src = _connect_sqlite(sqlite_path)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from text2sql.data.analysis import sql_template
-from text2sql.vocab import DIFFICULTIES, SPLITS
+from text2sql.data.store import Pair, load_dataset, load_pairs, update_pairs
 from text2sql.errors import DataError
+from text2sql.vocab import DIFFICULTIES, SPLITS
 
 if TYPE_CHECKING:
     from text2sql.config import Config
-    from text2sql.data.store import Pair
 
 
 @dataclass
@@ -47,8 +47,6 @@ class SplitReport:
 def split_pairs(cfg: Config, dataset: str | None = None, seed: int | None = None,
                 ratios: dict[str, float] | None = None, reassign: bool = False, write: bool = True) -> SplitReport:
     """Assign splits and write them into pairs.jsonl (atomically, under the dataset lock)."""
-    from text2sql.data.store import load_dataset, load_pairs, update_pairs
-
     seed = cfg.data.seed if seed is None else seed
     ratios = dict(cfg.data.split_ratios if ratios is None else ratios)
     if set(ratios) - set(SPLITS) or any(r < 0 for r in ratios.values()) or abs(sum(ratios.values()) - 1) > 1e-6:

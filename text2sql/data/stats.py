@@ -12,13 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from text2sql.catalog import SchemaSnapshot, load_snapshot
 from text2sql.data.analysis import FEATURES, query_refs, sql_features
+from text2sql.data.store import Pair, load_dataset, load_pairs
+from text2sql.errors import Text2SQLError
 from text2sql.vocab import DIFFICULTIES, SPLITS
 
 if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.data.store import Pair
 
 FEW = 5
 """Fewer pairs than this using a table or feature is 'few'."""
@@ -67,14 +68,10 @@ class DatasetStats:
 
 def dataset_stats(cfg: Config, dataset: str | None = None, pairs: list[Pair] | None = None) -> DatasetStats:
     """Coverage statistics of a dataset (default data.dataset)."""
-    from text2sql.data.store import load_dataset, load_pairs
-
     ds = load_dataset(cfg, dataset)
     pairs = load_pairs(cfg, dataset) if pairs is None else pairs
     snapshots = {db: _snapshot(cfg, ds, db) for db in sorted({p.db for p in pairs}, key=lambda d: d or "")}
     if not pairs:
-        from text2sql.catalog import load_snapshot
-
         snapshots[None] = load_snapshot(cfg)
     tables: Counter = Counter()
     columns: Counter = Counter()
@@ -117,9 +114,6 @@ def dataset_stats(cfg: Config, dataset: str | None = None, pairs: list[Pair] | N
 
 
 def _snapshot(cfg: Config, ds, db: str | None) -> SchemaSnapshot | None:
-    from text2sql.catalog import SchemaSnapshot, load_snapshot
-    from text2sql.errors import Text2SQLError
-
     try:
         return load_snapshot(cfg) if db is None else SchemaSnapshot.from_duckdb(ds.database(db))
     except Text2SQLError:

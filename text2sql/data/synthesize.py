@@ -37,14 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.analysis import normalize_sql, parse_sql, sql_template
+from text2sql.data.analysis import normalize_question, normalize_sql, parse_sql, sql_template
+from text2sql.data.dedup import _model_path, embed_questions
 from text2sql.data.mutate import MUTATIONS, MutationContext, load_dataset_definitions
+from text2sql.data.store import (
+    Dataset, Pair, _locked, load_dataset, pair_from_record, read_pairs_file, write_text_atomic,
+)
+from text2sql.data.validate import validate_pairs
 from text2sql.errors import DataError
+from text2sql.warehouse import QueryRunner
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.data.store import Dataset, Pair
 
 SYNTHETIC_FILE = "synthetic.jsonl"
 AUTHOR = "synth"
@@ -130,8 +135,6 @@ def mutation_pool(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, train: lis
                    held_out: list[Pair], seed: int, n: int, report: SynthesisReport, bar: Progress) -> list[Candidate]:
     """Distinct mutations of train pairs (taken in a seeded order, until there are POOL_FACTOR x n) that pass the
     template guard, in a seeded order."""
-    from text2sql.warehouse import QueryRunner
-
     rng = random.Random(seed)
     leaked_templates = {sql_template(p.sql) for p in held_out}
     seen = {normalize_sql(p.sql) for p in pairs}
@@ -172,9 +175,6 @@ def mutation_pool(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, train: lis
 def validate_candidates(cfg: Config, ds: Dataset, pool: list[Candidate], n: int, report: SynthesisReport,
               bar: Progress) -> list[Candidate]:
     """The first `n` candidates of the pool that pass `data validate`, in pool order (checked in chunks)."""
-    from text2sql.data.store import Pair
-    from text2sql.data.validate import validate_pairs
-
     valid: list[Candidate] = []
     task = bar.add("validating", n)
     start = 0
@@ -198,8 +198,6 @@ def question_guard(cfg: Config, candidates: list[Candidate], held_out: list[Pair
     """Drop candidates whose question is at least data.dedup_threshold similar to a dev or test question."""
     if not candidates or not held_out:
         return candidates
-    from text2sql.data.analysis import normalize_question
-    from text2sql.data.dedup import _model_path, embed_questions
 
     texts = [normalize_question(c.question) for c in candidates] + [normalize_question(p.question) for p in held_out]
     embeddings = embed_questions(texts, _model_path(cfg))
@@ -215,8 +213,6 @@ def question_guard(cfg: Config, candidates: list[Candidate], held_out: list[Pair
 def write_candidates(ds: Dataset, candidates: list[Candidate]) -> int:
     """Merge candidates into synthetic.jsonl atomically (ids already there or in pairs.jsonl are skipped);
     returns the records the file holds."""
-    from text2sql.data.store import _locked, read_pairs_file, write_text_atomic
-
     today = dt.date.today().isoformat()
     with _locked(ds):
         taken = {p.id for p, _ in read_pairs_file(ds.pairs_file)} if ds.pairs_file.is_file() else set()
@@ -239,8 +235,6 @@ def write_candidates(ds: Dataset, candidates: list[Candidate]) -> int:
 
 def candidate_record(question: str, sql: str, confirmed: bool, **fields: Any) -> dict[str, Any]:
     """A synthetic.jsonl record: pairs.jsonl's keys, split train, plus `confirmed`."""
-    from text2sql.data.store import Pair
-
     pair = Pair(question, sql, split="train", **fields)
     return {**pair.to_record(), "confirmed": confirmed}
 
@@ -251,8 +245,6 @@ def read_candidate_lines(path: Path) -> list[tuple[dict[str, Any], str]]:
     Raises:
         DataError: a line is malformed (named file:line).
     """
-    from text2sql.data.store import pair_from_record
-
     if not path.is_file():
         return []
     out, problems = [], []
@@ -276,8 +268,6 @@ def read_candidate_lines(path: Path) -> list[tuple[dict[str, Any], str]]:
 def load_synthetic(cfg: Config, dataset: str, curated: list[Pair]) -> list[Pair]:
     """Unreviewed synthetic pairs to train on (data.synthetic: include): in file order, at most
     data.synthetic_ratio x len(curated) of them, none whose id is a curated pair's, always in the train split."""
-    from text2sql.data.store import load_dataset, pair_from_record
-
     ds = load_dataset(cfg, dataset)
     taken = {p.id for p in curated}
     records = [r for r, _ in read_candidate_lines(ds.path / SYNTHETIC_FILE) if r["id"] not in taken]

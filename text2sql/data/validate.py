@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
+from text2sql.catalog import SchemaSnapshot, load_snapshot
 from text2sql.data.analysis import parse_sql
+from text2sql.data.definitions import DEFINITIONS_FILE, check_definitions, read_definitions
+from text2sql.data.store import Dataset, Pair, load_dataset, load_pairs
+from text2sql.errors import DataError
 from text2sql.vocab import DIALECT
+from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec, check_sql
 
 if TYPE_CHECKING:
     from text2sql.config import Config
-    from text2sql.data.store import Dataset, Pair
-    from text2sql.warehouse import QueryResult
 
 ERROR_KINDS = ("parse_error", "refused", "unknown_table", "unknown_column", "unknown_db", "runtime_error", "timeout")
 WARNING_KINDS = ("empty_result", "large_result", "volatile_function", "limit_ties", "limit_without_order",
@@ -129,8 +132,6 @@ def validate_pairs(cfg: Config, pairs: list[Pair] | None = None, dataset: str | 
     Raises:
         DataError: the dataset cannot be read. SchemaSnapshotError: schemas/ is missing or stale.
     """
-    from text2sql.data.store import load_dataset, load_pairs
-
     started = time.perf_counter()
     ds = ds or load_dataset(cfg, dataset)
     if pairs is None:
@@ -147,10 +148,6 @@ def validate_pairs(cfg: Config, pairs: list[Pair] | None = None, dataset: str | 
 
 def _check_definitions_file(cfg: Config, ds: Dataset) -> list[str]:
     """Problems of the dataset's definitions.yaml (none when it has none)."""
-    from text2sql.catalog import load_snapshot
-    from text2sql.data.definitions import DEFINITIONS_FILE, check_definitions, read_definitions
-    from text2sql.errors import DataError
-
     try:
         defs = read_definitions(ds.path / DEFINITIONS_FILE)
     except DataError as exc:
@@ -161,8 +158,6 @@ def _check_definitions_file(cfg: Config, ds: Dataset) -> list[str]:
 def _validate_group(cfg: Config, ds: Dataset, db: str | None, pairs: list[Pair], reports: list[PairReport],
                     timeout_s: float | None, workers: int) -> None:
     """The steps of the module docstring, for the pairs of one database."""
-    from text2sql.warehouse import QueryRunner
-
     target = _open_database(cfg, ds, db, reports)
     if target is None:
         return
@@ -180,10 +175,6 @@ def _validate_group(cfg: Config, ds: Dataset, db: str | None, pairs: list[Pair],
 
 def _open_database(cfg: Config, ds: Dataset, db: str | None, reports: list[PairReport]):
     """(snapshot, warehouse spec) of the lakehouse or a benchmark database; None (and errors) if it is unknown."""
-    from text2sql.catalog import SchemaSnapshot, load_snapshot
-    from text2sql.errors import DataError
-    from text2sql.warehouse import WarehouseSpec
-
     if db is None:
         return load_snapshot(cfg), WarehouseSpec.from_config(cfg)
     try:
@@ -197,8 +188,6 @@ def _open_database(cfg: Config, ds: Dataset, db: str | None, reports: list[PairR
 
 def _check_statically(pairs: list[Pair], reports: list[PairReport], snapshot) -> list[tuple[Pair, PairReport]]:
     """check_sql and volatile functions; returns the pairs worth running."""
-    from text2sql.warehouse import check_sql
-
     runnable = []
     for pair, report in zip(pairs, reports):
         check = check_sql(pair.sql, snapshot)

@@ -13,13 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from text2sql.catalog import load_snapshot
 from text2sql.errors import MODEL_PACKAGES, ConfigError, ModelError, require, require_all
 from text2sql.feedback import FeedbackRequest, FeedbackStore, feedback_path, feedback_record
+from text2sql.generate import Sampling, load_generator
+from text2sql.prompt import PromptBuilder
 from text2sql.serve.backends import _LocalBackend, _UpstreamBackend
+from text2sql.serve.engine_backend import EngineBackend
 from text2sql.serve.guard import _Guard
 from text2sql.serve.openai import (ENGINE_OWNER, MODEL_ID, ChatRequest, SQLRequest, _APIError, _chat_completion,
                                    _check_question, _error_response, _streamed_chat, _text)
 from text2sql.serve.pipeline import _Pipeline, _prompt_settings_only
+from text2sql.warehouse import QueryRunner
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -58,10 +63,6 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
-    from text2sql.catalog import load_snapshot
-    from text2sql.prompt import PromptBuilder
-    from text2sql.warehouse import QueryRunner
-
     s = cfg.serve
     upstream = s.upstream if upstream is None else upstream
     if not model_dir and not upstream:
@@ -78,16 +79,12 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
             upstream, s.upstream_model, os.environ.get(s.upstream_token_env, "") if s.upstream_token_env else "",
             s.upstream_timeout_s, s.max_concurrency)
     else:
-        from text2sql.generate import load_generator
-
         gen = load_generator(model_dir, cfg)
         settings = gen.settings
         # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
         # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
         if gen.decoding == "static":
-            from text2sql.serve.engine_backend import EngineBackend
-
             backend = EngineBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
         else:
             backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
@@ -96,8 +93,6 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
     pipeline = _Pipeline(snapshot, backend, prompts, runner, s.retries, s.query_workers)
     if cfg.generate.num_candidates > 1:
-        from text2sql.generate import Sampling
-
         g = cfg.generate
         pipeline.num_candidates, pipeline.sampling = g.num_candidates, Sampling(g.temperature, g.top_p, g.seed)
     token = os.environ.get(s.token_env, "") if s.token_env else ""

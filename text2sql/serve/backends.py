@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from text2sql.generate import Candidate, extract_sql, generate, generate_candidates
 from text2sql.serve.openai import MODEL_ID, _APIError
 from text2sql.serve.pipeline import _Completion
 
@@ -57,8 +58,6 @@ class _LocalBackend:
 
     async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
         """`n` candidates for one chat (greedy first), generated in the generation thread outside the batcher."""
-        from text2sql.generate import generate_candidates
-
         def run():
             found = generate_candidates(self.gen, [messages], n, sampling, max_new_tokens)[0]
             tok = self.gen.tokenizer
@@ -93,8 +92,6 @@ class _LocalBackend:
 
     def _generate(self, chats: list[list[dict[str, str]]], max_new_tokens: int) -> list[_Completion]:
         """Worker thread: one batch, plus token counts for `usage` (only this thread touches the model's tokenizer)."""
-        from text2sql.generate import generate
-
         replies = generate(self.gen, chats, max_new_tokens)
         tok = self.gen.tokenizer
         prompt_tokens = self.gen.stats["prompt_tokens"]  # generate tokenized the prompts already
@@ -135,8 +132,6 @@ class _UpstreamBackend:
     async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
         """The greedy reply, then `n - 1` sampled ones (seeded per sample, in parallel), with their log-probabilities
         where the engine returns them (OpenAI `logprobs`)."""
-        from text2sql.generate import Candidate, extract_sql
-
         first = await self.complete(messages, max_new_tokens, logprobs=True)
         rest = await asyncio.gather(*(self.complete(messages, max_new_tokens, sampling, sampling.seed + i, True)
                                       for i in range(n - 1)))

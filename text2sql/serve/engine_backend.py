@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from text2sql.engine import Request
+from text2sql.generate import decode_engine, encode_chats, generate_candidates
 from text2sql.serve.openai import _APIError
 from text2sql.serve.pipeline import _Completion
 
@@ -27,8 +29,6 @@ class EngineBackend:
     kind = "local"
 
     def __init__(self, gen: Any, max_batch_size: int, queue_size: int, torch_threads: int):
-        from text2sql.generate import decode_engine
-
         self.gen, self.queue_size, self.torch_threads = gen, queue_size, torch_threads
         self.engine = decode_engine(gen, max_batch_size)
         self.engine_id = Path(gen.model_dir).name if gen.model_dir else "model"
@@ -46,8 +46,6 @@ class EngineBackend:
 
     async def warm(self, messages: list[dict[str, str]], max_new_tokens: int) -> None:
         """Prefill the schema prefix, size the cache and (on CUDA) compile every batch bucket before serving."""
-        from text2sql.generate import encode_chats
-
         (ids,), (shared,) = encode_chats(self._encoding, [messages])
         # On the engine thread, which owns the model; no request comes before the server has started.
         await asyncio.wrap_future(self.engine.submit_call(lambda: self.engine.warm(ids, shared, max_new_tokens)))
@@ -60,9 +58,6 @@ class EngineBackend:
 
     async def complete(self, messages: list[dict[str, str]], max_new_tokens: int,
                        on_text: Callable[[str], None] | None = None, n: int = 1, temperature: float = 0.0):
-        from text2sql.engine import Request
-        from text2sql.generate import encode_chats
-
         if self._pending >= self.queue_size:
             raise _APIError(429, "the generation queue is full: retry later", "rate_limit_exceeded")
         self._pending += 1
@@ -108,8 +103,6 @@ class EngineBackend:
     async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
         """`n` candidates for one chat (greedy first, then seeded samples with their log-probabilities), generated on
         the engine's thread between decode steps by `generate_candidates` (its eager sampling path)."""
-        from text2sql.generate import generate_candidates
-
         def run():
             found = generate_candidates(self.gen, [messages], n, sampling, max_new_tokens)[0]
             tok = self.gen.tokenizer

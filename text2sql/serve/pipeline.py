@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from text2sql.errors import ModelError
+from text2sql.models import resolve_model_dir
+from text2sql.prompt import PromptBuilder, PromptSettings, model_prompt_settings
+from text2sql.select import select_candidate
+from text2sql.warehouse import QueryResult, QueryRunner, check_sql, judge_reply
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.prompt import PromptBuilder, PromptSettings
-    from text2sql.warehouse import QueryResult, QueryRunner
 
 RETRY_PROMPT = "That query failed ({kind}): {message}\nWrite a corrected query. Reply with the SQL query only."
 """The user turn added after a failed attempt; the failed SQL is the assistant turn before it."""
@@ -42,8 +44,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_value(v) for k, v in value.items()}
     return str(value)
-
-
 
 
 @dataclass
@@ -106,8 +106,6 @@ class _Pipeline:
     async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0,
                      on_text: Callable[[str], None] | None = None) -> _Answer:
         """`on_text` gets the model's text as it comes (each attempt's; a retry starts on a new line)."""
-        from text2sql.warehouse import judge_reply
-
         messages = self.messages(question)
         prompt_tokens = completion_tokens = 0
         for attempt in range(self.retries + 1):
@@ -141,8 +139,6 @@ class _Pipeline:
     async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[_Completion, str | None]:
         """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox);
         the greedy one when none is valid, so the retry loop then corrects it as it would a greedy reply."""
-        from text2sql.select import select_candidate
-
         done, candidates = await self.backend.candidates(messages, max_new_tokens, self.num_candidates, self.sampling)
         loop = asyncio.get_running_loop()
         selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
@@ -151,8 +147,6 @@ class _Pipeline:
 
     async def validate(self, sql: str) -> str:
         """Why `sql` cannot be kept ('' when it passes the check and runs in the sandbox)."""
-        from text2sql.warehouse import check_sql
-
         check = check_sql(sql, self.snapshot)
         if not check.ok:
             return f"{check.kind}: {check.message}"
@@ -167,13 +161,9 @@ class _Pipeline:
 def _prompt_settings_only(cfg: "Config", model_dir: str | Path | None) -> tuple["PromptSettings", Any]:
     """Upstream mode: the model's prompt settings and tokenizer (for the prompt budgets), without its weights;
     the model dir is found as `load_generator` finds it."""
-    from text2sql.prompt import PromptSettings, model_prompt_settings
-
     if not model_dir:
         return PromptSettings(cfg.prompt), None  # the budgets are then counted as 4 characters a token
     from transformers import AutoTokenizer
-
-    from text2sql.models import resolve_model_dir
 
     path = resolve_model_dir(cfg, model_dir)
     settings = model_prompt_settings(path, cfg.prompt)
