@@ -1,6 +1,6 @@
 """What every `text2sql` command shares: the error decorator, the `--config`/`--set` options, config loading, output.
 
-No heavy imports here (see `text2sql.cli`)."""
+No heavy imports here, and no stage module until a command runs (see `text2sql.cli`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from text2sql.config import find_config, load_config
 from text2sql.errors import ConfigError, Text2SQLError
 
 def catch_errors(fn):
@@ -58,6 +57,8 @@ set_option = click.option(
 
 def load(config_path: Path | None, overrides: tuple[str, ...] = ()):
     """The project config: --config FILE, or the nearest text2sql.yaml (none: an error, never silent defaults)."""
+    from text2sql.config import find_config, load_config
+
     if config_path is None and find_config() is None:
         raise ConfigError("no text2sql.yaml here or above; run text2sql init")
     return load_config(config_path, list(overrides))

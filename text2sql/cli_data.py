@@ -1,7 +1,6 @@
 """`text2sql data ...`: curated NL/SQL pairs (add, validate, dedup, stats, split, import, synthesize, review).
 
-Parse and call, as in `text2sql.cli`; each command imports its stage module when it runs (text2sql.data pulls
-in sqlglot, which `text2sql --help` does not need).
+Parse and call, as in `text2sql.cli`; each command imports its stage module when it runs.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def data_add(config_path, overrides, question, sql, from_file, tags, difficulty,
              force):
     """Validate pairs, then append them to the dataset (atomically, safe with concurrent writers).
     With --from, --tags/--difficulty/--notes/--split/--db fill in what a record lacks."""
-    from text2sql.data.add import add_pairs, read_pair_file  # lazy: see the module docstring
+    from text2sql.data.add import add_pairs, read_pair_file
     from text2sql.data.store import new_pair
 
     if bool(from_file) == bool(question or sql) or (not from_file and not (question and sql)):
@@ -71,7 +70,7 @@ def data_add(config_path, overrides, question, sql, from_file, tags, difficulty,
 @click.option("--verbose", "-v", is_flag=True, help="List the pairs that pass too.")
 def data_validate(dataset, config_path, overrides, as_json, strict, split, timeout_s, verbose):
     """Check, run and probe every pair; exit 1 on errors (CI on pull requests)."""
-    from text2sql.data import load_pairs, validate_pairs  # lazy: see the module docstring
+    from text2sql.data import load_pairs, validate_pairs
 
     cfg = load(config_path, overrides)
     show_warehouse_engine()
@@ -100,7 +99,7 @@ def data_validate(dataset, config_path, overrides, as_json, strict, split, timeo
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_dedup(dataset, config_path, overrides, threshold, apply_, exact_only, as_json):
     """Report exact and near-duplicate pairs; with --apply, remove all but one of each group."""
-    from text2sql.data import dedup_pairs  # lazy: see the module docstring
+    from text2sql.data import dedup_pairs
 
     cfg = load(config_path, overrides)
     report = dedup_pairs(cfg, dataset, threshold=threshold, apply=apply_, semantic=not exact_only)
@@ -123,7 +122,7 @@ def data_dedup(dataset, config_path, overrides, threshold, apply_, exact_only, a
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_stats(dataset, config_path, overrides, as_json):
     """Coverage: tables, columns, join paths, SQL features, difficulty, question length."""
-    from text2sql.data.stats import dataset_stats, render_stats  # lazy: see the module docstring
+    from text2sql.data.stats import dataset_stats, render_stats
 
     stats = dataset_stats(load(config_path, overrides), dataset)
     if as_json:
@@ -142,7 +141,7 @@ def data_stats(dataset, config_path, overrides, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def data_split(dataset, config_path, overrides, seed, ratios, reassign, as_json):
     """Assign train/dev/test: seeded, stratified by difficulty, SQL templates never straddle splits."""
-    from text2sql.data.split import parse_ratios, split_pairs  # lazy: see the module docstring
+    from text2sql.data.split import parse_ratios, split_pairs
 
     cfg = load(config_path, overrides)
     report = split_pairs(cfg, dataset, seed=seed, ratios=parse_ratios(ratios) if ratios else None, reassign=reassign)
@@ -173,7 +172,7 @@ def data_import() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 def data_import_spider(path, config_path, overrides, name, split, force, as_json):
     """Spider format (dev.json, tables.json, database/*/*.sqlite) -> pairs + DuckDB files; keeps golds that agree."""
-    from text2sql.data import import_spider  # lazy: see the module docstring
+    from text2sql.data import import_spider
     from text2sql.data.spider import REPORT_FILE
 
     report = import_spider(load(config_path, overrides), path, name=name, split=split, force=force)
@@ -201,7 +200,7 @@ def data_import_spider(path, config_path, overrides, name, split, force, as_json
 @click.option("--keep-unconfirmed", is_flag=True, help="Keep candidates whose round trip failed (confirmed: false).")
 def data_synthesize(dataset, config_path, overrides, n, model_dir, seed, keep_unconfirmed):
     """Propose pairs from the train split (SQL mutated, question written, round trip) into synthetic.jsonl."""
-    from text2sql.synthesize import synthesize_pairs  # lazy: see the module docstring
+    from text2sql.synthesize import synthesize_pairs
 
     click.echo(synthesize_pairs(load(config_path, overrides), dataset, n=n, model=model_dir, seed=seed,
                                 keep_unconfirmed=keep_unconfirmed).summary())
@@ -220,7 +219,7 @@ def data_synthesize(dataset, config_path, overrides, n, model_dir, seed, keep_un
 def data_review(dataset, config_path, overrides, source, list_, accept, reject, accept_all, confirmed_only):
     """List proposed pairs (synthetic.jsonl or serve's feedback.jsonl), or accept/reject them by id: accepted pairs
     move into pairs.jsonl (train)."""
-    from text2sql.data.review import list_entries, render_entries, review_pairs  # lazy: see the module docstring
+    from text2sql.data.review import list_entries, render_entries, review_pairs
 
     cfg = load(config_path, overrides)
     if list_ or not (accept or reject or accept_all):
