@@ -8,6 +8,7 @@ a write cut down to a read, checked by `check_reply_sql` with DuckDB's own parse
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -172,7 +173,8 @@ _STATEMENT_WORD = re.compile(r"\b(" + "|".join(_READ_WORDS + _STRONG_WORDS) + r"
 _FENCE = re.compile(r"```(?:sql|duckdb)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
 
 
-def judge_reply(raw: str | None, snapshot: SchemaSnapshot | None = None) -> tuple[str | None, SQLCheck]:
+def judge_reply(raw: str | None, snapshot: SchemaSnapshot | None = None, *,
+                bind: bool = True) -> tuple[str | None, SQLCheck]:
     """The SQL of a model reply (or a predictions file's `sql`) and the verdict on the reply taken whole.
 
     Eval and serve both judge with this one function. A code fence, a trailing `;`, comments, whitespace and
@@ -186,6 +188,8 @@ def judge_reply(raw: str | None, snapshot: SchemaSnapshot | None = None) -> tupl
     'refused'
     >>> judge_reply("DELETE FROM t")
     ('DELETE FROM t', SQLCheck(ok=False, kind='refused', message='not a read-only query (DELETE statement)', tables=[]))
+    
+    `bind=False`: names are left unchecked (see `check_reply_sql`).
     """
     located = locate_sql(raw)
     if located is None:
@@ -194,7 +198,7 @@ def judge_reply(raw: str | None, snapshot: SchemaSnapshot | None = None) -> tupl
     if len(statements) > 1:
         words = ", ".join(_first_word(s) for s in statements)
         return whole, SQLCheck(False, "refused", f"{len(statements)} statements ({words}): only one query is allowed")
-    return statements[0], check_reply_sql(statements[0], snapshot)
+    return statements[0], check_reply_sql(statements[0], snapshot, bind=bind)
 
 
 def extract_sql(raw: str | None) -> str | None:
@@ -273,45 +277,28 @@ def _from_first_statement(text: str) -> str | None:
     return None
 
 
+# A quoted string ('...', "...", doubled quotes inside; $$...$$), a comment (-- or /* */) or a `;`, each as far as
+# it goes (an unclosed one runs to the end): everything else is plain code, copied in runs between matches.
+_SPECIAL = re.compile(r"""'(?:[^']|'')*'?|"(?:[^"]|"")*"?|\$\$.*?(?:\$\$|\Z)|--[^\n]*|/\*.*?(?:\*/|\Z)|;""", re.DOTALL)
+
+
 def _split_statements(text: str) -> list[tuple[str, str, int]]:
     """(segment, its code without comments, end offset) for each part of `text` between top-level `;`s.
 
     Quotes ('...', "...", $$...$$) and comments (--, /* */) are honoured, so a `;` inside them splits nothing.
     """
-    segments, start, code, i, n = [], 0, [], 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in "'\"":
-            j = i + 1
-            while j < n:
-                if text[j] == c:
-                    if j + 1 < n and text[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            code.append(text[i:j + 1])
-            i = j + 1
-        elif text.startswith("$$", i):
-            j = text.find("$$", i + 2)
-            j = n if j < 0 else j + 2
-            code.append(text[i:j])
-            i = j
-        elif text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-            code.append(" ")
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            code.append(" ")
-        elif c == ";":
-            segments.append((text[start:i], "".join(code).strip(), i))
-            start, code, i = i + 1, [], i + 1
+    segments, start, code, pos = [], 0, [], 0
+    for match in _SPECIAL.finditer(text):
+        token = match.group()
+        code.append(text[pos:match.start()])
+        pos = match.end()
+        if token == ";":
+            segments.append((text[start:match.start()], "".join(code).strip(), match.start()))
+            start, code = pos, []
         else:
-            code.append(c)
-            i += 1
-    segments.append((text[start:], "".join(code).strip(), n))
+            code.append(" " if token.startswith(("--", "/*")) else token)
+    code.append(text[pos:])
+    segments.append((text[start:], "".join(code).strip(), len(text)))
     return segments
 
 
@@ -327,7 +314,7 @@ _SHOW_WORDS = ("describe", "summarize", "show")
 _WORD = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_][\w$]*')
 
 
-def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLCheck:
+def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None, *, bind: bool = True) -> SQLCheck:
     """`check_sql`'s verdict with DuckDB's own parser and binder (what `judge_reply` uses): about 0.4 ms a query
     where sqlglot's parse and qualification take ~2.6 ms, and no false blocks, since the binder is DuckDB's.
 
@@ -337,6 +324,10 @@ def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLChec
     made from the snapshot's DDL, in a catalog named like the snapshot's (so `nyc.taxi` binds in `nyc.duckdb`);
     a missing table or column is unknown_table/unknown_column with DuckDB's hint; other binder errors are left
     to the run (runtime_error), as before.
+
+    `bind=False` (a plain query only; a PIVOT is always bound): names are left to the caller, who runs the query
+    on a connection whose catalog is the binder's (`catalog_signature`) and, when its binder fails, asks again
+    with `bind=True`, so the verdict is the same and the query is bound once instead of twice.
 
     >>> check_reply_sql("DELETE FROM t").message
     'not a read-only query (DELETE statement)'
@@ -362,6 +353,8 @@ def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None) -> SQLChec
         return SQLCheck(False, "refused", refusal)
     if snapshot is None:
         return SQLCheck(True)
+    if not bind and len(kinds) == 1:
+        return SQLCheck(True, tables=_tables_read(sql, snapshot))
     binder, session = _binder(snapshot)
     cursor = binder
     try:
@@ -416,8 +409,10 @@ def _is_pivot(sql: str) -> bool:
     return first.lower() in ("pivot", "pivot_wider")
 
 
-def _tokens(sql: str) -> list[tuple[str, str]]:
-    """(kind, text) of DuckDB's tokens of `sql` (comments are not tokens)."""
+@functools.lru_cache(maxsize=16)
+def _tokens(sql: str) -> tuple[tuple[str, str], ...]:
+    """(kind, text) of DuckDB's tokens of `sql` (comments are not tokens); cached, since the token scan and
+    `_tables_read` both read them."""
     import duckdb
 
     tokens = duckdb.tokenize(sql)
@@ -425,7 +420,7 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
     for pos, kind in tokens:
         word = _WORD.match(sql, pos)
         out.append((kind.name, word.group(0) if word else sql[pos]))
-    return out
+    return tuple(out)
 
 
 _OPENING_WORDS = ("select", "with", "from", "values", "table", "pivot", "unpivot", "pivot_wider", "pivot_longer", "(")
@@ -474,6 +469,43 @@ def _tables_read(sql: str, snapshot: SchemaSnapshot) -> list[str]:
                     found.add(resolved)
         i += 1
     return sorted(found)
+
+
+def use_parser_connection(con) -> None:
+    """Parse this thread's replies with `con` (a sandbox worker's own locked-down connection: parsing needs no
+    data, and a worker then opens no second DuckDB for it)."""
+    _LOCAL.parser = con
+
+
+_SIGNATURE_QUERIES = (
+    "SELECT current_database(), current_schema()",
+    "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() "
+    "WHERE database_name = current_database() ORDER BY ALL",
+    "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database() "
+    "ORDER BY ALL",
+    "SELECT database_name FROM duckdb_databases() WHERE NOT internal "
+    "AND database_name NOT IN (current_database(), 'memory') ORDER BY ALL",
+    "SELECT database_name, schema_name FROM duckdb_schemas() WHERE NOT internal ORDER BY ALL",
+    "SELECT function_name, function_type FROM duckdb_functions() WHERE NOT internal ORDER BY ALL",
+    "SELECT sequence_name FROM duckdb_sequences() ORDER BY ALL",
+    "SELECT type_name FROM duckdb_types() WHERE NOT internal ORDER BY ALL",
+)
+
+
+def catalog_signature(con) -> tuple:
+    """What DuckDB's binder sees on `con`: the current database and schema, its tables' columns and types, views,
+    other databases (but an empty `memory`, which the binder's own connection always has), schemas, macros,
+    sequences and types. Two connections with the same signature bind every query alike."""
+    return tuple(tuple(con.execute(query).fetchall()) for query in _SIGNATURE_QUERIES)
+
+
+def binder_signature(snapshot: SchemaSnapshot) -> tuple | None:
+    """`catalog_signature` of the binder `check_reply_sql` uses for `snapshot`, or None when it needs session
+    statements other than its USE (a search path): then queries are always bound there."""
+    con, session = _binder(snapshot)
+    if any(not statement.startswith("USE ") for statement in session):
+        return None
+    return catalog_signature(con)
 
 
 def _parser_connection():

@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
 from text2sql.warehouse.engines import WarehouseSpec, open_connection
-from text2sql.warehouse.guard import SQLCheck, _first_line, _split_statements, check_sql, judge_reply
+from text2sql.warehouse.guard import (
+    SQLCheck,
+    _first_line,
+    _split_statements,
+    binder_signature,
+    catalog_signature,
+    check_reply_sql,
+    check_sql,
+    judge_reply,
+    use_parser_connection,
+)
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
@@ -71,15 +81,20 @@ _WORKER_STATEMENTS = ("SELECT", "CREATE")
 
 
 def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
-                 snapshot: SchemaSnapshot | None = None) -> None:
+                 snapshot: SchemaSnapshot | None = None, binder: tuple | None = None) -> None:
     """Worker process: one locked-down database, each query on its own cursor (so nothing it creates outlives
     it), exactly one statement per call, an address-space cap, an interrupt at the deadline.
 
     Messages: `("run", sql, max_rows, timeout_s)` -> QueryResult; `("judge", reply, max_rows, timeout_s)` ->
     (sql, SQLCheck, QueryResult or None): the reply judged by `judge_reply` against `snapshot`, run when it passes.
+    `binder`: the `binder_signature` of the snapshot; when the worker's database has the same, a reply's names are
+    bound by running it (once), and only a query that fails there is bound again by the binder, for its verdict.
     """
     try:
         con = open_connection(spec, memory_limit, threads)
+        bind_on_run = binder is not None and _same_catalog(con, binder)
+        if not spec.setup_sql:  # no extension loaded: the parser is DuckDB's plain one
+            use_parser_connection(con)
         _cap_address_space(memory_limit)
         conn.send(("ready", None))
     except Exception as exc:
@@ -95,8 +110,7 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
             return
         op, text, max_rows, timeout_s = message
         if op == "judge":
-            sql, check = judge_reply(text, snapshot)
-            reply = (sql, check, _run_one(con, spec, sql, max_rows, timeout_s, watchdog) if check.ok else None)
+            reply = _judge_and_run(con, spec, snapshot, text, max_rows, timeout_s, watchdog, bind_on_run)
         else:
             reply = _run_one(con, spec, text, max_rows, timeout_s, watchdog)
         try:
@@ -104,6 +118,32 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
         except Exception as exc:  # a value that does not pickle
             failed = QueryResult(error_kind="runtime_error", error=f"result not transferable: {exc}")
             conn.send((reply[0], reply[1], failed) if op == "judge" else failed)
+
+
+def _same_catalog(con, binder: tuple) -> bool:
+    try:
+        return catalog_signature(con) == binder
+    except Exception:  # a catalog DuckDB cannot describe: bind with the binder as always
+        return False
+
+
+_BINDER_ERRORS = ("CatalogException:", "BinderException:", "PermissionException:")
+
+
+def _judge_and_run(con, spec: WarehouseSpec, snapshot, reply: str, max_rows: int, timeout_s: float,
+                   watchdog: _Watchdog, bind_on_run: bool) -> tuple[str | None, SQLCheck, QueryResult | None]:
+    """`judge_reply` and, when the SQL passes, its result. With `bind_on_run`, the names are bound by the run
+    itself; a run that fails in DuckDB's binder is judged again with the binder, whose verdict is then taken
+    (the same as binding first: the two catalogs are alike, and a failed bind runs nothing)."""
+    sql, check = judge_reply(reply, snapshot, bind=not bind_on_run)
+    if not check.ok:
+        return sql, check, None
+    result = _run_one(con, spec, sql, max_rows, timeout_s, watchdog)
+    if bind_on_run and result.error_kind == "runtime_error" and result.error.startswith(_BINDER_ERRORS):
+        check = check_reply_sql(sql, snapshot)
+        if not check.ok:
+            return sql, check, None
+    return sql, check, result
 
 
 def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float, watchdog: _Watchdog) -> QueryResult:
@@ -141,17 +181,23 @@ def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float
 
 
 class _Watchdog:
-    """One thread per worker that interrupts the running cursor at its deadline (no thread started per query)."""
+    """One thread per worker that interrupts the running cursor at its deadline (no thread started per query).
+
+    Arming wakes the thread only when the new deadline comes before the one it sleeps until: under a steady
+    stream of queries with one timeout each deadline is later than the last, so the thread wakes at the old
+    deadline, sees the new one and sleeps again, instead of being woken (a thread switch) for every query."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._cursor, self._deadline = None, 0.0
+        self._sleeping_until = float("inf")
         threading.Thread(target=self._loop, daemon=True, name="text2sql-watchdog").start()
 
     def arm(self, cursor, timeout_s: float) -> None:
         with self._cond:
             self._cursor, self._deadline = cursor, time.monotonic() + timeout_s
-            self._cond.notify()
+            if self._deadline < self._sleeping_until:
+                self._cond.notify()
 
     def disarm(self) -> None:
         with self._cond:
@@ -161,10 +207,12 @@ class _Watchdog:
         with self._cond:
             while True:
                 if self._cursor is None:
+                    self._sleeping_until = float("inf")
                     self._cond.wait()
                     continue
                 left = self._deadline - time.monotonic()
                 if left > 0:
+                    self._sleeping_until = self._deadline
                     self._cond.wait(left)
                     continue
                 self._cursor.interrupt()
@@ -218,10 +266,11 @@ _CONTEXT = None
 
 
 class _Worker:
-    def __init__(self, spec: WarehouseSpec, memory_limit: str, threads: int, snapshot: SchemaSnapshot | None = None):
+    def __init__(self, spec: WarehouseSpec, memory_limit: str, threads: int, snapshot: SchemaSnapshot | None = None,
+                 binder: tuple | None = None):
         ctx = _worker_context()
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, spec, memory_limit, threads, snapshot),
+        self.process = ctx.Process(target=_worker_main, args=(child, spec, memory_limit, threads, snapshot, binder),
                                    daemon=True)
         self.process.start()
         child.close()
@@ -278,6 +327,9 @@ class QueryRunner:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._available = threading.Semaphore(self.size)
+        # A plain database file: its workers may bind replies by running them (see `_judge_and_run`).
+        plain_file = spec.database != ":memory:" and not (spec.setup_sql or spec.search_path or spec.allowed_directories)
+        self._binder = binder_signature(snapshot) if snapshot is not None and plain_file else None
 
     @classmethod
     def from_config(cls, cfg: Config, spec: WarehouseSpec | None = None, workers: int = 1, **kwargs) -> QueryRunner:
@@ -340,7 +392,7 @@ class QueryRunner:
                 worker = self._idle.pop()
                 if worker.process.is_alive():
                     return worker
-        return _Worker(self.spec, self.memory_limit, self.threads, self.snapshot)
+        return _Worker(self.spec, self.memory_limit, self.threads, self.snapshot, self._binder)
 
     def close(self) -> None:
         with self._lock:
