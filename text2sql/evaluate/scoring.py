@@ -109,9 +109,12 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
         for sql in dict.fromkeys(p.sql for p in pairs):
             golds.request(sql)
         # Each reply is judged and, when it passes, run in a worker, in parallel with the gold queries; a reply that
-        # is its gold's text (but for spacing) gets the gold's verdict and result: same text, same judge, same query.
+        # is its gold's text (but for spacing) gets the gold's verdict and result, and replies of the same text are
+        # judged and run once: same text, same judge, same query.
+        by_text: dict[str, Any] = {}
         pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql)
-                   else pool.submit(runner.judge_and_run, predictions[pair.id])
+                   else by_text.get(predictions[pair.id])
+                   or by_text.setdefault(predictions[pair.id], pool.submit(runner.judge_and_run, predictions[pair.id]))
                    for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
