@@ -212,6 +212,24 @@ def test_what_stays_blocked(nyc, sql, kind, reason):
     assert (check.ok, check.kind) == (False, kind) and reason in check.message, check
 
 
+def test_a_worker_binding_by_running_gives_the_binders_verdicts(nyc):
+    """On a plain DuckDB file a worker binds a reply by running it, and asks the binder only when the run fails
+    there: every verdict, and every result, is the one of binding first with `judge_reply`."""
+    snapshot = SchemaSnapshot.from_duckdb(nyc / "nyc.duckdb")
+    replies = [*FORMER_FALSE_BLOCKS.values(), "SELECT count(*) FROM nyc.taxis", "SELECT fair FROM nyc.taxi",
+               "SELECT t.fair FROM taxi t", "SELECT * FROM '/etc/passwd'", "SELECT * FROM memory.main.taxi",
+               "SELECT count(*) FROM other.main.taxi", "SELECT abs(kind) FROM taxi", "SELECT fare FROM taxi WHERE kind = 1",
+               "SELECT * FROM taxi, taxi", "WITH x AS (SELECT 1) SELECT * FROM x, nope", "SELECT 1 +", "DESCRIBE taxi"]
+    with QueryRunner(WarehouseSpec.from_duckdb_file(nyc / "nyc.duckdb"), snapshot=snapshot) as runner:
+        for reply in replies:
+            sql, check = judge_reply(reply, snapshot)
+            expected = runner.run(sql, checked=True) if check.ok else None
+            got_sql, got_check, got = runner.judge_and_run(reply)
+            assert (got_sql, got_check) == (sql, check), reply
+            assert (got and (got.columns, got.rows, got.error_kind, got.error)) == (
+                expected and (expected.columns, expected.rows, expected.error_kind, expected.error)), reply
+
+
 def test_gold_as_prediction_scores_100_percent_on_the_former_false_blocks(nyc, cfg):
     pairs = [pair(name, sql, db="nyc") for name, sql in FORMER_FALSE_BLOCKS.items()]
     run = score_pairs(cfg, pairs, {p.id: p.sql for p in pairs}, dataset=str(nyc), use_cache=False)
