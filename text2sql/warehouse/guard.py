@@ -415,12 +415,17 @@ def _tokens(sql: str) -> tuple[tuple[str, str], ...]:
     `_tables_read` both read them."""
     import duckdb
 
-    tokens = duckdb.tokenize(sql)
     out = []
-    for pos, kind in tokens:
+    for pos, kind in duckdb.tokenize(sql):
+        name = _TOKEN_KINDS.get(kind)
+        if name is None:  # reading an enum's name costs more than the rest of the loop: once per kind
+            name = _TOKEN_KINDS[kind] = kind.name
         word = _WORD.match(sql, pos)
-        out.append((kind.name, word.group(0) if word else sql[pos]))
+        out.append((name, word.group(0) if word else sql[pos]))
     return tuple(out)
+
+
+_TOKEN_KINDS: dict[Any, str] = {}
 
 
 _OPENING_WORDS = ("select", "with", "from", "values", "table", "pivot", "unpivot", "pivot_wider", "pivot_longer", "(")
@@ -436,12 +441,17 @@ def _scan_tokens(sql: str) -> str:
         return f"{first.upper()} is not allowed: it answers no question about the data (ask with SELECT)"
     if first not in _OPENING_WORDS:
         return f"not a read-only query ({first.upper()} statement)"
+    texts = [text for _, text in tokens] + [""]
     for i, (kind, text) in enumerate(tokens):
+        if kind != "identifier" and kind != "keyword":
+            continue
+        called, opens = texts[i + 1] == "(", kind == "keyword" and (i == 0 or texts[i - 1] == "(")
+        if not (called or opens):
+            continue
         name = text.strip('"').lower()
-        if kind in ("identifier", "keyword") and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
-            if name in FORBIDDEN_FUNCTIONS or name.startswith(("read_", "duckdb_", "pragma_")):
-                return f"function {name}() is not allowed"
-        if kind == "keyword" and name in _SHOW_WORDS and (i == 0 or tokens[i - 1][1] == "("):
+        if called and (name in FORBIDDEN_FUNCTIONS or name.startswith(("read_", "duckdb_", "pragma_"))):
+            return f"function {name}() is not allowed"
+        if opens and name in _SHOW_WORDS:
             return f"{name.upper()} is not allowed: it answers no question about the data (ask with SELECT)"
     return ""
 
