@@ -363,21 +363,32 @@ def check_reply_sql(sql: str, snapshot: SchemaSnapshot | None = None, *, bind: b
             for statement in session:
                 cursor.execute(statement)
         cursor.sql(sql)
-    except duckdb.PermissionException as exc:  # a file named as a table: the binder, too, has no file access
+    except Exception as exc:
+        verdict = binder_verdict(exc, snapshot)
+        if verdict is not None:
+            return verdict
+    finally:
+        if cursor is not binder:
+            cursor.close()
+    return SQLCheck(True, tables=_tables_read(sql, snapshot))
+
+
+def binder_verdict(exc: Exception, snapshot: SchemaSnapshot) -> SQLCheck | None:
+    """`check_reply_sql`'s verdict on an error of DuckDB's binder: refused (a file named as a table: the binder,
+    too, has no file access), unknown_table or unknown_column; None for other errors, which are the run's to
+    report."""
+    import duckdb
+
+    if isinstance(exc, duckdb.PermissionException):
         return SQLCheck(False, "refused", f"reads outside the warehouse: {_first_line(str(exc))}")
-    except (duckdb.CatalogException, duckdb.BinderException) as exc:
+    if isinstance(exc, (duckdb.CatalogException, duckdb.BinderException)):
         text = str(exc)
         missing_catalog = "does not exist!" in text and ("Catalog \"" in text or "Schema" in text)
         if "Table with name" in text or missing_catalog or "Referenced table" in text:
             return SQLCheck(False, "unknown_table", _unknown_table(text, snapshot))
         if "Referenced column" in text or "does not have a column named" in text:
             return SQLCheck(False, "unknown_column", _unknown_column(text))
-    except Exception:  # other errors are the run's to report
-        pass
-    finally:
-        if cursor is not binder:
-            cursor.close()
-    return SQLCheck(True, tables=_tables_read(sql, snapshot))
+    return None
 
 
 def _unknown_table(text: str, snapshot: SchemaSnapshot) -> str:

@@ -24,6 +24,7 @@ from text2sql.warehouse.guard import (
     _first_line,
     _split_statements,
     binder_signature,
+    binder_verdict,
     catalog_signature,
     check_reply_sql,
     check_sql,
@@ -127,27 +128,28 @@ def _same_catalog(con, binder: tuple) -> bool:
         return False
 
 
-_BINDER_ERRORS = ("CatalogException:", "BinderException:", "PermissionException:")
-
-
 def _judge_and_run(con, spec: WarehouseSpec, snapshot, reply: str, max_rows: int, timeout_s: float,
                    watchdog: _Watchdog, bind_on_run: bool) -> tuple[str | None, SQLCheck, QueryResult | None]:
     """`judge_reply` and, when the SQL passes, its result. With `bind_on_run`, the names are bound by the run
-    itself; a run that fails in DuckDB's binder is judged again with the binder, whose verdict is then taken
-    (the same as binding first: the two catalogs are alike, and a failed bind runs nothing)."""
+    itself, and an error of its binder gets the verdict the binder's would (`binder_verdict`): the catalogs are
+    alike, so the errors are too, and a failed bind runs nothing. Only a query naming `memory` is bound by the
+    binder then, since the binder's connection has an empty `memory` database that the worker's has not."""
     sql, check = judge_reply(reply, snapshot, bind=not bind_on_run)
     if not check.ok:
         return sql, check, None
-    result = _run_one(con, spec, sql, max_rows, timeout_s, watchdog)
-    if bind_on_run and result.error_kind == "runtime_error" and result.error.startswith(_BINDER_ERRORS):
-        check = check_reply_sql(sql, snapshot)
-        if not check.ok:
-            return sql, check, None
+    errors: list[Exception] = []
+    result = _run_one(con, spec, sql, max_rows, timeout_s, watchdog, errors)
+    if bind_on_run and errors:
+        named = check_reply_sql(sql, snapshot) if "memory" in sql.lower() else binder_verdict(errors[0], snapshot)
+        if named is not None and not named.ok:
+            return sql, named, None
     return sql, check, result
 
 
-def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float, watchdog: _Watchdog) -> QueryResult:
-    """One statement on a fresh cursor of `con`, closed afterwards (its temp views, tables, macros go with it)."""
+def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float, watchdog: _Watchdog,
+             errors: list[Exception] | None = None) -> QueryResult:
+    """One statement on a fresh cursor of `con`, closed afterwards (its temp views, tables, macros go with it).
+    The error a failed query raised is appended to `errors` when given."""
     started = time.perf_counter()
     cursor = con.cursor()
     try:
@@ -172,6 +174,8 @@ def _run_one(con, spec: WarehouseSpec, sql: str, max_rows: int, timeout_s: float
             watchdog.disarm()
         result = QueryResult(columns, rows[:max_rows], truncated=len(rows) > max_rows)
     except Exception as exc:
+        if errors is not None:
+            errors.append(exc)
         kind = "timeout" if "INTERRUPT" in str(exc).upper() else "runtime_error"
         result = QueryResult(error_kind=kind, error=_first_line(f"{type(exc).__name__}: {exc}"))
     finally:
