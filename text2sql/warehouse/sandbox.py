@@ -89,7 +89,7 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
     Messages: `("run", sql, max_rows, timeout_s)` -> QueryResult; `("judge", reply, max_rows, timeout_s)` ->
     (sql, SQLCheck, QueryResult or None): the reply judged by `judge_reply` against `snapshot`, run when it passes.
     `binder`: the `binder_signature` of the snapshot; when the worker's database has the same, a reply's names are
-    bound by running it (once), and only a query that fails there is bound again by the binder, for its verdict.
+    bound by running it, once (see `_judge_and_run`).
     """
     try:
         con = open_connection(spec, memory_limit, threads)
