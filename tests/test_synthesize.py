@@ -259,3 +259,31 @@ def test_split_reassign_keeps_synthetic_pairs_and_their_group_in_train():
         assigned = assign_splits(pairs, {"train": 0.2, "dev": 0.2, "test": 0.6}, seed=1, reassign=reassign)
         assert [assigned[p.id] for p in pairs[:3]] == ["train"] * 3
         assert "test" in assigned.values()
+
+
+def test_pool_composes_transforms_when_single_ones_run_out(synth_cfg):
+    """Three train pairs give few single mutations: the pool then composes them, still distinct and leak-free."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.analysis import normalize_sql
+    from text2sql.data.store import load_dataset
+    from text2sql.data.synthesize import Progress, SynthesisReport, mutation_pool
+
+    ds = load_dataset(synth_cfg)
+    pairs = [p for p, _ in read_pairs_file(ds.pairs_file)]
+    train = [p for p in pairs if p.split == "train"]
+    held_out = [p for p in pairs if p.split != "train"]
+
+    def pool(seed):
+        report = SynthesisReport(requested=200, sources=len(train), path=ds.path / "unused.jsonl")
+        with Progress(False) as bar:
+            return mutation_pool(synth_cfg, ds, load_snapshot(synth_cfg), train, pairs, held_out, seed, 200, report, bar)
+
+    candidates = pool(5)
+    composed = [c for c in candidates if "+" in c.method]
+    assert composed, [c.method for c in candidates]
+    assert all(len(set(c.method.split("+"))) == len(c.method.split("+")) <= 3 for c in composed)
+    keys = [normalize_sql(c.sql) for c in candidates]
+    assert len(set(keys)) == len(keys) and not set(keys) & {normalize_sql(p.sql) for p in pairs}
+    leaked = {sql_template(p.sql) for p in held_out}
+    assert not [c.sql for c in candidates if sql_template(c.sql) in leaked]
+    assert [(c.sql, c.method) for c in pool(5)] == [(c.sql, c.method) for c in candidates]

@@ -59,6 +59,8 @@ POOL_FACTOR = 3
 """Mutations generated per candidate asked for (about a third fail validation on the demo data)."""
 VARIANTS_PER_METHOD = 4
 """At most this many variants of one source pair by one method (the rest of the pool comes from other pairs)."""
+MUTATION_DEPTH = 3
+"""At most this many transforms composed into one candidate (a measure swap of a regrouped query, ...)."""
 ACCEPTED_WARNINGS = frozenset({"large_result"})
 """Validation warnings a synthetic pair may carry; any other problem drops it."""
 BACK_TRANSLATION_INSTRUCTIONS = (
@@ -145,28 +147,45 @@ def mutation_pool(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, train: lis
     task = bar.add("mutating train SQL", len(sources))
     with QueryRunner.from_config(cfg, workers=1) as runner:
         context = MutationContext(snapshot, load_dataset_definitions(cfg, ds), runner)
-        for pair in sources:
-            if len(pool) >= wanted:
-                break
-            tree = parse_sql(pair.sql)
+
+        def add_variants(sql: str, source_id: str, method_prefix: str = "") -> None:
+            tree = parse_sql(sql)
+            if tree is None:
+                return
             for method, mutate in MUTATIONS.items():
-                if tree is None:
-                    continue
+                if method in method_prefix.split("+"):
+                    continue  # the same transform twice only re-picks what the first one picked
                 try:
-                    variants = mutate(tree.copy(), context, random.Random(f"{seed}:{pair.id}:{method}"))
+                    variants = mutate(tree.copy(), context, random.Random(f"{seed}:{source_id}:{method_prefix}{method}"))
                 except Exception:  # an odd query shape a transform does not handle: no variants from it
                     variants = []
-                for sql in variants[:VARIANTS_PER_METHOD]:
-                    key = normalize_sql(sql)
+                for variant in variants[:VARIANTS_PER_METHOD]:
+                    key = normalize_sql(variant)
                     if key in seen:
                         report.dropped["duplicate_sql"] += 1
                         continue
                     seen.add(key)
-                    if sql_template(sql) in leaked_templates:
+                    if sql_template(variant) in leaked_templates:
                         report.dropped["template_leak"] += 1
                         continue
-                    pool.append(Candidate(sql, pair.id, method))
+                    pool.append(Candidate(variant, source_id, f"{method_prefix}{method}"))
+
+        for pair in sources:
+            if len(pool) >= wanted:
+                break
+            add_variants(pair.sql, pair.id)
             bar.advance(task)
+        # Higher orders: when one transform per train pair does not give enough, compose them (a new period of
+        # another measure, ...), taking the previous order's variants in a seeded order.
+        frontier = list(pool)
+        for _ in range(MUTATION_DEPTH - 1):
+            rng.shuffle(frontier)
+            start = len(pool)
+            for candidate in frontier:
+                if len(pool) >= wanted:
+                    break
+                add_variants(candidate.sql, candidate.source_id, f"{candidate.method}+")
+            frontier = pool[start:]
     rng.shuffle(pool)
     report.generated = len(pool)
     return pool
