@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from text2sql.catalog import SchemaSnapshot, load_snapshot
+from text2sql.data import load_dataset
+from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec, check_sql
+
 if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-    from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec
 
 SIGNIFICANT_DIGITS = 10
 """Floats are compared at this many significant digits when grouping results (sums in another order differ
@@ -93,8 +95,6 @@ def result_key(result: QueryResult) -> tuple:
 
 def _check(sql: str, snapshot: SchemaSnapshot | None) -> str | None:
     """The error kind that keeps `sql` from running, or None. The one place a candidate is judged before it runs."""
-    from text2sql.warehouse import check_sql
-
     check = check_sql(sql, snapshot)
     return None if check.ok else check.kind
 
@@ -190,10 +190,6 @@ def read_candidates(path) -> dict[str, dict[str, Any]]:
 def open_target(cfg: Config, dataset: str | None, db: str | None) -> tuple[WarehouseSpec, SchemaSnapshot]:
     """WarehouseSpec and SchemaSnapshot of the project lakehouse (db None) or of a benchmark database file
     (as `evaluate` opens them)."""
-    from text2sql.catalog import SchemaSnapshot, load_snapshot
-    from text2sql.data import load_dataset
-    from text2sql.warehouse import WarehouseSpec
-
     if db is None:
         snapshot = load_snapshot(cfg)
         return WarehouseSpec.from_config(cfg, snapshot), snapshot
@@ -221,8 +217,6 @@ def select_predictions(cfg: Config, pairs: list, predictions: dict[str, str | No
     the warehouse each pair's db names.
     """
     import time
-
-    from text2sql.warehouse import QueryRunner
 
     stored = read_candidates(path)
     if not stored:

@@ -6,9 +6,11 @@ import io
 import json
 from pathlib import Path
 
+from text2sql.data.spider_convert import transpile_prediction
 from text2sql.errors import DataError
 from text2sql.files import read_text
 from text2sql.vocab import DIALECT, PREDICTION_DIALECTS
+from text2sql.warehouse import extract_sql as extract, locate_sql
 
 
 def extract_sql(text: str | None) -> str | None:
@@ -17,8 +19,6 @@ def extract_sql(text: str | None) -> str | None:
     >>> extract_sql("```sql\\nSELECT a FROM t;\\n```\\nThis returns a.")
     'SELECT a FROM t'
     """
-    from text2sql.warehouse import extract_sql as extract
-
     return extract(text)
 
 
@@ -111,9 +111,6 @@ def read_prediction_dialects(path: str | Path, default: str = DIALECT) -> dict[s
 
 def _to_duckdb(predictions: dict[str, str | None], pairs: list, dialects: dict[str, str], snapshot):
     """The predictions of `pairs` written for SQLite, rewritten for DuckDB; and {id: SQL as written} of those."""
-    from text2sql.data.spider_convert import transpile_prediction
-    from text2sql.warehouse import locate_sql
-
     columns = {name: {c.name: c.type for c in t.columns} for name, t in snapshot.tables.items()}
     rewritten, as_written = dict(predictions), {}
     for pair in pairs:

@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING
 
 import sqlglot
 
+from text2sql import __version__
+from text2sql.data import load_pairs
 from text2sql.errors import DataError
 from text2sql.evaluate.predictions import read_prediction_dialects, read_predictions
 from text2sql.evaluate.records import Example, Report
 from text2sql.evaluate.report import write_report
 from text2sql.evaluate.scoring import VALID_SQL_VERDICTS, VERDICTS, ScoredRun, score_pairs
 from text2sql.files import sha256_file
+from text2sql.generate import stats_path
+from text2sql.progress import format_seconds, progress_bar
+from text2sql.select import select_predictions
 from text2sql.vocab import DIALECT, DIFFICULTIES
 from text2sql.vocab import EVAL_MODES as MODES
 
@@ -64,9 +69,6 @@ def evaluate(
         DataError: bad predictions file, unknown mode, bad release name, a report of that release exists
             (without `force`), or dataset problems from `load_pairs`.
     """
-    from text2sql.data import load_pairs
-    from text2sql.progress import format_seconds, progress_bar
-
     mode = mode or cfg.eval.mode
     if mode not in MODES:
         raise DataError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
@@ -78,8 +80,7 @@ def evaluate(
     predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
     dialects = read_prediction_dialects(predictions_path, dialect or DIALECT)
     started = time.perf_counter()
-    from text2sql.select import select_predictions  # records with candidates: pick each answer first
-
+    # records with candidates: pick each answer first
     selected = select_predictions(cfg, pairs, predictions, predictions_path, dataset)
     print(f"eval: scoring {len(pairs)} {dataset}/{split} predictions ({mode})", file=sys.stderr, flush=True)
     with progress_bar("eval", len(pairs), "q") as advance:
@@ -107,8 +108,6 @@ def _selection_metrics(cfg: Config, pairs: list, scored: ScoredRun, selected, pr
                        dialects) -> dict:
     """Candidate selection's gain (EX of the selected answers against the greedy replies alone, scored the same
     way) next to its cost (predictions/s of the run that made the candidates, from predict's stats file)."""
-    from text2sql.generate import stats_path  # no heavy imports at module level there
-
     changed = [p for p in pairs if selected.greedy.get(p.id) != selected.predictions.get(p.id)]
     rescored = score_pairs(cfg, changed, selected.greedy, dataset=dataset, mode=mode,
                            dialects=dialects).examples if changed else []
@@ -182,8 +181,6 @@ def _inputs(cfg: Config, pairs: list, predictions_path, schemas: dict[str, str],
     from importlib.metadata import PackageNotFoundError, version
 
     import duckdb
-
-    from text2sql import __version__
 
     def installed(name: str) -> str | None:
         try:

@@ -20,6 +20,7 @@ from text2sql.evaluate.records import Example, Judgement
 from text2sql.files import write_atomic
 from text2sql.select import open_target
 from text2sql.vocab import EVAL_MODES as MODES
+from text2sql.warehouse import QueryRunner, SQLCheck, spec_fingerprint
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -72,8 +73,6 @@ def score_pairs(
     DuckDB first, and their records keep the SQL as written in `predicted_sqlite`.
     `progress(1)` is called as each pair is judged.
     """
-    from text2sql.warehouse import QueryRunner
-
     mode = mode or cfg.eval.mode
     if mode not in MODES:
         raise DataError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -260,8 +259,6 @@ def _tables(sql: str, snapshot) -> list[str]:
 
 def _target_fingerprint(spec, snapshot) -> str:
     """Identifies the data a query sees: schema snapshot, how it is opened and, for a file, its version on disk."""
-    from text2sql.warehouse import spec_fingerprint
-
     parts = [snapshot.fingerprint, spec_fingerprint(spec)]
     if spec.database != ":memory:" and Path(spec.database).is_file():
         st = Path(spec.database).stat()
@@ -291,8 +288,6 @@ class _GoldCache:
 
     def get(self, sql: str):
         """(SQLCheck, _CachedResult or None), or None when not cached."""
-        from text2sql.warehouse import SQLCheck
-
         path = self._path(sql)
         try:
             with path.open("rb") as f:

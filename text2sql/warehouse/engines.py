@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from text2sql.errors import SchemaSnapshotError
+from text2sql.catalog import SchemaSnapshot, load_catalog, load_snapshot
+from text2sql.errors import NoSuchTableError, SchemaSnapshotError
 
 if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
 
 log = logging.getLogger("text2sql.warehouse")
@@ -49,8 +49,6 @@ class WarehouseSpec:
     def from_config(cls, cfg: Config, snapshot: SchemaSnapshot | None = None) -> WarehouseSpec:
         """The project warehouse at the snapshot pinned in schemas/, opened by the engine `choose_engine` picks
         (logged); `snapshot` when the caller has loaded it already."""
-        from text2sql.catalog import load_snapshot
-
         snapshot = snapshot or load_snapshot(cfg)
         engine, reason = choose_engine(cfg, snapshot)
         log.info("warehouse engine: %s (%s)", engine, reason)
@@ -85,8 +83,6 @@ def choose_engine(cfg: Config, snapshot: SchemaSnapshot) -> tuple[str, str]:
 
 def pinned_data_bytes(cfg: Config, snapshot: SchemaSnapshot) -> tuple[int, list[str]]:
     """(bytes of data files in the snapshots pinned in schemas/, tables whose snapshot summary gives no size)."""
-    from text2sql.catalog import load_catalog
-
     catalog = load_catalog(cfg, snapshot.catalog)
     total, unknown = 0, []
     for name, t in snapshot.tables.items():
@@ -115,8 +111,6 @@ def _size(n: int) -> str:
 
 def materialize(cfg: Config, snapshot: SchemaSnapshot | None = None) -> Path:
     """The DuckDB file holding every table at its pinned snapshot, built on first use (atomically)."""
-    from text2sql.catalog import load_catalog, load_snapshot
-
     snapshot = snapshot or load_snapshot(cfg)
     cache = cfg.path(cfg.warehouse.cache_dir)
     target = cache / f"{snapshot.catalog}-{snapshot.fingerprint[:16]}.duckdb"
@@ -147,8 +141,6 @@ def materialize(cfg: Config, snapshot: SchemaSnapshot | None = None) -> Path:
 def _load_pinned_table(catalog, name: str, snapshot_id: int | None):
     from pyiceberg.exceptions import NoSuchTableError as IcebergNoSuchTable
 
-    from text2sql.errors import NoSuchTableError
-
     try:
         table = catalog.load_table(name)
     except IcebergNoSuchTable:
@@ -164,8 +156,6 @@ def _load_pinned_table(catalog, name: str, snapshot_id: int | None):
 def _iceberg_spec(cfg: Config, snapshot: SchemaSnapshot, search_path: str) -> WarehouseSpec:
     import duckdb_extension_avro
     import duckdb_extension_iceberg
-
-    from text2sql.catalog import load_catalog
 
     catalog = load_catalog(cfg, snapshot.catalog)
     setup = [f"LOAD '{_extension_file(duckdb_extension_avro)}'", f"LOAD '{_extension_file(duckdb_extension_iceberg)}'"]

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from text2sql.catalog import SchemaSnapshot, load_snapshot
 from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
 from text2sql.warehouse.engines import WarehouseSpec, open_connection
 from text2sql.warehouse.guard import (
@@ -33,7 +34,6 @@ from text2sql.warehouse.guard import (
 )
 
 if TYPE_CHECKING:
-    from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
 
 
@@ -413,8 +413,6 @@ class QueryRunner:
 
 def run_query(cfg: Config, sql: str, max_rows: int | None = None) -> QueryResult:
     """Check and run one read-only query on the project warehouse (the `text2sql query` command)."""
-    from text2sql.catalog import load_snapshot
-
     snapshot = load_snapshot(cfg)
     check = check_sql(sql, snapshot)
     if not check.ok:
