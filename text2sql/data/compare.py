@@ -23,6 +23,7 @@ import math
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -85,6 +86,7 @@ def compare_results(
     mode: str = "strict",
     rel_tol: float = DEFAULT_REL_TOL,
     tie_rows: list[tuple] | None = None,
+    with_diff: bool = True,
 ) -> Comparison:
     """Compare a predicted result with the gold result under one of MODES.
 
@@ -97,6 +99,7 @@ def compare_results(
         rel_tol: relative tolerance between numbers (strict and lenient).
         tie_rows: the gold query's rows without its LIMIT (see `tie_query`): under ORDER BY ... LIMIT, the
             last key group of the prediction may hold any of these rows that tie with the gold's last group.
+        with_diff: build the diff of a prediction that differs (False: the verdict and reason only, cheaper).
 
     >>> gold = ResultSet(["n", "total"], [(1, Decimal("2.50")), (2, None)])
     >>> compare_results(gold, ResultSet(["total", "n"], [(None, 2), (2.5, 1)])).equal
@@ -110,24 +113,38 @@ def compare_results(
         raise ValueError("the gold query failed: exclude the example instead of comparing")
     if getattr(pred, "error_kind", None):
         return Comparison(False, f"prediction failed ({pred.error_kind})")
+    reason = _difference(gold, pred, gold_sql, mode, rel_tol, tie_rows)
+    if not reason:
+        return Comparison(True)
+    return _differs(reason, gold, pred) if with_diff else Comparison(False, reason)
+
+
+def _difference(gold, pred, gold_sql: str | None, mode: str, rel_tol: float, tie_rows) -> str:
+    """Why the prediction's result differs from the gold's under `mode`, or '' when they are equal."""
+    k, m = len(gold.columns), len(pred.columns)
+    if k == m and tie_rows is None and gold.rows == pred.rows:
+        # The same values in the same order (Python's ==: 1 == 1.0 == Decimal(1), so normalizing would equal them
+        # too) are equal in every mode, whatever the ORDER BY: no need to parse the gold query.
+        return ""
     if mode == "set":
         equal = {_hashable(r) for r in gold.rows} == {_hashable(r) for r in pred.rows}
-        return Comparison(True) if equal else _differs("the sets of rows differ", gold, pred)
+        return "" if equal else "the sets of rows differ"
     lenient = mode == "lenient"
     g_rows = [_normalize_row(r, lenient) for r in gold.rows]
     p_rows = [_normalize_row(r, lenient) for r in pred.rows]
-    k, m = len(gold.columns), len(pred.columns)
     if lenient:
         if m < k:
-            return _differs(f"column count {m} is less than the gold {k}", gold, pred)
-        return _search_mapping(_LenientCheck(g_rows, p_rows, rel_tol), k, m, gold, pred)
+            return f"column count {m} is less than the gold {k}"
+        return _search_mapping(_LenientCheck(g_rows, p_rows, rel_tol), k, m, gold)
     if m != k:
-        return _differs(f"column count {m} differs from the gold {k}", gold, pred)
+        return f"column count {m} differs from the gold {k}"
     if len(p_rows) != len(g_rows):
-        return _differs(f"row count {len(p_rows)} differs from the gold {len(g_rows)}", gold, pred)
-    keys = order_key_columns(gold_sql, gold.columns) if gold_sql else None
-    check = _StrictCheck(g_rows, p_rows, rel_tol, keys, tie_rows)
-    return _search_mapping(check, k, m, gold, pred)
+        return f"row count {len(p_rows)} differs from the gold {len(g_rows)}"
+
+    def keys():
+        return order_key_columns(gold_sql, gold.columns) if gold_sql else None
+
+    return _search_mapping(_StrictCheck(g_rows, p_rows, rel_tol, keys, tie_rows), k, m, gold)
 
 
 def order_key_columns(gold_sql: str, columns: list[str]) -> tuple[int, ...] | None:
@@ -182,6 +199,8 @@ def tie_query(gold_sql: str) -> str | None:
     >>> tie_query("SELECT a FROM t LIMIT 3") is None
     True
     """
+    if "order" not in gold_sql.lower():  # no ORDER BY: no need to parse
+        return None
     tree = _parse(gold_sql)
     tree = tree.copy() if tree is not None else None
     top = _top_query(gold_sql, tree)
@@ -352,7 +371,7 @@ def _same_set(a: list[tuple], b: list[tuple], rel_tol: float) -> bool:
     if sa == sb:
         return True
     only_a, only_b = sa - sb, sb - sa
-    if len(only_a) + len(only_b) > MAX_FUZZY_MATCH:
+    if len(only_a) + len(only_b) > MAX_FUZZY_MATCH or not (_has_float(only_a) or _has_float(only_b)):
         return False
     return all(any(_close(x, y, rel_tol) for y in sb) for x in only_a) and all(
         any(_close(y, x, rel_tol) for x in sa) for y in only_b
@@ -360,8 +379,9 @@ def _same_set(a: list[tuple], b: list[tuple], rel_tol: float) -> bool:
 
 
 def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
-    """Whether each row of `left` pairs with a distinct row of `right` within the tolerance."""
-    if len(left) > len(right):
+    """Whether each row of `left` pairs with a distinct row of `right` within the tolerance (`left` and `right`
+    are what is left of two multisets once their common rows are taken out)."""
+    if len(left) > len(right) or left and not (_has_float(left) or _has_float(right)):
         return False
     if len(left) == len(right):
         # Rows that differ only by float noise sort alike: try pairing them in order first.
@@ -386,6 +406,12 @@ def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
     return all(assign(i, set()) for i in range(len(left)))
 
 
+def _has_float(rows) -> bool:
+    """Whether any value in the (normalized) rows is a float. Without one, `_close` is plain equality, so rows left
+    over once the equal ones are taken out cannot match: no need to try the tolerance."""
+    return any(isinstance(v, float) or isinstance(v, tuple) and _has_float([v]) for row in rows for v in row)
+
+
 def _project(rows: list[tuple], indexes: list[int]) -> list[tuple]:
     return [tuple(r[i] for i in indexes) for r in rows]
 
@@ -397,12 +423,17 @@ class _StrictCheck:
     gold's own last rows, in the column pruning as in the final check.
     """
 
-    def __init__(self, gold, pred, rel_tol, keys, tie_rows) -> None:
+    def __init__(self, gold, pred, rel_tol, keys: Callable[[], tuple[int, ...] | None], tie_rows) -> None:
         self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
         self.order_differs = False
-        self.groups = self._key_groups(gold, keys) if keys else None
         self.tie_pool = None
-        if self.groups and tie_rows is not None:
+        self._keys, self._groups = keys, None
+        if tie_rows is None:  # the keys are needed only once the rows match as a multiset: parse the gold then
+            self.cut = len(gold)
+            return
+        keys = keys()
+        self.groups = self._key_groups(gold, keys) if keys else None
+        if self.groups:
             width = len(gold[0])
             normalized = [_normalize_row(r, False) for r in tie_rows]
             if normalized and len(normalized[0]) > width and keys == tuple(range(width)) and \
@@ -413,6 +444,18 @@ class _StrictCheck:
                 self.tie_pool = [r[:width] for r in normalized if _close(tuple(r[i] for i in keys), last_key, rel_tol)]
         self.cut = len(gold) - self.groups[-1] if self.tie_pool else len(gold)
         """Rows before the cut must match the gold's; rows after it come from the tie pool."""
+
+    @property
+    def groups(self) -> list[int] | None:
+        """Sizes of the gold's runs of rows with equal ORDER BY keys (None: no top-level ORDER BY)."""
+        if self._keys is not None:
+            keys, self._keys = self._keys(), None
+            self._groups = self._key_groups(self.gold, keys) if keys else None
+        return self._groups
+
+    @groups.setter
+    def groups(self, sizes: list[int] | None) -> None:
+        self._keys, self._groups = None, sizes
 
     def _pool_by_added_keys(self, tie_rows: list[tuple], width: int, keys) -> None:
         """The tie pool when a key is no output column and the tie rows end with the keys' values (`tie_query`).
@@ -449,7 +492,7 @@ class _StrictCheck:
     def full_matches(self, p_cols: list[int]) -> bool:
         if not self._rows_match(list(range(len(p_cols))), p_cols):
             return False
-        if self.groups is None:
+        if len(self.gold) < 2 and self.tie_pool is None or self.groups is None:  # one row has no order
             return True
         pred = _project(self.pred, p_cols)
         start = 0
@@ -480,17 +523,18 @@ class _GaveUp(Exception):
     pass
 
 
-def _search_mapping(check, k: int, m: int, gold, pred) -> Comparison:
-    """Find gold column -> predicted column assignments that make `check` pass, pruning by column values."""
+def _search_mapping(check, k: int, m: int, gold) -> str:
+    """Find gold column -> predicted column assignments that make `check` pass, pruning by column values:
+    '' when one does, else why not."""
     if k == m and check.full_matches(list(range(k))):
-        return Comparison(True)
+        return ""
     if not check.gold and not check.pred:
-        return Comparison(True)
+        return ""
     candidates = [[p for p in range(m) if check.partial_matches([g], [p])] for g in range(k)]
     unmatched = [g for g in range(k) if not candidates[g]]
     if unmatched:
         names = ", ".join(str(gold.columns[g]) for g in unmatched[:3])
-        return _differs(f"the rows differ: no predicted column holds the values of gold column(s) {names}", gold, pred)
+        return f"the rows differ: no predicted column holds the values of gold column(s) {names}"
     order = sorted(range(k), key=lambda g: len(candidates[g]))
     assigned: dict[int, int] = {}
     steps = 0
@@ -517,12 +561,12 @@ def _search_mapping(check, k: int, m: int, gold, pred) -> Comparison:
 
     try:
         if extend(0):
-            return Comparison(True)
+            return ""
     except _GaveUp:
-        return _differs("gave up searching column permutations (too many similar columns)", gold, pred)
+        return "gave up searching column permutations (too many similar columns)"
     if check.order_differs:
-        return _differs("same rows in a different order than the gold's ORDER BY", gold, pred)
-    return _differs("the rows differ", gold, pred)
+        return "same rows in a different order than the gold's ORDER BY"
+    return "the rows differ"
 
 
 def _differs(reason: str, gold, pred) -> Comparison:

@@ -206,8 +206,10 @@ def _judge(case: Case, tie_rows: list[tuple] | None = None, *, mode: str, rel_to
     elif pred.truncated:
         verdict, reason = "wrong_result", f"the prediction returned more than {len(pred.rows)} rows (the row cap)"
     else:
+        # Only the chosen mode's diff is reported: the other modes give their verdicts only.
         comparisons = {
-            m: compare_results(case.gold, pred, gold_sql=case.gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows)
+            m: compare_results(case.gold, pred, gold_sql=case.gold_sql, mode=m, rel_tol=rel_tol, tie_rows=tie_rows,
+                               with_diff=m == mode)
             for m in MODES
         }
         chosen = comparisons[mode]
