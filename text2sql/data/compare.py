@@ -199,7 +199,8 @@ def tie_query(gold_sql: str) -> str | None:
     >>> tie_query("SELECT a FROM t LIMIT 3") is None
     True
     """
-    if "order" not in gold_sql.lower():  # no ORDER BY: no need to parse
+    text = gold_sql.lower()
+    if "order" not in text or "limit" not in text and "fetch" not in text:  # no ORDER BY or LIMIT: no need to parse
         return None
     tree = _parse(gold_sql)
     tree = tree.copy() if tree is not None else None
@@ -379,8 +380,8 @@ def _same_set(a: list[tuple], b: list[tuple], rel_tol: float) -> bool:
 
 
 def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
-    """Whether each row of `left` pairs with a distinct row of `right` within the tolerance (`left` and `right`
-    are what is left of two multisets once their common rows are taken out)."""
+    """Whether each row of `left` pairs with a distinct row of `right` within the tolerance (two multisets' rows
+    left once their common ones are taken out: without a float, none can pair)."""
     if len(left) > len(right) or left and not (_has_float(left) or _has_float(right)):
         return False
     if len(left) == len(right):
@@ -407,8 +408,7 @@ def _match_all(left: list[tuple], right: list[tuple], rel_tol: float) -> bool:
 
 
 def _has_float(rows) -> bool:
-    """Whether any value in the (normalized) rows is a float. Without one, `_close` is plain equality, so rows left
-    over once the equal ones are taken out cannot match: no need to try the tolerance."""
+    """Whether any value in the (normalized) rows is a float: without one, `_close` is plain equality."""
     return any(isinstance(v, float) or isinstance(v, tuple) and _has_float([v]) for row in rows for v in row)
 
 
@@ -426,12 +426,11 @@ class _StrictCheck:
     def __init__(self, gold, pred, rel_tol, keys: Callable[[], tuple[int, ...] | None], tie_rows) -> None:
         self.gold, self.pred, self.rel_tol = gold, pred, rel_tol
         self.order_differs = False
-        self.tie_pool = None
-        self._keys, self._groups = keys, None
+        self.tie_pool, self.groups, self._keys = None, None, keys
         if tie_rows is None:  # the keys are needed only once the rows match as a multiset: parse the gold then
             self.cut = len(gold)
             return
-        keys = keys()
+        keys, self._keys = keys(), None
         self.groups = self._key_groups(gold, keys) if keys else None
         if self.groups:
             width = len(gold[0])
@@ -445,17 +444,12 @@ class _StrictCheck:
         self.cut = len(gold) - self.groups[-1] if self.tie_pool else len(gold)
         """Rows before the cut must match the gold's; rows after it come from the tie pool."""
 
-    @property
-    def groups(self) -> list[int] | None:
-        """Sizes of the gold's runs of rows with equal ORDER BY keys (None: no top-level ORDER BY)."""
+    def _order_groups(self) -> list[int] | None:
+        """`groups`: sizes of the gold's runs of rows with equal ORDER BY keys (None: no top-level ORDER BY)."""
         if self._keys is not None:
             keys, self._keys = self._keys(), None
-            self._groups = self._key_groups(self.gold, keys) if keys else None
-        return self._groups
-
-    @groups.setter
-    def groups(self, sizes: list[int] | None) -> None:
-        self._keys, self._groups = None, sizes
+            self.groups = self._key_groups(self.gold, keys) if keys else None
+        return self.groups
 
     def _pool_by_added_keys(self, tie_rows: list[tuple], width: int, keys) -> None:
         """The tie pool when a key is no output column and the tie rows end with the keys' values (`tie_query`).
@@ -492,7 +486,7 @@ class _StrictCheck:
     def full_matches(self, p_cols: list[int]) -> bool:
         if not self._rows_match(list(range(len(p_cols))), p_cols):
             return False
-        if len(self.gold) < 2 and self.tie_pool is None or self.groups is None:  # one row has no order
+        if len(self.gold) < 2 and self.tie_pool is None or self._order_groups() is None:  # one row has no order
             return True
         pred = _project(self.pred, p_cols)
         start = 0
@@ -575,9 +569,10 @@ def _differs(reason: str, gold, pred) -> Comparison:
     def bag(row):
         return tuple(sorted((_normalize(v, False) for v in row), key=_sort_key))
 
-    g_bags, p_bags = Counter(map(bag, gold.rows)), Counter(map(bag, pred.rows))
-    missing = [r for r in gold.rows if g_bags[bag(r)] > p_bags[bag(r)]][:DIFF_ROWS]
-    extra = [r for r in pred.rows if p_bags[bag(r)] > g_bags[bag(r)]][:DIFF_ROWS]
+    g_keys, p_keys = list(map(bag, gold.rows)), list(map(bag, pred.rows))
+    g_bags, p_bags = Counter(g_keys), Counter(p_keys)
+    missing = [r for r, b in zip(gold.rows, g_keys) if g_bags[b] > p_bags[b]][:DIFF_ROWS]
+    extra = [r for r, b in zip(pred.rows, p_keys) if p_bags[b] > g_bags[b]][:DIFF_ROWS]
     diff = {
         "gold_shape": [len(gold.rows), len(gold.columns)],
         "pred_shape": [len(pred.rows), len(pred.columns)],

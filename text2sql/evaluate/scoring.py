@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -111,9 +112,15 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
         # is its gold's text (but for spacing) gets the gold's verdict and result, and replies of the same text are
         # judged and run once: same text, same judge, same query.
         by_text: dict[str, Any] = {}
-        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql)
-                   else by_text.get(predictions[pair.id])
-                   or by_text.setdefault(predictions[pair.id], pool.submit(runner.judge_and_run, predictions[pair.id]))
+
+        def judged(reply: str) -> Future:
+            if reply not in by_text:
+                # A reply refused on its text alone (`DROP ...; SELECT ...`) needs no worker's round trip.
+                here = runner.judge_here(reply)
+                by_text[reply] = pool.submit(runner.judge_and_run, reply) if here is None else _done(here)
+            return by_text[reply]
+
+        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql) else judged(predictions[pair.id])
                    for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
@@ -217,6 +224,12 @@ def _judge(case: Case, tie_rows: list[tuple] | None = None, *, mode: str, rel_to
                          {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
                          chosen.diff or None)
     return Judgement(verdict, reason, {m: verdict for m in MODES})
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _same_text(a: str, b: str) -> bool:

@@ -22,7 +22,9 @@ from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
 from text2sql.warehouse.engines import WarehouseSpec, open_connection
 from text2sql.warehouse.guard import (
     SQLCheck,
+    _OPENING_WORDS,
     _first_line,
+    _first_word,
     _split_statements,
     binder_signature,
     binder_verdict,
@@ -30,6 +32,7 @@ from text2sql.warehouse.guard import (
     check_reply_sql,
     check_sql,
     judge_reply,
+    locate_sql,
     use_parser_connection,
 )
 
@@ -308,6 +311,10 @@ class _Worker:
         self.kill()
 
 
+# The first word of a reply after whitespace and comments, or an opening parenthesis.
+_LEADING_WORD = re.compile(r"(?:\s|--[^\n]*|/\*.*?\*/)*(\(|[A-Za-z_]\w*)", re.DOTALL)
+
+
 class QueryRunner:
     """A pool of sandboxed DuckDB worker processes.
 
@@ -364,6 +371,19 @@ class QueryRunner:
             sql, check = judge_reply(reply, self.snapshot)
             return sql, check, answer if check.ok else None
         return answer
+
+    def judge_here(self, reply: str | None) -> tuple[str | None, SQLCheck, None] | None:
+        """`judge_and_run`'s answer for a reply refused before any name is bound (more than one statement, or one
+        that is not a query), judged in this process without a worker's round trip; None for any other reply.
+        Such verdicts come from the reply's text and DuckDB's plain parser only, as in a worker."""
+        opening = _LEADING_WORD.match(reply or "")
+        if opening and opening.group(1).lower() in _OPENING_WORDS and ";" not in reply:
+            return None  # one query, by its look: the worker judges it (the common case, kept cheap)
+        located = locate_sql(reply)
+        if located is not None and len(located[0]) == 1 and _first_word(located[0][0]).lower() in _OPENING_WORDS:
+            return None
+        sql, check = judge_reply(reply, self.snapshot, bind=False)
+        return (sql, check, None) if not check.ok and check.kind in ("refused", "parse_error", "no_sql") else None
 
     def _send(self, op: str, text: str, max_rows: int | None):
         with self._available:
