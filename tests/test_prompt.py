@@ -248,6 +248,7 @@ def test_definitions_reach_train_predict_and_serve_prompts_byte_identically(tiny
     from tests.test_serve import serving
     from tinymodel import one_torch_thread, pair_records
 
+    from text2sql import generate as generate_module
     from text2sql import prompt as prompt_module
     from text2sql.data import load_pairs
     from text2sql.generate import load_generator, prompts_for
@@ -277,11 +278,11 @@ def test_definitions_reach_train_predict_and_serve_prompts_byte_identically(tiny
     assert gen.tokenizer(predicted, add_special_tokens=False)["input_ids"] == trained_ids
 
     seen: list[str] = []
-    render = prompt_module.render_prompt
-    prompt_module.render_prompt = lambda tok, messages: seen.append(render(tok, messages)) or seen[-1]
+    render = generate_module.render_prompt  # where serve's generation renders chats (imported at generate's top)
+    generate_module.render_prompt = lambda tok, messages: seen.append(render(tok, messages)) or seen[-1]
     try:
         with one_torch_thread(), serving(cfg, run) as url:
             assert httpx.post(f"{url}/v1/sql", json={"question": first.question}, timeout=60).status_code == 200
     finally:
-        prompt_module.render_prompt = render
+        generate_module.render_prompt = render
     assert seen[0] == predicted
