@@ -150,12 +150,10 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
             record.empty_gold = not gold.rows
             record.exact_match = _exact_match(pair.sql, pred_sql, check, record.verdicts)
             scored.examples.append(record)
-            if record.verdicts["strict"] == "wrong_result" and _same_shape(gold, pred) and \
-                    (untied := tie_query(pair.sql)):
+            if record.verdicts["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
                 retry.append((record, case, untied))
         # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
-        # predictions that look wrong in strict mode (the only one that reads the tied rows) with the gold's shape,
-        # run the gold without its LIMIT (cached too) and judge again.
+        # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
         golds.request(list(dict.fromkeys(untied for _, _, untied in retry)))
         for record, case, untied in retry:
             _, tie = golds.result(untied)
@@ -258,12 +256,6 @@ def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-def _same_shape(gold, pred) -> bool:
-    """Whether a predicted result has the gold's row and column counts (and was not cut at the row cap): else its
-    strict verdict is wrong_result whatever rows tie with the gold's last ones."""
-    return not pred.truncated and len(pred.columns) == len(gold.columns) and len(pred.rows) == len(gold.rows)
 
 
 def _same_text(a: str, b: str) -> bool:
