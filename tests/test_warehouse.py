@@ -120,6 +120,25 @@ def test_timeout_stops_runaway_query_and_pool_recovers(cfg):
     assert elapsed < 10
 
 
+def test_batched_replies_keep_the_timeout_and_survive_a_killed_worker(cfg, monkeypatch):
+    from text2sql.warehouse import sandbox
+
+    runaway = "SELECT count(*) FROM sales.order_lines a, sales.order_lines b, sales.order_lines c"
+    replies = [COUNT, runaway, "", COUNT, "DROP TABLE sales.orders"]
+    with QueryRunner.from_config(cfg, workers=1, timeout_s=1.0, snapshot=load_snapshot(cfg)) as runner:
+        answers = dict(runner.judge_and_run_each(replies))  # one worker: it goes on after the interrupt
+        assert sorted(answers) == list(range(len(replies)))
+        assert [a[2].rows for a in (answers[0], answers[3])] == [[(2000,)], [(2000,)]]
+        assert answers[1][2].error_kind == "timeout"
+        assert (answers[2][1].kind, answers[2][2]) == ("no_sql", None)
+        assert (answers[4][1].kind, answers[4][2]) == ("refused", None)
+        # A worker that gives no answer in time is killed; the replies after it go to a new one.
+        monkeypatch.setattr(sandbox, "KILL_GRACE_S", -0.5)
+        answers = dict(runner.judge_and_run_each([COUNT, runaway, COUNT]))
+    assert answers[1][2].error_kind == "timeout" and "killed" in answers[1][2].error
+    assert answers[0][2].rows == answers[2][2].rows == [(2000,)]
+
+
 def test_row_cap_and_runtime_error(cfg):
     with QueryRunner.from_config(cfg, max_rows=7) as runner:
         capped = runner.run("SELECT * FROM sales.orders")

@@ -106,21 +106,19 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
 
     with ThreadPoolExecutor(runner.size) as pool:
         golds = _GoldRuns(runner, pool, cache)
-        for sql in dict.fromkeys(p.sql for p in pairs):
-            golds.request(sql)
+        golds.request(list(dict.fromkeys(p.sql for p in pairs)))
         # Each reply is judged and, when it passes, run in a worker, in parallel with the gold queries; a reply that
         # is its gold's text (but for spacing) gets the gold's verdict and result, and replies of the same text are
         # judged and run once: same text, same judge, same query.
         by_text: dict[str, Any] = {}
-
-        def judged(reply: str) -> Future:
-            if reply not in by_text:
+        for pair in pairs:
+            reply = predictions.get(pair.id)
+            if reply and reply not in by_text and not _same_text(reply, pair.sql):
                 # A reply refused on its text alone (`DROP ...; SELECT ...`) needs no worker's round trip.
                 here = runner.judge_here(reply)
-                by_text[reply] = pool.submit(runner.judge_and_run, reply) if here is None else _done(here)
-            return by_text[reply]
-
-        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql) else judged(predictions[pair.id])
+                by_text[reply] = None if here is None else _done(here)
+        by_text.update(_judged_in_batches(runner, pool, [r for r, f in by_text.items() if f is None]))
+        pending = {pair.id: None if _same_text(predictions[pair.id], pair.sql) else by_text[predictions[pair.id]]
                    for pair in pairs if predictions.get(pair.id)}
         retry = []
         for pair in pairs:
@@ -156,8 +154,7 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
                 retry.append((record, case, untied))
         # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
         # predictions that look wrong, run the gold without its LIMIT (cached too) and judge again.
-        for _, _, untied in retry:
-            golds.request(untied)
+        golds.request(list(dict.fromkeys(untied for _, _, untied in retry)))
         for record, case, untied in retry:
             _, tie = golds.result(untied)
             if tie is not None and not tie.error_kind:
@@ -172,13 +169,18 @@ class _GoldRuns:
         self.runner, self.pool, self.cache = runner, pool, cache
         self.results: dict[str, Any] = {}
 
-    def request(self, sql: str) -> None:
-        if sql not in self.results:
-            cached = self.cache.get(sql) if self.cache else None
-            self.results[sql] = cached if cached is not None else self.pool.submit(self._run, sql)
+    def request(self, sqls: list[str]) -> None:
+        todo = []
+        for sql in sqls:
+            if sql not in self.results:
+                cached = self.cache.get(sql) if self.cache else None
+                self.results[sql] = cached
+                if cached is None:
+                    todo.append(sql)
+        self.results.update(_judged_in_batches(self.runner, self.pool, todo, self._ran))
 
-    def _run(self, sql: str):
-        _, check, result = self.runner.judge_and_run(sql)
+    def _ran(self, sql: str, answer):
+        _, check, result = answer
         if self.cache:
             self.cache.put(sql, check, result)
         return check, result
@@ -224,6 +226,30 @@ def _judge(case: Case, tie_rows: list[tuple] | None = None, *, mode: str, rel_to
                          {m: "correct" if c.equal else "wrong_result" for m, c in comparisons.items()},
                          chosen.diff or None)
     return Judgement(verdict, reason, {m: verdict for m in MODES})
+
+
+WORKER_BATCH = 16
+"""Replies sent to a worker in one message (its answers still come back one by one, as each is ready)."""
+
+
+def _judged_in_batches(runner, pool, replies: list[str], then: Callable | None = None) -> dict[str, Future]:
+    """A future per reply of `runner.judge_and_run(reply)` (or `then(reply, answer)`), the replies sent to the
+    workers WORKER_BATCH to a message (fewer when there are few, so that every worker gets some)."""
+    futures = {reply: Future() for reply in replies}
+    size = max(1, min(WORKER_BATCH, len(replies) // (4 * runner.size)))
+
+    def run(batch: list[str]) -> None:
+        try:
+            for i, answer in runner.judge_and_run_each(batch):
+                futures[batch[i]].set_result(then(batch[i], answer) if then else answer)
+        except BaseException as exc:
+            for reply in batch:
+                if not futures[reply].done():
+                    futures[reply].set_exception(exc)
+
+    for start in range(0, len(replies), size):
+        pool.submit(run, replies[start:start + size])
+    return futures
 
 
 def _done(value) -> Future:

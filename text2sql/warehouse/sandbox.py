@@ -90,7 +90,8 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
     it), exactly one statement per call, an address-space cap, an interrupt at the deadline.
 
     Messages: `("run", sql, max_rows, timeout_s)` -> QueryResult; `("judge", reply, max_rows, timeout_s)` ->
-    (sql, SQLCheck, QueryResult or None): the reply judged by `judge_reply` against `snapshot`, run when it passes.
+    (sql, SQLCheck, QueryResult or None): the reply judged by `judge_reply` against `snapshot`, run when it passes;
+    `("judge_many", [reply, ...], max_rows, timeout_s)` -> one "judge" answer per reply, each sent as it is ready.
     `binder`: the `binder_signature` of the snapshot; when the worker's database has the same, a reply's names are
     bound by running it, once (see `_judge_and_run`).
     """
@@ -113,15 +114,21 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
         if message is None:
             return
         op, text, max_rows, timeout_s = message
-        if op == "judge":
-            reply = _judge_and_run(con, spec, snapshot, text, max_rows, timeout_s, watchdog, bind_on_run)
-        else:
-            reply = _run_one(con, spec, text, max_rows, timeout_s, watchdog)
-        try:
-            conn.send(reply)
-        except Exception as exc:  # a value that does not pickle
-            failed = QueryResult(error_kind="runtime_error", error=f"result not transferable: {exc}")
-            conn.send((reply[0], reply[1], failed) if op == "judge" else failed)
+        if op == "run":
+            _send_answer(conn, op, _run_one(con, spec, text, max_rows, timeout_s, watchdog))
+            continue
+        # One reply per query, sent as soon as it is ready: the parent's per-query deadline holds within a batch.
+        for reply in (text if op == "judge_many" else [text]):
+            _send_answer(conn, "judge", _judge_and_run(con, spec, snapshot, reply, max_rows, timeout_s, watchdog,
+                                                       bind_on_run))
+
+
+def _send_answer(conn, op: str, answer) -> None:
+    try:
+        conn.send(answer)
+    except Exception as exc:  # a value that does not pickle
+        failed = QueryResult(error_kind="runtime_error", error=f"result not transferable: {exc}")
+        conn.send((answer[0], answer[1], failed) if op == "judge" else failed)
 
 
 def _same_catalog(con, binder: tuple) -> bool:
@@ -297,6 +304,22 @@ class _Worker:
                 return None
         return None
 
+    def answers(self, op: str, texts: list[str], max_rows: int, timeout_s: float):
+        """The worker's answers to one message of several queries, one at a time as each is ready; each is
+        awaited for at most `timeout_s` + KILL_GRACE_S (from the one before), as `run` awaits its one. Ends early,
+        after yielding None, when the worker had to be killed."""
+        self.conn.send((op, texts, max_rows, timeout_s))
+        for _ in texts:
+            answer = None
+            if self.conn.poll(timeout_s + KILL_GRACE_S):
+                try:
+                    answer = self.conn.recv()
+                except EOFError:
+                    pass
+            yield answer
+            if answer is None:
+                return
+
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
@@ -372,6 +395,36 @@ class QueryRunner:
             return sql, check, answer if check.ok else None
         return answer
 
+    def judge_and_run_each(self, replies: list[str | None], max_rows: int | None = None):
+        """`judge_and_run` of each reply, yielded as (index, answer) as each is ready: many replies to one worker
+        message (one round trip for the lot, not one per reply), each under the same timeout as alone."""
+        todo = []
+        for i, reply in enumerate(replies):
+            if reply and reply.strip():
+                todo.append(i)
+            else:
+                yield i, self.judge_and_run(reply, max_rows)
+        while todo:
+            with self._available:
+                worker, done, healthy = self._take(), 0, False
+                try:
+                    started = time.perf_counter()
+                    for answer in worker.answers("judge_many", [replies[i] for i in todo], max_rows or self.max_rows,
+                                                 self.timeout_s):
+                        if answer is None:  # the worker was killed: judge here, report what stopped it
+                            sql, check = judge_reply(replies[todo[done]], self.snapshot)
+                            answer = (sql, check, self._stopped(worker, started) if check.ok else None)
+                        yield todo[done], answer
+                        done, started = done + 1, time.perf_counter()
+                    healthy = worker.process.exitcode is None and done == len(todo)
+                finally:
+                    todo = todo[done:]
+                    if healthy:
+                        with self._lock:
+                            self._idle.append(worker)
+                    else:  # killed, or left with answers not read (the caller stopped early)
+                        worker.kill()
+
     def judge_here(self, reply: str | None) -> tuple[str | None, SQLCheck, None] | None:
         """`judge_and_run`'s answer for a reply refused before any name is bound (more than one statement, or one
         that is not a query), judged in this process without a worker's round trip; None for any other reply.
@@ -391,15 +444,20 @@ class QueryRunner:
             started = time.perf_counter()
             answer = worker.run(text, max_rows or self.max_rows, self.timeout_s, op)
             if answer is None:
-                worker.kill()
-                died = worker.process.exitcode not in (None, -9)  # -9: killed here, at the deadline
-                error = (f"the worker died (exit code {worker.process.exitcode}, out of memory?)" if died
-                         else f"stopped after {self.timeout_s:g} s (worker killed)")
-                return QueryResult(error_kind="runtime_error" if died else "timeout", error=error,
-                                   elapsed_s=time.perf_counter() - started)
+                return self._stopped(worker, started)
             with self._lock:
                 self._idle.append(worker)
             return answer
+
+    def _stopped(self, worker: _Worker, started: float) -> QueryResult:
+        """The result of a query whose worker gave no answer in time (it ignored the interrupt) or died: the
+        worker is killed."""
+        worker.kill()
+        died = worker.process.exitcode not in (None, -9)  # -9: killed here, at the deadline
+        error = (f"the worker died (exit code {worker.process.exitcode}, out of memory?)" if died
+                 else f"stopped after {self.timeout_s:g} s (worker killed)")
+        return QueryResult(error_kind="runtime_error" if died else "timeout", error=error,
+                           elapsed_s=time.perf_counter() - started)
 
     def run_many(self, sqls: list[str], max_rows: int | None = None, checked: bool = False) -> list[QueryResult]:
         """Run queries in parallel across the workers; results in input order (`checked` as in `run`)."""
