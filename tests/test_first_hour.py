@@ -138,6 +138,10 @@ def test_train_and_merge_guard_their_dirs_and_evaluate_dev_once(tiny_project):
         assert invoke("merge", str(run), "--set", "train.run_name=x").exit_code == 2  # --set could not apply
         refused = invoke("merge", str(run))
         assert one_error_line(refused) == f"error: merged dir {run / 'merged'} exists: --force replaces it, or give another --out"
+        from text2sql.merge import merge_run  # the CPU demo's shorter parity check: the first N held prompts
+
+        parity = json.loads((merge_run(run, run / "merged-1", "float32", parity_prompts=1) / "parity.json").read_text())
+        assert (parity["prompts"], parity["dtype"], len(parity["items"])) == (1, "float32", 1)
         assert invoke("merge", str(run), "--force").exit_code == 0
 
 
@@ -287,7 +291,7 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only():
 
 
 @pytest.mark.slow
-def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, tiny_model):
+def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, tiny_model, monkeypatch):
     """`text2sql demo` end to end on the tiny model (CPU budget): stage lines, elapsed times, EX, report, budget;
     on the CPU no dev loss, a float32 merge with a shorter parity check, and a subset of the test split, stated."""
     from text2sql.data import load_pairs
@@ -296,6 +300,7 @@ def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, 
 
     path = make_project(tmp_path / "proj", lakehouse_project, tiny_model)
     cfg = load_config(path, ["lakehouse.scale=0.05", "generate.max_new_tokens=8"])
+    monkeypatch.setitem(CPU_EVAL, "max_questions", 2)  # the tiny project has 3 test pairs, the demo 132
     lines: list[str] = []
     with one_torch_thread():
         result = run_pipeline(cfg, release="demo-test", echo=lines.append)
@@ -314,7 +319,8 @@ def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, 
     assert log and sum("eval_loss" in json.loads(line) for line in log) == 0  # no dev loss on a CPU
     assert not [k for k in json.loads((run / "manifest.json").read_text())["metrics"] if k.startswith("eval_")]
     parity = json.loads((run / "merged" / "parity.json").read_text())
-    assert (parity["prompts"], parity["dtype"]) == (CPU_MERGE["parity_prompts"], CPU_MERGE["dtype"])
+    held = len(json.loads((run / "held_prompts.json").read_text()))
+    assert (parity["prompts"], parity["dtype"]) == (min(held, CPU_MERGE["parity_prompts"]), CPU_MERGE["dtype"])
     total, n = len(load_pairs(cfg, "demo", "test")), CPU_EVAL["max_questions"]
     assert total > n and m["n"] + m["gold_errors"] == n
     assert result["subset"]["questions"] == n and result["subset"]["of"] == total

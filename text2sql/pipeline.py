@@ -137,9 +137,10 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
         eval_cfg.eval.max_questions = CPU_EVAL["max_questions"]
         eval_cfg.generate.max_new_tokens = min(cfg.generate.max_new_tokens, CPU_EVAL["max_new_tokens"])
         total = len(load_pairs(cfg, cfg.data.dataset, split))
-        what = (f"predict and score A SUBSET: {min(CPU_EVAL['max_questions'], total)} of the {total} "
-                f"{cfg.data.dataset}/{split} questions, evenly spaced (eval.max_questions; a GPU scores them all), "
-                f"replies of at most {eval_cfg.generate.max_new_tokens} tokens")
+        if total > CPU_EVAL["max_questions"]:
+            what = (f"predict and score A SUBSET: {CPU_EVAL['max_questions']} of the {total} {cfg.data.dataset}/{split} "
+                    "questions, evenly spaced (eval.max_questions; a GPU scores them all)")
+        what += f", replies of at most {eval_cfg.generate.max_new_tokens} tokens"
     with stage(7, "eval", what):
         predictions = predict(eval_cfg, merged, split=split, dataset=cfg.data.dataset)
         model = str(Path(merged).relative_to(cfg.root)) if Path(merged).is_relative_to(cfg.root) else str(merged)
