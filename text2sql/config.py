@@ -335,8 +335,7 @@ class EvalConfig(_Section):
     regression_threshold: float = 0.0
     """`eval compare` exits 1 when EX drops by more than this (fraction)."""
     max_questions: int = 0
-    """Predict and score only this many questions of the split, evenly spaced in its file order (`data.question_subset`;
-    the report says so); 0 = all. The CPU demo uses it: generating every answer takes too long on a CPU."""
+    """Predict and score only N questions of the split, evenly spaced (`data.question_subset`; the report says so); 0 = all."""
 
     def _problems(self) -> list[str]:
         problems = self._one_of("mode", EVAL_MODES) + self._one_of("split", (*SPLITS, "all"))
