@@ -50,9 +50,10 @@ the 8 held prompts (each model, adapter and merged, answers each; up to 64 new t
 CPU_EVAL = {"max_questions": 16, "max_new_tokens": 160}
 """The eval stage on a CPU: predict and score a SUBSET, 16 of the demo's 132 test questions, evenly spaced in the split
 (`eval.max_questions`, `data.question_subset`; the report and the demo's summary say so), with replies of at most
-160 tokens (`generate.max_new_tokens`; 81% of the demo's gold queries are shorter; an untrained-looking model that
-never emits its end-of-turn token would otherwise hold its batch for 256 steps). 16 answers took 8.9 min on 2 busy
-cores, i.e. ~5 min on idle ones; all 132 took over 16 min without finishing."""
+160 tokens (`generate.max_new_tokens`; 81% of the demo's gold queries are shorter; a reply that never reaches its
+end-of-turn token holds its whole batch: 5 of 16 did after 12 steps). 16 answers of the 12-step model took 8.9 min
+(256 tokens) and 9.8 min (160) on 2 cores shared with other jobs, ~11 CPU-minutes, i.e. ~5 min on 2 idle cores;
+all 132 took over 16 min without finishing."""
 CPU_DEMO_EXPECTED = {"time_s": 18 * 60 + 24, "ex": None}
 """What `text2sql demo` on a CPU is expected to take and reach, as the README states it: 18 min 24 s measured on
 2 cores; "ex" is a PLACEHOLDER (None = not measured yet) until a CPU demo report is committed under eval/reports/.
