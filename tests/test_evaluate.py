@@ -561,6 +561,31 @@ def test_evaluate_writes_a_release_report(eval_project):
         evaluate(cfg, write_predictions(eval_project / "preds.jsonl", {"nope": "SELECT 1"}), release="r2")
 
 
+def test_evaluate_scores_a_stated_subset_with_eval_max_questions(eval_project):
+    """eval.max_questions scores evenly spaced pairs of the split only; every output says it is a subset."""
+    from text2sql.data import question_subset
+    from text2sql.evaluate import format_summary
+
+    cfg = load_config(eval_project / "text2sql.yaml", ["eval.max_questions=3"])
+    pairs = [p for p in demo_pairs() if p.split == "test"]
+    chosen = question_subset(pairs, 3)
+    assert [p.id for p in chosen] == [pairs[i * len(pairs) // 3].id for i in range(3)] and len(pairs) > 3
+    # Predictions for the chosen pairs only (what predict writes under the same setting): none is missing.
+    path = write_predictions(eval_project / "preds.jsonl", {p.id: p.sql for p in chosen})
+    report = evaluate(cfg, path, dataset="demo", split="test", release="sub", model="tiny")
+    saved = json.loads((eval_project / "eval" / "reports" / "sub" / "report.json").read_text())
+    assert {e["id"] for e in saved["examples"] + saved["excluded"]} == {p.id for p in chosen}
+    assert saved["subset"] == {"questions": 3, "of": len(pairs), "max_questions": 3,
+                               "how": f"evenly spaced in the split's file order (pair i * {len(pairs)} // 3)"}
+    line = f"SUBSET: 3 of the {len(pairs)} demo/test questions"
+    assert line in (eval_project / "eval" / "reports" / "sub" / "report.md").read_text()
+    assert line in (eval_project / "eval" / "reports" / "sub" / "report.html").read_text()
+    assert line in format_summary(report)
+    whole = evaluate(load_config(eval_project / "text2sql.yaml"), write_predictions(
+        eval_project / "all.jsonl", {p.id: p.sql for p in pairs}), dataset="demo", split="test", release="all")
+    assert "subset" not in whole and "SUBSET" not in format_summary(whole)
+
+
 def test_eval_command(eval_project):
     from click.testing import CliRunner
 

@@ -128,11 +128,20 @@ def test_train_and_merge_guard_their_dirs_and_evaluate_dev_once(tiny_project):
         assert replaced.exit_code == 0, replaced.output
         assert eval_steps_logged() == [2, 3]  # the last step is not an eval step: one evaluation after training
 
+        # eval_steps 0 (the CPU demo's budget): no dev loss at all, not even the one after training.
+        assert invoke("train", *config, *quick, "--set", "train.eval_steps=0", "--force").exit_code == 0
+        assert eval_steps_logged() == []
+        assert not [k for k in json.loads((run / "manifest.json").read_text())["metrics"] if k.startswith("eval_")]
+
         merged = invoke("merge", *config, "--set", "train.run_name=r")  # RUN from the config
         assert merged.exit_code == 0 and merged.output.strip().splitlines()[-1] == str(run / "merged")
         assert invoke("merge", str(run), "--set", "train.run_name=x").exit_code == 2  # --set could not apply
         refused = invoke("merge", str(run))
         assert one_error_line(refused) == f"error: merged dir {run / 'merged'} exists: --force replaces it, or give another --out"
+        from text2sql.merge import merge_run  # the CPU demo's shorter parity check: the first N held prompts
+
+        parity = json.loads((merge_run(run, run / "merged-1", "float32", parity_prompts=1) / "parity.json").read_text())
+        assert (parity["prompts"], parity["dtype"], len(parity["items"])) == (1, "float32", 1)
         assert invoke("merge", str(run), "--force").exit_code == 0
 
 
@@ -282,13 +291,16 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only():
 
 
 @pytest.mark.slow
-def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, tiny_model):
-    """`text2sql demo` end to end on the tiny model (CPU budget): stage lines, elapsed times, EX, report, budget."""
-    from text2sql.pipeline import CPU_BUDGET, CPU_DEMO_EXPECTED, run_pipeline
+def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, tiny_model, monkeypatch):
+    """`text2sql demo` end to end on the tiny model (CPU budget): stage lines, elapsed times, EX, report, budget;
+    on the CPU no dev loss, a float32 merge with a shorter parity check, and a subset of the test split, stated."""
+    from text2sql.data import load_pairs
+    from text2sql.pipeline import CPU_BUDGET, CPU_DEMO_EXPECTED, CPU_EVAL, CPU_MERGE, run_pipeline
     from text2sql.progress import format_seconds
 
     path = make_project(tmp_path / "proj", lakehouse_project, tiny_model)
     cfg = load_config(path, ["lakehouse.scale=0.05", "generate.max_new_tokens=8"])
+    monkeypatch.setitem(CPU_EVAL, "max_questions", 2)  # the tiny project has 3 test pairs, the demo 132
     lines: list[str] = []
     with one_torch_thread():
         result = run_pipeline(cfg, release="demo-test", echo=lines.append)
@@ -302,8 +314,20 @@ def test_demo_shows_stages_with_time_and_a_summary(tmp_path, lakehouse_project, 
     assert "  report: eval/reports/demo-test/report.md" in text and (tmp_path / "proj/eval/reports/demo-test/report.md").is_file()
     assert f"trains only {CPU_BUDGET['max_steps']} LoRA steps" in text
     assert f"expected on a 2-core CPU: about {format_seconds(CPU_DEMO_EXPECTED['time_s'])}" in text
-    log = (tmp_path / "proj" / "runs" / "demo-test" / "log.jsonl").read_text().splitlines()
-    assert sum("eval_loss" in json.loads(line) for line in log) == 1  # eval_steps == max_steps: evaluated once
+    run = tmp_path / "proj" / "runs" / "demo-test"
+    log = (run / "log.jsonl").read_text().splitlines()
+    assert log and sum("eval_loss" in json.loads(line) for line in log) == 0  # no dev loss on a CPU
+    assert not [k for k in json.loads((run / "manifest.json").read_text())["metrics"] if k.startswith("eval_")]
+    parity = json.loads((run / "merged" / "parity.json").read_text())
+    held = len(json.loads((run / "held_prompts.json").read_text()))
+    assert (parity["prompts"], parity["dtype"]) == (min(held, CPU_MERGE["parity_prompts"]), CPU_MERGE["dtype"])
+    total, n = len(load_pairs(cfg, "demo", "test")), CPU_EVAL["max_questions"]
+    assert total > n and m["n"] + m["gold_errors"] == n
+    assert result["subset"]["questions"] == n and result["subset"]["of"] == total
+    assert f"7/7 eval: predict and score A SUBSET: {n} of the {total} demo/test questions" in text
+    assert f"  SUBSET: {n} of the {total} demo/test questions" in text  # in the closing summary
+    assert f"SUBSET: {n} of the {total} demo/test questions" in (tmp_path / "proj/eval/reports/demo-test/report.md").read_text()
+    assert len((run / "merged" / "predictions" / "demo-test.jsonl").read_text().splitlines()) == n
     with pytest.raises(Exception, match="release report .* exists: --force replaces it"):
         run_pipeline(cfg, release="demo-test", echo=lines.append)  # refused before any work
 

@@ -39,6 +39,9 @@ def test_demo_runs_every_stage_on_the_tiny_model(tiny_project):
     assert report["metrics"]["n"] == 3 and report["split"] == "test"
     assert {p.name for p in (root / "eval" / "reports" / "smoke").iterdir()} >= {"report.json", "report.md"}
     assert "7/7 eval: " in result.output and "\n  EX " in result.output and "eval/reports/smoke/" in result.output
+    # No more test pairs than the CPU's eval.max_questions: all of them are scored, and nothing claims a subset.
+    assert "subset" not in report and "SUBSET" not in result.output
+    assert "7/7 eval: predict and score demo/test, replies of at most" in result.output
 
 
 def test_demo_stops_at_a_bad_config_value_before_building_anything(tmp_path):

@@ -252,7 +252,7 @@ class TrainConfig(_Section):
     logging_steps: int = 10
     """Log every N steps (TensorBoard + JSONL)."""
     eval_steps: int = 50
-    """Eval loss on dev every N steps."""
+    """Eval loss on dev every N steps (and once at the end when N does not divide the last step); 0 = never."""
     save_steps: int = 50
     """Checkpoint every N steps."""
     save_total_limit: int = 3
@@ -280,10 +280,10 @@ class TrainConfig(_Section):
             problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
-        problems += self._one_of("select_by", ("auto", "dev_ex", "last"))
+        problems += self._one_of("select_by", ("auto", "dev_ex", "last")) + self._at_least(0, "eval_steps")
         return problems + self._at_least(
             1, "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps",
-            "eval_steps", "save_steps", "save_total_limit")
+            "save_steps", "save_total_limit")
 
 
 @dataclass
@@ -334,10 +334,12 @@ class EvalConfig(_Section):
     """Relative tolerance when comparing numbers."""
     regression_threshold: float = 0.0
     """`eval compare` exits 1 when EX drops by more than this (fraction)."""
+    max_questions: int = 0
+    """Predict and score only N questions of the split, evenly spaced (`data.question_subset`; the report says so); 0 = all."""
 
     def _problems(self) -> list[str]:
         problems = self._one_of("mode", EVAL_MODES) + self._one_of("split", (*SPLITS, "all"))
-        problems += self._not_empty("reports_dir") + self._at_least(0, "workers", "rel_tol")
+        problems += self._not_empty("reports_dir") + self._at_least(0, "workers", "rel_tol", "max_questions")
         if not 0 <= self.regression_threshold <= 1:
             problems.append(f"regression_threshold: must be in [0, 1], got {self.regression_threshold!r}")
         return problems

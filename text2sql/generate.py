@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data import load_pairs
+from text2sql.data import load_pairs, question_subset
 from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
@@ -374,7 +374,8 @@ def extract_sql(text: str) -> str | None:
 
 def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
             dataset: str | None = None, strict: bool = False, select: bool = False) -> Path:
-    """Generate SQL for every pair of a split; writes JSONL {id, sql, raw} and returns its path.
+    """Generate SQL for every pair of a split (or the subset `eval.max_questions` picks, `data.question_subset`);
+    writes JSONL {id, sql, raw} and returns its path.
 
     With `generate.num_candidates` > 1 each record also holds `candidates: [{sql, raw, logprob}]` (the greedy
     reply first, then the samples) and `sql` is the greedy one; `select` (needs the warehouse) then picks the
@@ -387,10 +388,14 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     """
     require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
     dataset = dataset or cfg.data.dataset
-    pairs = load_pairs(cfg, dataset, split)
+    every = load_pairs(cfg, dataset, split)
+    pairs = question_subset(every, cfg.eval.max_questions)
     gen = load_generator(model_dir, cfg)
     messages = prompts_for(cfg, gen, pairs, dataset, strict=strict)
     n = cfg.generate.num_candidates
+    if len(pairs) < len(every):
+        print(f"predict: A SUBSET: {len(pairs)} of the {len(every)} {dataset}/{split} questions, evenly spaced "
+              f"(eval.max_questions={cfg.eval.max_questions})", file=sys.stderr)
     print(f"predict: {len(pairs)} {dataset}/{split} questions with the {gen.kind} model {gen.model_dir}"
           f" ({gen.prompt.k_shot}-shot, batch {gen.batch_size}"
           + (f", {n} candidates each" if n > 1 else "") + ")", file=sys.stderr)

@@ -68,7 +68,7 @@ def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
 
 
 def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16",
-              checkpoint: str = "best", force: bool = False) -> Path:
+              checkpoint: str = "best", force: bool = False, parity_prompts: int | None = None) -> Path:
     """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
 
     `checkpoint` says which adapter (`choose_checkpoint`): by default the checkpoint with the best dev EX.
@@ -77,7 +77,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     token, and the run's prompt.json. Then a parity check: greedy replies of the adapter model and of
     the merged model (reloaded with stock transformers) on the run's held prompts; agreement goes to
     `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
-    float32) is the dtype of the merge, the parity check and the saved weights. An existing `out` is
+    float32) is the dtype of the merge, the parity check and the saved weights. `parity_prompts` checks
+    only the first N held prompts (default all of them; the CPU demo checks fewer). An existing `out` is
     replaced only with `force`.
 
     Raises:
@@ -99,6 +100,7 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
         raise ModelError(f"merged dir {out} exists: --force replaces it, or give another --out")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     held = json.loads((run_dir / HELD_PROMPTS).read_text()) if (run_dir / HELD_PROMPTS).is_file() else []
+    held = held[:parity_prompts] if parity_prompts is not None else held
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else run_dir)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]

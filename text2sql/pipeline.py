@@ -3,9 +3,10 @@
 `run_pipeline(cfg)` is what `text2sql demo` runs on the embedded default (the demo lakehouse and the
 default base model). Each step calls the stage function its own command calls, in pipeline order.
 
-On a CUDA GPU it trains with the config as it is (QLoRA, `train.num_train_epochs`). On a CPU it says
-so and trains a short, documented budget instead (`CPU_BUDGET`: LoRA, a fixed number of steps), so
-the whole job finishes on a laptop in minutes; the report then measures that small run honestly.
+On a CUDA GPU it trains with the config as it is (QLoRA, `train.num_train_epochs`) and scores the whole test split.
+On a CPU it says so and runs a short, documented budget instead, so the whole job finishes on a laptop within
+25 minutes: `CPU_BUDGET` (LoRA, a fixed number of steps, no dev loss), `CPU_MERGE` (float32, a shorter parity
+check) and `CPU_EVAL` (a stated subset of the test split); the report then measures that small run honestly.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from text2sql.catalog import diff_schemas, pull_schemas
 from text2sql.checkpoints import dev_ex_callbacks
 from text2sql.data import load_pairs, validate_pairs
 from text2sql.errors import TRAIN_PACKAGES, DataError, ModelError, require_all
-from text2sql.evaluate import check_release_free, evaluate
+from text2sql.evaluate import check_release_free, evaluate, subset_line
 from text2sql.generate import predict
 from text2sql.lakehouse import create_lakehouse
 from text2sql.merge import merge_run
@@ -35,12 +36,24 @@ from text2sql.train import train
 if TYPE_CHECKING:
     from text2sql.config import Config
 
-CPU_BUDGET = {"method": "lora", "max_steps": 12, "per_device_train_batch_size": 2, "save_steps": 6, "eval_steps": 12,
+CPU_BUDGET = {"method": "lora", "max_steps": 12, "per_device_train_batch_size": 2, "save_steps": 6, "eval_steps": 0,
               "logging_steps": 2, "select_by": "last"}
-"""`train` settings used on a machine without CUDA: 12 LoRA steps of 2 examples, a pipeline check rather than a model
-(scoring each checkpoint on dev would add ~2/3 of the test split's generation time for nothing to choose between)."""
+"""`train` settings used on a machine without CUDA: 12 LoRA steps of 2 examples, a pipeline check rather than a model.
+No dev loss (eval_steps 0: on 2 cores it took 6.4 min for one pass over dev) and no dev EX per checkpoint (that would
+add ~2/3 of the test split's generation time for nothing to choose between)."""
 CPU_SCHEMA_TOKENS = 1024
 """Schema budget on a CPU: halves the prompt (and so the time) against the full 1,900-token demo schema."""
+CPU_MERGE = {"dtype": "float32", "parity_prompts": 4}
+"""`merge_run` settings on a CPU: float32, which is what predict runs on a CPU (bfloat16 matmuls are ~5x slower on
+a CPU without bf16 instructions: 2 parity replies took 111 s in bf16, 23 s in float32), and a parity check on 4 of
+the 8 held prompts (each model, adapter and merged, answers each; up to 64 new tokens)."""
+CPU_EVAL = {"max_questions": 16, "max_new_tokens": 160}
+"""The eval stage on a CPU: predict and score a SUBSET, 16 of the demo's 132 test questions, evenly spaced in the split
+(`eval.max_questions`, `data.question_subset`; the report and the demo's summary say so), with replies of at most
+160 tokens (`generate.max_new_tokens`; 81% of the demo's gold queries are shorter; a reply that never reaches its
+end-of-turn token holds its whole batch: 5 of 16 did after 12 steps). 16 answers of the 12-step model took 8.9 min
+(256 tokens) and 9.8 min (160) on 2 cores shared with other jobs, ~11 CPU-minutes, i.e. ~5 min on 2 idle cores;
+all 132 took over 16 min without finishing."""
 CPU_DEMO_EXPECTED = {"time_s": 18 * 60 + 24, "ex": None}
 """What `text2sql demo` on a CPU is expected to take and reach, as the README states it: 18 min 24 s measured on
 2 cores; "ex" is a PLACEHOLDER (None = not measured yet) until a CPU demo report is committed under eval/reports/.
@@ -114,14 +127,25 @@ def run_pipeline(cfg: Config, release: str | None = None, rebuild: bool = False,
         run_dir = train(train_cfg, callbacks=dev_ex_callbacks(train_cfg), force=force)
         echo(f"    run dir {run_dir}")
 
-    with stage(6, "merge", f"adapter into the base, in {run_dir}/merged"):
-        merged = merge_run(run_dir, force=force)
+    merge_settings = {} if cuda else CPU_MERGE
+    what = "" if cuda else f" (CPU: {CPU_MERGE['dtype']}, parity check on {CPU_MERGE['parity_prompts']} held prompts)"
+    with stage(6, "merge", f"adapter into the base, in {run_dir}/merged{what}"):
+        merged = merge_run(run_dir, force=force, **merge_settings)
 
-    split = cfg.eval.split
-    with stage(7, "eval", f"predict and score {cfg.data.dataset}/{split}"):
-        predictions = predict(cfg, merged, split=split, dataset=cfg.data.dataset)
+    eval_cfg, split = copy.deepcopy(cfg), cfg.eval.split
+    what = f"predict and score {cfg.data.dataset}/{split}"
+    if not cuda:
+        eval_cfg.eval.max_questions = CPU_EVAL["max_questions"]
+        eval_cfg.generate.max_new_tokens = min(cfg.generate.max_new_tokens, CPU_EVAL["max_new_tokens"])
+        total = len(load_pairs(cfg, cfg.data.dataset, split))
+        if total > CPU_EVAL["max_questions"]:
+            what = (f"predict and score A SUBSET: {CPU_EVAL['max_questions']} of the {total} {cfg.data.dataset}/{split} "
+                    "questions, evenly spaced (eval.max_questions; a GPU scores them all)")
+        what += f", replies of at most {eval_cfg.generate.max_new_tokens} tokens"
+    with stage(7, "eval", what):
+        predictions = predict(eval_cfg, merged, split=split, dataset=cfg.data.dataset)
         model = str(Path(merged).relative_to(cfg.root)) if Path(merged).is_relative_to(cfg.root) else str(merged)
-        result = evaluate(cfg, predictions, dataset=cfg.data.dataset, split=split, release=release, model=model,
+        result = evaluate(eval_cfg, predictions, dataset=cfg.data.dataset, split=split, release=release, model=model,
                           force=force)
     for line in summary_lines(result, report_dir, time.perf_counter() - started, cuda, cfg):
         echo(line)
@@ -135,6 +159,7 @@ def summary_lines(result: dict, report_dir: Path, seconds: float, cuda: bool, cf
     lines = [f"demo: done in {format_seconds(seconds)}",
              f"  EX {m['ex']:.1%} ({m['correct']}/{m['n']}) on {result['dataset']}/{result['split']}, "
              f"mode {result['mode']}; valid SQL {m['valid_sql_rate']:.1%}",
+             *((f"  {subset_line(result)}",) if result.get("subset") else ()),
              f"  report: {where}/report.md (and report.html, report.json)"]
     if cuda:
         lines.append("  this run trained the full config on the GPU; compare it with the README's table of results "
@@ -142,7 +167,9 @@ def summary_lines(result: dict, report_dir: Path, seconds: float, cuda: bool, cf
         return lines
     expected_ex = CPU_DEMO_EXPECTED["ex"]
     lines += [f"  on a CPU the demo trains only {CPU_BUDGET['max_steps']} LoRA steps of "
-              f"{CPU_BUDGET['per_device_train_batch_size']} examples: a check that every stage runs, not a useful model,",
+              f"{CPU_BUDGET['per_device_train_batch_size']} examples and scores a subset of "
+              f"{CPU_EVAL['max_questions']} test questions:",
+              "  a check that every stage runs, not a useful model,",
               "  so an EX near 0 is what to expect here; a GPU trains the full config (README: 1.5-6.1 % for this "
               "135M model).",
               f"  expected on a 2-core CPU: about {format_seconds(CPU_DEMO_EXPECTED['time_s'])}, EX "

@@ -16,7 +16,7 @@ Features and knobs (the `train` section of text2sql.yaml):
   ids when there is no attention mask and no KV cache (so `use_cache` is off while training).
 - `drop_padding_mask`: right-padded (unpacked) batches train without their padding mask, so SDPA takes its
   causal flash kernel; `liger`: Liger's RMSNorm/SwiGLU/RoPE kernels when installed (CUDA).
-- `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split),
+- `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split; 0 = none),
   checkpoints every `save_steps` (`--resume` continues from the last complete one), logs to
   TensorBoard (`<run>/runs/`) and `<run>/log.jsonl`, a progress bar.
 - every run dir holds `manifest.json` (base model + weights sha256, dataset hash, schema fingerprint,
@@ -138,7 +138,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
         _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = dict(result.metrics)
-    if dev_records:  # the Trainer has evaluated the last step if eval_steps divides it: not the dev split twice
+    if dev_records and cfg.train.eval_steps:  # the Trainer has evaluated the last step if eval_steps divides it: not twice
         last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), {})
         done = last.get("step") == trainer.state.global_step
         metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if done else trainer.evaluate())
@@ -421,7 +421,7 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
     from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
-    has_dev = bool(dev_records)
+    has_dev = bool(dev_records) and t.eval_steps > 0  # eval_steps 0: no dev loss at all (the CPU demo's budget)
     args = SFTConfig(
         output_dir=str(run_dir),
         num_train_epochs=t.num_train_epochs,

@@ -19,7 +19,8 @@ Record schema (keys in this order; only `question` and `sql` are required when a
     forced      bool  true when added despite failing validation
 
 Stages (each a `text2sql data ...` command): `add_pairs`, `validate_pairs`, `dedup_pairs`, `dataset_stats`,
-`split_pairs`, `import_spider`; `load_pairs` is what training and evaluation read.
+`split_pairs`, `import_spider`; `load_pairs` is what training and evaluation read
+(`question_subset` when `eval.max_questions` limits them).
 """
 
 from text2sql.data.analysis import FEATURES, difficulty_of, normalize_sql, sql_features, sql_template
@@ -28,12 +29,12 @@ from text2sql.data.spider import import_spider
 from text2sql.data.split import split_pairs
 from text2sql.data.stats import dataset_stats
 from text2sql.data.add import add_pairs
-from text2sql.data.store import Dataset, Pair, load_dataset, load_pairs
+from text2sql.data.store import Dataset, Pair, load_dataset, load_pairs, question_subset
 from text2sql.data.validate import validate_pairs
 from text2sql.vocab import DIFFICULTIES, SPLITS
 
 __all__ = [
     "DIFFICULTIES", "FEATURES", "SPLITS", "Dataset", "Pair", "add_pairs", "dataset_stats", "dedup_pairs",
-    "difficulty_of", "import_spider", "load_dataset", "load_pairs", "normalize_sql", "split_pairs",
+    "difficulty_of", "import_spider", "load_dataset", "load_pairs", "normalize_sql", "question_subset", "split_pairs",
     "sql_features", "sql_template", "validate_pairs",
 ]

@@ -151,6 +151,18 @@ def load_pairs(cfg: Config, dataset: str | None = None, split: str | None = None
     return chosen
 
 
+def question_subset(pairs: list[Pair], max_questions: int) -> list[Pair]:
+    """`max_questions` pairs spread evenly over `pairs` in their order (pair i * len // max_questions), so a subset of a
+    split still spans its topics (the file groups them); all of them when `max_questions` is 0 or not smaller.
+
+    >>> [p.id for p in question_subset([Pair(id=str(i), question="q", sql="SELECT 1") for i in range(10)], 4)]
+    ['0', '2', '5', '7']
+    """
+    if not 0 < max_questions < len(pairs):
+        return pairs
+    return [pairs[i * len(pairs) // max_questions] for i in range(max_questions)]
+
+
 def read_pairs_file(path: Path, convert: Callable[[Any], Pair] | None = None) -> list[tuple[Pair, str]]:
     """Every record with its raw line. Collects all problems, then raises one DataError naming file:line.
 

@@ -47,6 +47,7 @@ from text2sql.evaluate.report import (
     format_summary,
     render_html,
     render_markdown,
+    subset_line,
     write_report,
 )
 from text2sql.evaluate.scoring import (
@@ -67,5 +68,5 @@ __all__ = [
     "ResultSet", "ScoredRun",
     "check_release_free", "compare_reports", "compare_results", "compute_metrics", "evaluate", "exact_match", "extract_sql",
     "find_report", "format_comparison", "format_summary", "order_key_columns", "read_prediction_dialects",
-    "read_predictions", "render_html", "render_markdown", "score_pairs", "tie_query", "write_report",
+    "read_predictions", "render_html", "render_markdown", "score_pairs", "subset_line", "tie_query", "write_report",
 ]

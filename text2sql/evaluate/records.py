@@ -97,6 +97,8 @@ class Report:
     inputs: dict
     selection: dict | None = None
     """Candidate selection's gain and cost, when the predictions carried candidates."""
+    subset: dict | None = None
+    """{questions, of, max_questions, how} when `eval.max_questions` scored a subset of the split, else None."""
 
     def to_json(self) -> dict[str, Any]:
         out = {"release": self.release, "mode": self.mode, "model": self.model, "dataset": self.dataset,
@@ -105,4 +107,6 @@ class Report:
                "inputs": self.inputs}
         if self.selection is not None:
             out["selection"] = self.selection
+        if self.subset is not None:
+            out["subset"] = self.subset
         return out

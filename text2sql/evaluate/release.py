@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import sqlglot
 
 from text2sql import __version__
-from text2sql.data import load_pairs
+from text2sql.data import load_pairs, question_subset
 from text2sql.errors import DataError
 from text2sql.evaluate.predictions import read_prediction_dialects, read_predictions
 from text2sql.evaluate.records import Example, Report
@@ -53,7 +53,8 @@ def evaluate(
         cfg: the project config (warehouse sandbox settings, eval.mode, eval.reports_dir, eval.workers).
         predictions_path: JSONL of {"id", "sql"} (see `read_predictions`).
         dataset: dataset name under data.datasets_dir (default data.dataset).
-        split: the split scored (default eval.split when None); "all" scores every pair.
+        split: the split scored (default eval.split when None); "all" scores every pair. `eval.max_questions`
+            limits it to a subset (`data.question_subset`), which the report's "subset" states.
         mode: strict | lenient | set (default eval.mode).
         release: report directory name under eval.reports_dir (default: a timestamp).
         model: what produced the predictions, recorded in the report.
@@ -76,7 +77,8 @@ def evaluate(
     check_release_free(cfg, release, force)
     split = split or cfg.eval.split
     dataset = dataset or cfg.data.dataset
-    pairs = load_pairs(cfg, dataset, None if split == "all" else split)
+    every = load_pairs(cfg, dataset, None if split == "all" else split)
+    pairs = question_subset(every, cfg.eval.max_questions)
     predictions = read_predictions(predictions_path, {p.id for p in load_pairs(cfg, dataset)})
     dialects = read_prediction_dialects(predictions_path, dialect or DIALECT)
     started = time.perf_counter()
@@ -95,6 +97,9 @@ def evaluate(
         inputs=_inputs(cfg, pairs, predictions_path, scored.schemas, scored.engines),
     )
     report.inputs["predictions"]["dialects"] = dict(Counter(dialects.get(p.id, DIALECT) for p in pairs))
+    if len(pairs) < len(every):  # said wherever the EX is shown: it is not the split's EX
+        report.subset = {"questions": len(pairs), "of": len(every), "max_questions": cfg.eval.max_questions,
+                         "how": f"evenly spaced in the split's file order (pair i * {len(every)} // {len(pairs)})"}
     if selected is not None:
         report.selection = _selection_metrics(cfg, pairs, scored, selected, predictions_path, dataset, mode, dialects)
     report.metrics["elapsed_s"] = round(time.perf_counter() - started, 3)

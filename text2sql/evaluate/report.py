@@ -33,6 +33,8 @@ def format_summary(report: dict) -> str:
         f"exact match {m['exact_match']:.1%}   "
         + "  ".join(f"{k} {v:.1%}" for k, v in m["ex_by_mode"].items() if k != report["mode"]),
     ]
+    if report.get("subset"):
+        lines.insert(1, subset_line(report))
     if report.get("selection"):
         lines.append(f"candidate selection: {_selection_row(report['selection'])}")
     if m["gold_errors"] or m["empty_gold"]:
@@ -44,6 +46,15 @@ def format_summary(report: dict) -> str:
     if report.get("path"):
         lines.append(f"report: {report['path']}/report.html")
     return "\n".join(lines)
+
+
+def subset_line(report: dict) -> str:
+    """The warning that a report scored only a subset of its split (`eval.max_questions`); "" when it scored all."""
+    sub = report.get("subset")
+    if not sub:
+        return ""
+    return (f"SUBSET: {sub['questions']} of the {sub['of']} {report['dataset']}/{report.get('split')} questions "
+            f"(eval.max_questions={sub['max_questions']}, {sub['how']}); EX is over these {sub['questions']} only")
 
 
 def _summary_rows(report: dict) -> list[tuple[str, str]]:
@@ -76,6 +87,7 @@ def render_markdown(report: dict) -> str:
         f"Dataset **{report['dataset']}** split **{report.get('split')}**, model **{report.get('model') or '-'}**, "
         f"comparison mode **{report['mode']}**, created {report.get('created', '')}.",
         "",
+        *((f"**{subset_line(report)}.**", "") if report.get("subset") else ()),
         "| metric | value |",
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in _summary_rows(report)),
@@ -141,6 +153,7 @@ def render_html(report: dict) -> str:
 <p>Dataset <b>{e(str(report['dataset']))}</b> split <b>{e(str(report.get('split')))}</b>,
 model <b>{e(str(report.get('model') or '-'))}</b>, comparison mode <b>{e(report['mode'])}</b>,
 created {e(str(report.get('created', '')))}.</p>
+{f"<p><b>{e(subset_line(report))}.</b></p>" if report.get("subset") else ""}
 <table>{summary}</table>
 <div class="charts">{charts}</div>
 <h2>Failing examples ({len(failing)})</h2>
