@@ -121,7 +121,11 @@ def _run_once(args, config_path: Path, questions: list[str], decoding: str | Non
     finally:
         if server is not None:
             server.terminate()
-            server.wait(60)
+            try:  # graceful shutdown waits for requests still generating (--max-seconds stops the sending only)
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     report = _report(results, wall, args, url) | {"overrides": overrides, "decoding": decoding}
     if log_file is not None:
         report["server_log"] = _server_summary(log_file)
