@@ -153,8 +153,7 @@ def render_html(report: dict) -> str:
 <p>Dataset <b>{e(str(report['dataset']))}</b> split <b>{e(str(report.get('split')))}</b>,
 model <b>{e(str(report.get('model') or '-'))}</b>, comparison mode <b>{e(report['mode'])}</b>,
 created {e(str(report.get('created', '')))}.</p>
-{f"<p><b>{e(subset_line(report))}.</b></p>" if report.get("subset") else ""}
-<table>{summary}</table>
+{f"<p><b>{e(subset_line(report))}.</b></p>{chr(10)}" if report.get("subset") else ""}<table>{summary}</table>
 <div class="charts">{charts}</div>
 <h2>Failing examples ({len(failing)})</h2>
 <table><tr><th>id</th><th>verdict</th><th>question</th><th>gold</th><th>predicted</th><th>reason</th></tr>{rows}</table>
