@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlglot import exp
 
-from text2sql.data.compare import _parse, _top_query, compare_results, exact_match, tie_query
+from text2sql.data.compare import _parse, compare_results, exact_match, tie_query
 from text2sql.errors import DataError
 from text2sql.evaluate.predictions import _to_duckdb, extract_sql
 from text2sql.evaluate.records import Example, Judgement
@@ -150,11 +150,11 @@ def _score_group(pairs, predictions, snapshot, runner, cache, mode, rel_tol, sco
             record.empty_gold = not gold.rows
             record.exact_match = _exact_match(pair.sql, pred_sql, check, record.verdicts)
             scored.examples.append(record)
-            if record.verdicts["strict"] == "wrong_result" and _orders_and_limits(pair.sql):
-                if not _same_shape(gold, pred):  # wrong whatever rows tie: not run again, reported as re-judged
-                    record.rejudged = True
-                elif untied := tie_query(pair.sql):
+            if record.verdicts["strict"] == "wrong_result" and (untied := tie_query(pair.sql)):
+                if _same_shape(gold, pred):
                     retry.append((record, case, untied))
+                else:  # wrong whatever rows tie: not run again, reported as re-judged ones are (diff last)
+                    record.rejudged = True
         # Under ORDER BY ... LIMIT, a prediction may have kept other rows tied with the gold's last ones. Only for
         # predictions that look wrong in strict mode (the only one that reads the tied rows) with the gold's shape,
         # run the gold without its LIMIT (cached too) and judge again.
@@ -260,16 +260,6 @@ def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-def _orders_and_limits(gold_sql: str) -> bool:
-    """Whether `tie_query` has a query to run for this gold (top-level ORDER BY and LIMIT, no OFFSET), read from the
-    cached parse: cheaper than building that query for a prediction that will not need it."""
-    text = gold_sql.lower()
-    if "order" not in text or "limit" not in text and "fetch" not in text:
-        return False
-    top = _top_query(gold_sql)
-    return top is not None and all(top.args.get(k) is not None for k in ("order", "limit")) and not top.args.get("offset")
 
 
 def _same_shape(gold, pred) -> bool:
