@@ -156,6 +156,8 @@ def test_static_decoding_gives_the_replies_of_eager_generate(tiny_project, batch
     assert generate(gen, chats, max_new_tokens=20) == eager
     engine = decode_engine(gen)
     assert engine.steps > 0 and not engine.compile and engine.idle()
+    if batch_size > 1:  # requests behind one prefix (or none) were prefilled together, left-padded
+        assert engine.prefills < len(chats)
     assert generate(gen, chats[::-1], max_new_tokens=20) == eager[::-1]  # a warm engine, another admission order
     assert engine.shifts > 0  # the write column moved for a longer prompt (or past the cache end)
     assert eager[0].startswith(generate(gen, chats[:1], max_new_tokens=3)[0])  # stops at max_new_tokens
@@ -178,3 +180,28 @@ def test_static_engine_samples_n_candidates_and_streams_tokens(tiny_project):
     assert len(sampled.outputs) == 3 and len({tuple(o) for o in sampled.outputs}) > 1  # hot sampling differs
     gen.decoding = "eager"
     assert gen.tokenizer.decode(greedy.outputs[0], skip_special_tokens=True) == generate(gen, [chat], 10)[0]
+
+
+def test_a_warm_engine_takes_a_self_correction_prompt_without_growing_its_cache(tiny_project, monkeypatch):
+    """Serving warms the engine once; a retry's longer prompt must fit the cache it sized, or the compiled steps
+    would be built again for the new length while a user waits."""
+    from text2sql import engine as engine_module
+    from text2sql.catalog import load_snapshot
+    from text2sql.engine import Request
+    from text2sql.generate import decode_engine, encode_chats
+    from text2sql.prompt import build_messages
+    from text2sql.serve import correction_messages
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    chat = build_messages(PAIRS[0][0], load_snapshot(cfg), gen.prompt, gen.tokenizer)
+    retry = correction_messages(chat, "SELECT store_nme, count(*) FROM core.stores GROUP BY 1", "unknown_column",
+                                "Binder Error: column store_nme not found; candidates: store_name, store_id")
+    (ids, retry_ids), shared = encode_chats(gen, [chat, retry])
+    monkeypatch.setattr(engine_module, "CACHE_TOKENS_STEP", 1)  # no rounding up to hide a tight size
+    engine = decode_engine(gen, 2)
+    engine.warm(ids, shared[0], 32)
+    size = engine.cache_tokens
+    assert size >= len(ids) + 32
+    engine.run([Request(retry_ids, 32, shared=shared[1])])
+    assert engine.cache_tokens == size and len(retry_ids) > len(ids)

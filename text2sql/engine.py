@@ -1,11 +1,11 @@
 """Static-cache decoding with per-step admission: the fast path of `generate` and the local server.
 
 One preallocated KV cache (transformers' `StaticCache`) holds `max_batch_size` slots of `cache_tokens` columns.
-A request is prefilled alone (eager, from the kept KV cache of its shared system prefix when there is one),
-its KV copied into a free slot, and it joins the running decode batch at the next step; a finished sequence
-frees its slot at once. Every step decodes one token for the occupied slots (rounded up to a power of two,
-so a lone request does not pay for sixteen), with the same forward call each time: fixed shapes, cache
-written in place. On CUDA that step is `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA
+Waiting requests are prefilled (eager, from the kept KV cache of their shared system prefix when there is one;
+those behind the same prefix together, in one forward), their KV copied into free slots, and they join the
+running decode batch at the next step; a finished sequence frees its slot at once. Every step decodes one
+token for the occupied slots (rounded up to a power of two, so a lone request does not pay for sixteen), with
+the same forward call each time: fixed shapes, cache written in place. On CUDA that step is `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA
 graph per batch bucket and replayed, which removes the per-token host overhead of `generate`.
 
 Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
@@ -30,9 +30,18 @@ MIN_CACHED_PREFIX = 32
 """Shorter shared prefixes are prefilled with the rest: a cache copy would cost more than it saves."""
 PREFIX_CACHES = 8
 """Prefix caches kept: with a pruned schema each set of tables makes its own system message."""
+PREFILL_ROWS = 32
+"""Most requests prefilled together in one forward (their KV, the kept prefix repeated per row, is held twice)."""
+ADMIT_FRACTION = 4
+"""While the batch decodes, waiting requests are admitted once 1/ADMIT_FRACTION of the slots are free (or all they
+need): one prefill per freed slot would cost more than the steps it fills."""
 
 CACHE_TOKENS_STEP = 256
 """The cache length is rounded up to a multiple of this: each length is one more compiled shape."""
+WARM_CACHE_FACTOR = 1.5
+"""`warm` sizes the cache with this margin over its prompt: questions shown more definitions, and a
+self-correction turn (the failed reply and the error added), would otherwise grow it while serving, and each new
+length compiles its steps again (a 35.6 s request on the H200)."""
 WARMUP_CALLS = 3
 """Calls per shape before serving: compile, then CUDA-graph warm-up and recording (torch's cudagraph trees)."""
 
@@ -86,7 +95,7 @@ class DecodeEngine:
         self.slots: list[tuple[Request, int] | None] = [None] * max_batch_size
         self.starts = [0] * max_batch_size  # first column of each slot's tokens
         self.temperatures: list[float] = [0.0] * max_batch_size
-        self.steps = self.shifts = 0
+        self.steps = self.shifts = self.prefills = 0
         self._incoming: queue.Queue[Request] = queue.Queue()
         self._waiting: deque[Request] = deque()
         self._argument = _cache_argument(self.model)
@@ -161,9 +170,9 @@ class DecodeEngine:
                 request.on_done(request)
 
     def warm(self, prompt: list[int], shared: int, max_new_tokens: int) -> None:
-        """Size the cache for prompts of this length, keep the prompt's shared prefix, and (compiled) record every
-        batch bucket's step, so no user waits for it."""
-        self._reserve(len(prompt) + max_new_tokens)
+        """Size the cache for prompts up to WARM_CACHE_FACTOR times this long, keep the prompt's shared prefix, and
+        (compiled) record every batch bucket's step, so no user waits for it."""
+        self._reserve(int(WARM_CACHE_FACTOR * (len(prompt) + max_new_tokens)))
         self.run([Request(prompt, 1, shared=shared)])
         self._set_t(0)  # no slot is in use: the warm-up steps write where nothing is read
         for batch in self.buckets:
@@ -253,6 +262,7 @@ class DecodeEngine:
     # ------------------------------------------------------------ admission
 
     def _admit(self) -> None:
+        """Prefill waiting requests into free slots, several in one forward."""
         import torch
 
         while self._waiting:
@@ -264,64 +274,111 @@ class DecodeEngine:
                     request.on_done(request)
                 continue
             free = [s for s, held in enumerate(self.slots) if held is None]
-            if len(free) < min(request.n, self.max_batch_size):
+            if len(free) < min(request.n, self.max_batch_size) or self._defer(len(free)):
                 return
-            self._waiting.popleft()
             length = len(request.prompt)
             if request.n > self.max_batch_size or request.max_new_tokens < 1 or not length:
+                self._waiting.popleft()
                 request.error = ModelError(f"cannot decode {request.n} samples of a {length}-token prompt with "
                                            f"{self.max_batch_size} slots and {request.max_new_tokens} new tokens")
                 request._open = 1
                 self._finish(None, request)
                 continue
-            self._reserve(length + request.max_new_tokens)
+            group = self._group(len(free))
+            self._reserve(max(len(r.prompt) + r.max_new_tokens for r in group))
             with torch.inference_mode():
-                logits, cache = self._prefill(request)
-                if self.t < length:
-                    self._shift(length - self.t)
-                for i in range(request.n):
-                    slot = free[i]
-                    self.temperatures[slot] = request.temperature
-                    first = self._first_token(logits, request.temperature)
-                    self._place(slot, cache, length, first)
-                    self.slots[slot] = (request, i)
-                    self._emit(slot, first)  # may finish at once (end of sequence, max_new_tokens 1)
-                self._keep_prefix(request, cache)
+                rows, logits = self._prefill(group)
+                self.prefills += 1
+                longest = max(len(r.prompt) for r in group)
+                if self.t < longest:
+                    self._shift(longest - self.t)
+                for r, (row, kv) in enumerate(zip(group, rows)):
+                    for i in range(row.n):
+                        slot = free.pop(0)
+                        self.temperatures[slot] = row.temperature
+                        first = self._first_token(logits[r:r + 1], row.temperature)
+                        self._place(slot, kv, len(row.prompt), first)
+                        self.slots[slot] = (row, i)
+                        self._emit(slot, first)  # may finish at once (end of sequence, max_new_tokens 1)
 
-    def _prefill(self, request: Request):
-        """Logits after the prompt and its KV (a DynamicCache), from the kept prefix cache when there is one."""
+    def _defer(self, free: int) -> bool:
+        """Wait for more free slots while the batch decodes: a prefill per freed slot would cost more than the
+        steps it fills. Admit at once when nothing decodes, or when all that waits fits."""
+        if free == self.max_batch_size:
+            return False
+        demand = sum(r.n for r in self._waiting if not r.cancelled)
+        return free < min(demand, max(1, self.max_batch_size // ADMIT_FRACTION))
+
+    def _group(self, free: int) -> list[Request]:
+        """Pop the next request and those right behind it, as many as fit the free slots and PREFILL_ROWS."""
+        group = [self._waiting.popleft()]
+        slots = group[0].n
+        while self._waiting and len(group) < PREFILL_ROWS:
+            nxt = self._waiting[0]
+            if nxt.cancelled or slots + nxt.n > free or nxt.max_new_tokens < 1 or not nxt.prompt:
+                break
+            group.append(self._waiting.popleft())
+            slots += nxt.n
+        return group
+
+    def _prefill(self, group: list[Request]):
+        """Each request's KV per layer (keys, values: heads x length x dim) and its last logits, in one forward.
+
+        The longest kept prefix every prompt starts with is not computed again. The rest of each prompt is
+        left-padded, so every last token sits in the last column; pad columns are masked, then dropped from each
+        KV. The prefix the group shares (one request: its `shared` tokens) is kept for the requests that follow.
+        """
         import torch
         from transformers import DynamicCache
 
-        prefix = tuple(request.prompt[:request.shared]) if MIN_CACHED_PREFIX <= request.shared < len(request.prompt) \
-            else None
-        kept = self.prefixes.get(prefix) if prefix else None
-        if kept is not None:
+        prompts = [r.prompt for r in group]
+        done = max((len(p) for p in self.prefixes if all(len(q) > len(p) and tuple(q[:len(p)]) == p for q in prompts)),
+                   default=0)
+        cache = DynamicCache()
+        if done:
+            prefix = tuple(prompts[0][:done])
             self.prefixes.move_to_end(prefix)
-            cache, ids = copy.deepcopy(kept), request.prompt[len(prefix):]
-        else:
-            cache, ids = DynamicCache(), request.prompt
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1,
-                         **{self._argument: cache})
-        return out.logits[:, -1], cache
+            cache = copy.deepcopy(self.prefixes[prefix])
+            if len(group) > 1:
+                cache.batch_repeat_interleave(len(group))
+        rests = [p[done:] for p in prompts]
+        width = max(len(rest) for rest in rests)
+        pads = [width - len(rest) for rest in rests]
+        pad_id = next(iter(self.eos), 0)
+        kwargs: dict[str, Any] = {}
+        if any(pads):
+            kwargs["attention_mask"] = torch.tensor([[1] * done + [0] * p + [1] * len(rest)
+                                                     for p, rest in zip(pads, rests)], device=self.device)
+            kwargs["position_ids"] = torch.tensor([[done + max(0, j - p) for j in range(width)] for p in pads],
+                                                  device=self.device)
+        ids = torch.tensor([[pad_id] * p + rest for p, rest in zip(pads, rests)], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._argument: cache}, **kwargs)
+        rows = [[(torch.cat([layer.keys[r, :, :done], layer.keys[r, :, done + p:]], dim=1),
+                  torch.cat([layer.values[r, :, :done], layer.values[r, :, done + p:]], dim=1))
+                 for layer in cache.layers] for r, p in enumerate(pads)]
+        shared = group[0].shared if len(group) == 1 else _common_prefix_len(prompts)
+        if MIN_CACHED_PREFIX <= shared and done < shared < min(len(p) for p in prompts):
+            self._keep_prefix(tuple(prompts[0][:shared]), cache, pads.index(0))
+        return rows, out.logits[:, -1]
 
-    def _keep_prefix(self, request: Request, cache) -> None:
-        if not MIN_CACHED_PREFIX <= request.shared < len(request.prompt):
-            return
-        prefix = tuple(request.prompt[:request.shared])
-        if prefix in self.prefixes:
-            return
-        cache.crop(len(prefix) - cache.get_seq_length())  # negative: drop that many (transformers 5.2x)
-        self.prefixes[prefix] = cache
+    def _keep_prefix(self, prefix: tuple[int, ...], cache, row: int) -> None:
+        """Keep the first len(prefix) columns of `row` (an unpadded one) of this prefill's cache."""
+        kept = copy.copy(cache)
+        kept.layers = [copy.copy(layer) for layer in cache.layers]
+        for layer in kept.layers:  # copies: a view would hold (and deepcopy) the whole batch's cache
+            layer.keys = layer.keys[row:row + 1, :, :len(prefix)].clone()
+            layer.values = layer.values[row:row + 1, :, :len(prefix)].clone()
+        self.prefixes[prefix] = kept
         while len(self.prefixes) > PREFIX_CACHES:
             self.prefixes.popitem(last=False)
 
-    def _place(self, slot: int, cache, length: int, first: int) -> None:
-        """Copy a prefilled prompt's KV into `slot`, ending at column t, and set the slot's mask and next input."""
+    def _place(self, slot: int, kv: list, length: int, first: int) -> None:
+        """Copy a prefilled prompt's KV (per layer: keys, values) into `slot`, ending at column t, and set the slot's
+        mask and next input."""
         start = self.t - length
-        for layer, prefilled in zip(self._layers, cache.layers):
-            layer.keys[slot, :, start:self.t] = prefilled.keys[0]
-            layer.values[slot, :, start:self.t] = prefilled.values[0]
+        for layer, (keys, values) in zip(self._layers, kv):
+            layer.keys[slot, :, start:self.t] = keys
+            layer.values[slot, :, start:self.t] = values
         self._mask[slot].fill_(self._masked)
         self._mask[slot, :, :, start:self.t] = 0
         self._positions[slot] = length
@@ -415,6 +472,16 @@ class _Call:
             self.future.set_result(self.fn())
         except Exception as exc:
             self.future.set_exception(exc)
+
+
+def _common_prefix_len(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows share."""
+    n = 0
+    for column in zip(*rows):
+        if any(token != column[0] for token in column):
+            break
+        n += 1
+    return n
 
 
 def _cache_argument(model) -> str:
