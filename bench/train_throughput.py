@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                 # on a CUDA GPU: 8B-class + SmolLM2-135M, both ways
     python bench/train_throughput.py --only 135m     # just the demo-data runs
+    python bench/train_throughput.py --only qwen15 --set model.models_dir=/root/w/models --results-name train_throughput_qwen15
     python bench/train_throughput.py --smoke         # CPU: a tiny Llama, LoRA, a few steps (CI)
 
 For each model it measures (a) `baseline`: HF `Trainer` + PEFT QLoRA as the PEFT docs set it up
@@ -9,7 +10,9 @@ For each model it measures (a) `baseline`: HF `Trainer` + PEFT QLoRA as the PEFT
 with the project's defaults. Figures: real (non-padding) tokens/s over the steps after warm-up,
 MFU = FLOPs per real token x tokens/s / peak, with FLOPs per token = 4*N_frozen + 6*N_lora + attention
 (6 * layers * hidden * example length, causal), against the spec peak (989 TFLOP/s bf16 on H200) and a
-bf16 matmul ceiling measured here; peak GPU memory. Writes bench/results/train_throughput.{json,md}.
+bf16 matmul ceiling measured here; peak GPU memory. Writes bench/results/<--results-name>.{json,md}.
+`--only` picks models (a comma list of 8b, 135m, qwen15); `--set SECTION.KEY=V` (repeatable) overrides every
+text2sql config the bench loads (where `model pull` puts models, train.* settings of every text2sql run).
 
 The 8B-class model is a Llama-3.1-8B config with random weights (speed and memory do not depend on the
 values), built on the GPU and saved once; the sequences are random-token "questions" whose prompt +
@@ -36,12 +39,24 @@ SPEC_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+MODELS = ("8b", "135m", "qwen15")
+"""What --only picks from: the 8B-shaped random Llama, the project's base model (SmolLM2-135M), Qwen2.5-Coder-1.5B."""
+QWEN15 = "qwen2.5-coder-1.5b-instruct"
+PROJECT_OVERRIDES: list[str] = []
+"""--set overrides: every text2sql config the bench loads gets them (before the bench's own run settings)."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps, no result files")
-    parser.add_argument("--only", choices=("8b", "135m"), default=None)
+    parser.add_argument("--only", default=",".join(MODELS), metavar="MODEL[,MODEL]",
+                        help=f"which models to run, a comma list of {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="SECTION.KEY=V",
+                        help="override applied to every text2sql config the bench loads (repeatable)")
+    parser.add_argument("--baseline-batch", type=int, default=None,
+                        help="examples per step of the baseline (default: 16 for 135m, 1 for qwen15, 1 for 8b)")
+    parser.add_argument("--results-name", default="train_throughput",
+                        help="write <out>/<name>.{json,md} (so a run of one model keeps the others' files)")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=6, help="steps left out of the timing")
     parser.add_argument("--seq-len", type=int, default=2048, help="longest example (tokens) of the synthetic data")
@@ -55,6 +70,10 @@ def main() -> None:
     parser.add_argument("--no-defaults", action="store_true", help="skip (b) with the defaults: only the --variant runs")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    only = [m for m in args.only.split(",") if m]
+    if unknown := sorted(set(only) - set(MODELS)):
+        sys.exit(f"--only: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    PROJECT_OVERRIDES.extend(args.sets)
     variants = ([] if args.no_defaults else [("text2sql", [])]) + [parse_variant(v) for v in args.variant]
 
     import torch
@@ -74,13 +93,16 @@ def main() -> None:
         model_dir = build_random_model(workdir / "tiny", TINY, cuda=False)
         plans.append(("tiny", model_dir, synthetic_pairs(model_dir, 24, args.seq_len, seed=0), 2, args.seq_len))
     else:
-        if args.only in (None, "135m"):
-            # The demo examples carry the whole schema (~2,100 tokens): the project's train.max_length holds them.
-            plans.append(("smollm2-135m", pull_default_model(workdir), demo_pairs(), 16, project_max_length()))
-        if args.only in (None, "8b"):
+        batch = lambda default: args.baseline_batch or default  # noqa: E731
+        # The demo examples carry the whole schema (~2,100 tokens): the project's train.max_length holds them.
+        if "135m" in only:
+            plans.append(("smollm2-135m", pull_project_model(), demo_pairs(), batch(16), project_max_length()))
+        if "qwen15" in only:  # the GPU base model; its padded baseline runs one example per step (what fits anywhere)
+            plans.append(("qwen2.5-coder-1.5b", pull_project_model(QWEN15), demo_pairs(), batch(1), project_max_length()))
+        if "8b" in only:
             model_dir = build_random_model(workdir / "llama-8b-random", LLAMA_8B, cuda=True)
             plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0),
-                          1, args.seq_len))
+                          batch(1), args.seq_len))
     profiles = []
     for name, model_dir, pairs, batch, seq_len in plans:
         mean_len = mean_length(model_dir, pairs, seq_len)
@@ -106,7 +128,7 @@ def main() -> None:
             runs.append(result)
             print(json.dumps(result), flush=True)
             if not args.smoke:  # after every run, so a run cut short by a time limit still leaves its figures
-                write_results(args.out, device, peak, ceiling, runs, profiles)
+                write_results(args.out, args.results_name, device, peak, ceiling, runs, profiles)
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
@@ -123,12 +145,12 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return f"text2sql-{name}", overrides.split(",")
 
 
-def write_results(out: Path, device: str, peak, ceiling, runs: list[dict], profiles: list[dict]) -> None:
+def write_results(out: Path, name: str, device: str, peak, ceiling, runs: list[dict], profiles: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {"device": device, "date": dt.date.today().isoformat(), "spec_peak_tflops": peak,
-              "measured_matmul_tflops": ceiling, "runs": runs}
-    (out / "train_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "train_throughput.md").write_text(render_table(runs) + "\n")
+              "measured_matmul_tflops": ceiling, "overrides": PROJECT_OVERRIDES, "runs": runs}
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(render_table(runs) + "\n")
     if profiles:
         (out / "train_profile.json").write_text(json.dumps({"device": device, "date": report["date"],
                                                             "profiles": profiles}, indent=2) + "\n")
@@ -179,18 +201,24 @@ def random_llama(shape: dict, tokenizer, vocab_size: int, cuda: bool):
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
 
 
-def pull_default_model(workdir: Path) -> Path:
+def project_config(*overrides: str):
+    """The project's text2sql.yaml with the --set overrides, then these."""
     from text2sql.config import load_config
+
+    return load_config(REPO / "text2sql.yaml", [*PROJECT_OVERRIDES, *overrides])
+
+
+def pull_project_model(name: str | None = None) -> Path:
+    """The project's base model (or `name`), made by `text2sql model pull` under the config's model.models_dir."""
     from text2sql.models import pull_model
 
-    return pull_model(load_config(REPO / "text2sql.yaml"))
+    return pull_model(project_config(*([f"model.base={name}"] if name else [])))
 
 
 def demo_pairs() -> list:
-    from text2sql.config import load_config
     from text2sql.data import load_pairs
 
-    return load_pairs(load_config(REPO / "text2sql.yaml"), "demo", "train")
+    return load_pairs(project_config(), "demo", "train")
 
 
 TEMPLATE_SLACK = 4
@@ -250,7 +278,7 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0}
-        from text2sql.train import set_expandable_segments
+        from text2sql.train_speed import set_expandable_segments
 
         set_expandable_segments(False)  # the allocator's default: a text2sql run before may have turned them on
     _reset_memory(cuda)
@@ -277,15 +305,11 @@ def run_baseline(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
 
 def project_learning_rate() -> float:
     """The baseline trains with the project's learning rate, so the two loss curves compare."""
-    from text2sql.config import load_config
-
-    return load_config(REPO / "text2sql.yaml").train.learning_rate
+    return project_config().train.learning_rate
 
 
 def project_max_length() -> int:
-    from text2sql.config import load_config
-
-    return load_config(REPO / "text2sql.yaml").train.max_length
+    return project_config().train.max_length
 
 
 def tokenize_pairs(tokenizer, pairs: list, limit: int) -> list[dict]:
@@ -349,7 +373,7 @@ def run_text2sql(model_dir: Path, pairs: list, batch: int, seq_len: int, args, o
                  f"train.save_steps={args.steps * 10}", "train.run_name=bench", f"train.max_length={seq_len}"]
     if args.smoke:
         overrides += [f"train.per_device_train_batch_size={batch}"]
-    cfg = load_config(project / "text2sql.yaml", [*overrides, *extra])
+    cfg = load_config(project / "text2sql.yaml", [*PROJECT_OVERRIDES, *overrides, *extra])
     # The profiled steps (right after warm-up) are slowed by the profiler: the timing starts after them.
     meter = ThroughputMeter(args.warmup + args.profile, cuda, count_tokens=False)
     callbacks = [meter.callback()]
@@ -564,14 +588,24 @@ def _reset_memory(cuda: bool) -> None:
 
 def flops_per_token(model_dir: Path, lora_params: int, mean_len: float) -> float:
     """4*N_frozen + 6*N_lora + causal attention (6 * layers * hidden * example length), per real token."""
+    h, i, layers, q, kv, vocab = _shape(model_dir)
+    per_layer = h * q * 2 + h * kv * 2 + 3 * h * i  # q, o, k, v projections + gated MLP
+    # The embedding lookup does no FLOPs; the lm_head matmul is counted once whether or not its weight is tied to
+    # the embedding (Qwen2.5-1.5B, SmolLM2): tying shares the parameters, not the work. It is counted for every
+    # token, as MFU's "model FLOPs" do, though TRL's fused LM head projects only the completion's positions.
+    frozen = layers * per_layer + h * vocab
+    return 4 * frozen + 6 * lora_params + 6 * layers * h * mean_len
+
+
+def _shape(model_dir: Path) -> tuple[int, int, int, int, int, int]:
+    """(hidden, intermediate, layers, query width, key/value width, vocab) from the model's config; the head
+    width from `head_dim` where the config has one (it need not be hidden / heads)."""
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(model_dir)
-    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    kv = c.num_key_value_heads * (h // c.num_attention_heads)
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o, k, v projections + gated MLP
-    frozen = layers * per_layer + h * c.vocab_size  # + lm_head (embedding lookups do no FLOPs)
-    return 4 * frozen + 6 * lora_params + 6 * layers * h * mean_len
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads * head_dim,
+            c.num_key_value_heads * head_dim, c.vocab_size)
 
 
 def mfu(result: dict, model_dir: Path, peak: float | None, ceiling: float | None) -> dict:
@@ -586,13 +620,9 @@ def mfu(result: dict, model_dir: Path, peak: float | None, ceiling: float | None
 
 
 def _lora_params(model_dir: Path, r: int = 16) -> int:
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model_dir)
-    h, i = c.hidden_size, c.intermediate_size
-    kv = c.num_key_value_heads * (h // c.num_attention_heads)
-    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
-    return c.num_hidden_layers * sum(r * (a + b) for a, b in shapes)
+    h, i, layers, q, kv, _ = _shape(model_dir)
+    shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]  # all-linear: never the (tied) lm_head
+    return layers * sum(r * (a + b) for a, b in shapes)
 
 
 def render_table(runs: list[dict]) -> str:
