@@ -21,7 +21,7 @@ STAGES = [
     ("warehouse", ["text2sql.warehouse"]),  # the package: engines, guard (the SQL check), sandbox (the workers)
     ("data", ["text2sql.data"]),  # the package and every module in it (compare: result comparison, eval uses it)
     ("prompt", ["text2sql.prompt"]),
-    ("train", ["text2sql.models", "text2sql.train", "text2sql.distributed", "text2sql.merge"]),
+    ("train", ["text2sql.models", "text2sql.train", "text2sql.train_speed", "text2sql.distributed", "text2sql.merge"]),
     ("select", ["text2sql.select"]),  # candidate selection: needs only the sandbox; generate, evaluate, serve use it
     ("generate", ["text2sql.generate", "text2sql.engine"]),
     ("evaluate", ["text2sql.evaluate"]),

@@ -369,7 +369,7 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
     """The auto choices, against an 8B-class config: what fits decides micro-batch and checkpointing, not the step."""
     from transformers import LlamaConfig
 
-    from text2sql import train as train_module
+    from text2sql import train_speed as train_module
     from text2sql.config import load_config
 
     LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -380,7 +380,7 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
 
     cpu = train_module.speed_settings(cfg, "lora", False, tmp_path, short)
     assert cpu == {"packing": False, "micro_batch_size": 16, "gradient_accumulation_steps": 1,
-                   "gradient_checkpointing": False, "group_by_length": False, "liger": False,
+                   "gradient_checkpointing": False, "group_by_length": False, "liger": False, "compile": False,
                    "drop_padding_mask": True, "mean_example_tokens": 600.0}
 
     monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
@@ -388,7 +388,7 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
     assert not big["packing"] and not big["gradient_checkpointing"]
     assert big["micro_batch_size"] * big["gradient_accumulation_steps"] == 16 and big["micro_batch_size"] < 16
     assert big["group_by_length"]  # no flash-attention here: batches of similar length instead of packing
-    monkeypatch.setattr(train_module, "_attention", lambda cuda: "flash_attention_2")
+    monkeypatch.setattr(train_module, "attention_implementation", lambda cuda: "flash_attention_2")
     packed = train_module.speed_settings(cfg, "qlora", True, tmp_path, short)
     assert packed["packing"] and not packed["group_by_length"]
     # ~3.2 examples of 600 tokens fill a 2048-token row: 5 rows hold the step's 16 examples
@@ -404,3 +404,66 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
     fixed = train_module.speed_settings(cfg, "qlora", True, tmp_path, short)
     assert (fixed["packing"], fixed["micro_batch_size"], fixed["gradient_accumulation_steps"],
             fixed["gradient_checkpointing"]) == (False, 2, 8, True)
+
+    # train.max_memory_gb replaces 80 % of the device's memory: 8 GiB on the 141 GiB GPU needs checkpointing.
+    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.max_length=2048", "train.max_memory_gb=8"])
+    assert train_module.speed_settings(cfg, "qlora", True, tmp_path, long)["gradient_checkpointing"]
+
+
+def test_micro_batch_estimate_fits_the_budget():
+    """The memory estimate alone: the largest divisor of the step's rows that fits, checkpointing when one row does not."""
+    from text2sql.train_speed import fit_micro_batch
+
+    llama_8b = (32, 4096, 128256, 8_800_000_000)
+    qwen_15b = (28, 1536, 151936, 1_900_000_000)
+    gib = 2**30
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 0.8 * 141 * gib) == (4, False)  # 4 x 19.3 GB; 8 would not fit
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 16 * gib) == (8, True)  # checkpointed rows are small
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 12 * gib) == (4, True)
+    assert fit_micro_batch(qwen_15b, "qlora", 16, 2200, 8 * gib) == (8, True)  # the memory mode
+    assert fit_micro_batch(qwen_15b, "qlora", 16, 2200, 0.8 * 141 * gib) == (16, False)
+    assert fit_micro_batch(qwen_15b, "qlora", 12, 2200, 0.8 * 80 * gib) == (6, False)  # a divisor of 12, not 7 or 8
+    # Nothing fits: one row, checkpointed. Explicit values are kept.
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 4 * gib) == (1, True)
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 8 * gib, micro_batch_size=3) == (3, True)
+    assert fit_micro_batch(llama_8b, "qlora", 16, 2048, 8 * gib, checkpointing=False) == (1, False)
+    # The full vocabulary's logits are never held (TRL's fused LM head), so a bigger vocabulary costs no activations.
+    assert fit_micro_batch((28, 1536, 10 * 151936, 1_900_000_000), "qlora", 16, 2200, 8 * gib) == (8, True)
+
+
+def test_compile_with_gradient_checkpointing_is_a_config_error(tmp_path):
+    from transformers import LlamaConfig
+
+    from text2sql.train_speed import speed_settings
+
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=512).save_pretrained(tmp_path)
+    (tmp_path / "text2sql.yaml").write_text("")
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.compile=true", "train.gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="train.compile: true cannot be combined with gradient checkpointing"):
+        speed_settings(cfg, "lora", False, tmp_path, [100])
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.compile=auto", "train.gradient_checkpointing=true"])
+    assert speed_settings(cfg, "lora", False, tmp_path, [100])["compile"] is False  # auto: off on a CPU
+    with pytest.raises(ConfigError, match="train.compile: 'sometimes' is not one of"):
+        load_config(tmp_path / "text2sql.yaml", ["train.compile=sometimes"])
+
+
+@pytest.mark.slow  # ~90 s on 2 CPU cores: inductor compiles the layer's forward and backward
+def test_compiled_decoder_layers_train_to_the_same_losses(tiny_project):
+    """train.compile=true (each decoder layer torch.compiled in place) changes no loss; the adapter saves as usual."""
+    from text2sql.train import train
+    from text2sql.train_speed import compile_available
+
+    if not compile_available(cuda=False):
+        pytest.skip("torch.compile cannot build CPU kernels here (no C++ compiler)")
+    common = ["train.max_steps=3", "train.save_steps=1000", "train.eval_steps=0"]
+    losses = {}
+    for compiled in (False, True):
+        run = train(load_config(tiny_project, [*common, f"train.compile={str(compiled).lower()}", f"train.run_name=c{compiled}"]))
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["resolved_train"]["compile"] is compiled
+        losses[compiled] = [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+        assert (run / "adapter_model.safetensors").exists()
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-4)

@@ -243,6 +243,10 @@ class TrainConfig(_Section):
     """Train right-padded batches without their padding mask, so SDPA runs its causal flash kernel (no real token attends to a later pad; pads carry no loss). Eval and generation keep the mask."""
     micro_batch_size: int = 0
     """Rows per forward pass; 0 = auto: the largest that fits the GPU's memory, the rest of an optimizer step (per_device_train_batch_size examples) by gradient accumulation."""
+    max_memory_gb: float = 0.0
+    """GPU memory (GiB) the auto micro_batch_size and gradient_checkpointing fit under; 0 = 80 % of the device's. A small value (8) is a memory mode: checkpointing on, micro-batch to match."""
+    compile: bool | str = False
+    """Regional compilation: torch.compile each decoder layer (dynamic shapes) once PEFT has wrapped the model; skipped where torch.compile cannot build kernels. auto = on a CUDA GPU when gradient checkpointing is off; true with checkpointing is refused."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -266,20 +270,19 @@ class TrainConfig(_Section):
 
     def _problems(self) -> list[str]:
         problems = self._one_of("method", METHODS)
-        for key in ("packing", "gradient_checkpointing", "liger"):
+        for key in ("packing", "gradient_checkpointing", "liger", "compile"):
             problems += self._one_of(key, (True, False, "auto"))
         if self.max_length < 1:
             why = " (train.packing needs it: the packed row length)" if self.packing is True else ""
             problems.append(f"max_length: must be >= 1, got {self.max_length!r}{why}")
-        problems += self._at_least(-1, "max_steps") + self._at_least(0, "num_train_epochs", "micro_batch_size")
+        problems += self._at_least(-1, "max_steps") + self._at_least(0, "num_train_epochs", "micro_batch_size", "max_memory_gb")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             problems.append(f"max_steps: set max_steps > 0 or num_train_epochs > 0 (got {self.max_steps} and "
                             f"{self.num_train_epochs})")
         problems += self._positive("learning_rate")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio!r}")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        for key in ("warmup_ratio", "lora_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                problems.append(f"{key}: must be in [0, 1), got {getattr(self, key)!r}")
         problems += self._one_of("select_by", ("auto", "dev_ex", "last")) + self._at_least(0, "eval_steps")
         return problems + self._at_least(
             1, "per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps",
@@ -593,8 +596,5 @@ def _type_name(hint: Any) -> str:
 
 def dump_config(cfg: Config) -> dict[str, Any]:
     """The resolved config as a plain mapping (what run dirs and reports record)."""
-    return {
-        f.name: dataclasses.asdict(getattr(cfg, f.name))
-        for f in dataclasses.fields(cfg)
-        if not f.metadata.get("internal")
-    }
+    sections = [f for f in dataclasses.fields(cfg) if not f.metadata.get("internal")]
+    return {f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in sections}

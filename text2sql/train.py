@@ -15,7 +15,9 @@ Features and knobs (the `train` section of text2sql.yaml):
   sequence boundaries; SDPA/eager get a block-diagonal mask that transformers builds from the position
   ids when there is no attention mask and no KV cache (so `use_cache` is off while training).
 - `drop_padding_mask`: right-padded (unpacked) batches train without their padding mask, so SDPA takes its
-  causal flash kernel; `liger`: Liger's RMSNorm/SwiGLU/RoPE kernels when installed (CUDA).
+  causal flash kernel; `liger`: Liger's RMSNorm/SwiGLU/RoPE kernels when installed (CUDA); `compile`: regional
+  compilation (each decoder layer torch.compiled); `max_memory_gb`: the budget the auto micro-batch fits under
+  (`text2sql.train_speed` resolves these).
 - `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split; 0 = none),
   checkpoints every `save_steps` (`--resume` continues from the last complete one), logs to
   TensorBoard (`<run>/runs/`) and `<run>/log.jsonl`, a progress bar.
@@ -58,6 +60,7 @@ from text2sql.errors import TRAIN_PACKAGES, ConfigError, DataError, ModelError, 
 from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.models import resolve_base_model, set_end_of_turn, weights_sha256
 from text2sql.prompt import PromptBuilder
+from text2sql.train_speed import attention_implementation, compile_decoder_layers, set_expandable_segments, speed_settings
 from text2sql.vocab import METHODS
 
 
@@ -216,104 +219,6 @@ def _check_lengths(records: list[dict], tokenizer, max_length: int) -> list[int]
     return lengths
 
 
-# Activation bytes per token and layer without checkpointing, and with it (the layer input alone is kept).
-# Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models") count ~34 * hidden
-# for bf16; (Q)LoRA adds the adapters' inputs and outputs and the dequantized weights' buffers: measured on an
-# H200, QLoRA peaked at ~64 * hidden per layer and token (8B-class, 2k tokens) and ~40 (SmolLM2-135M). 72 keeps margin.
-_ACT_BYTES_PER_HIDDEN = 72
-_CKPT_BYTES_PER_HIDDEN = 2
-_WEIGHT_BYTES = {"qlora": 0.56, "lora": 2.0, "full": 16.0}  # per parameter: NF4 + double-quant scales; bf16; fp32 + Adam
-
-
-def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths: list[int]) -> dict:
-    """Packing, micro-batch, accumulation and checkpointing for this model on this device.
-
-    Explicit `train.*` values win; `auto` ones are chosen here. An optimizer step always sees about
-    `per_device_train_batch_size * gradient_accumulation_steps` examples (packed rows are counted by the
-    examples they hold), so the loss curve does not depend on what fits in memory.
-    """
-    import math
-
-    t = cfg.train
-    mean_len = sum(lengths) / max(len(lengths), 1)
-    # Padding-free packing flattens a micro-batch into one sequence. Only flash-attention's varlen kernel
-    # then skips the cross-example blocks; SDPA would attend over the whole flat sequence under a
-    # block-diagonal mask (quadratic in micro-batch x length), so auto packs only with flash-attention.
-    packing = t.packing if isinstance(t.packing, bool) else bool(cuda and _attention(cuda) == "flash_attention_2"
-                                                                    and mean_len <= 0.75 * t.max_length)
-    # Without packing, batches of similar lengths waste little on padding (a GPU-only trick: it reorders).
-    group_by_length = bool(cuda and not packing)
-    per_row = max(1.0, 0.95 * t.max_length / mean_len) if packing else 1.0  # BFD fills rows ~95 %
-    rows = max(1, math.ceil(t.per_device_train_batch_size / per_row))
-    row_tokens = t.max_length if packing else max(lengths, default=t.max_length)
-    checkpointing = t.gradient_checkpointing if isinstance(t.gradient_checkpointing, bool) else False
-    micro = t.micro_batch_size or rows
-    if cuda and (t.micro_batch_size <= 0 or t.gradient_checkpointing == "auto"):
-        layers, hidden, vocab, params = _model_shape(base_dir)
-        budget = 0.8 * _gpu_memory_bytes() - params * _WEIGHT_BYTES[method] - 2 * 2**30
-
-        def row_bytes(ckpt: bool) -> float:
-            per_token = layers * hidden * (_CKPT_BYTES_PER_HIDDEN if ckpt else _ACT_BYTES_PER_HIDDEN)
-            per_token += hidden * _ACT_BYTES_PER_HIDDEN * ckpt + vocab * 6  # a recomputed layer; bf16 logits + fp32 loss
-            return row_tokens * per_token
-
-        if t.gradient_checkpointing == "auto":
-            checkpointing = row_bytes(False) > budget
-        if t.micro_batch_size <= 0:  # the largest divisor of the step's rows that fits: no step over- or undershoots
-            micro = max((d for d in range(1, rows + 1) if rows % d == 0 and d * row_bytes(checkpointing) <= budget),
-                        default=1)
-    accumulation = math.ceil(rows / micro) * t.gradient_accumulation_steps
-    liger = t.liger if isinstance(t.liger, bool) else cuda and _liger_available()
-    return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
-            "gradient_checkpointing": checkpointing, "group_by_length": group_by_length, "liger": liger,
-            "drop_padding_mask": t.drop_padding_mask and not packing, "mean_example_tokens": round(mean_len, 1)}
-
-
-def set_expandable_segments(on: bool) -> None:
-    """Turn the CUDA allocator's expandable segments on or off for allocations from now on, unless the user
-    set PYTORCH_CUDA_ALLOC_CONF. Batches of varying length (group_by_length) otherwise leave the allocator
-    splitting and caching odd-sized blocks: +11% tokens/s for SmolLM2-135M on the H200
-    (bench/results/train_throughput_135m.json)."""
-    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
-        return
-    import torch
-
-    # Private, but there since torch 2.1 (vLLM toggles it the same way); its name moved in torch 2.12.
-    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
-        torch.cuda.memory, "_set_allocator_settings", None)
-    try:
-        if setter is not None:
-            setter(f"expandable_segments:{on}")
-    except RuntimeError:  # a build that cannot: keep the default allocator
-        pass
-
-
-def _liger_available() -> bool:
-    """liger-kernel and the Triton it compiles with both import (it ships as pure Python; Triton may be missing)."""
-    try:
-        import liger_kernel.transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _model_shape(base_dir: Path) -> tuple[int, int, int, int]:
-    """(layers, hidden size, vocab size, parameter count) from a model dir's config."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(base_dir)
-    layers, hidden, vocab = c.num_hidden_layers, c.hidden_size, c.vocab_size
-    inter = getattr(c, "intermediate_size", 4 * hidden)
-    params = layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
-    return layers, hidden, vocab, params
-
-
-def _gpu_memory_bytes() -> int:
-    import torch
-
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-
-
 def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1, force: bool = False) -> tuple[Path, Path | None]:
     """The run dir (new, or the one to resume) and the checkpoint to resume from; `force` empties an existing one."""
     root = cfg.path(cfg.train.output_dir)
@@ -382,7 +287,7 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": _attention(cuda)}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": attention_implementation(cuda)}
     if method == "full":
         kwargs["dtype"] = torch.float32  # fp32 master weights; bf16 autocast does the compute on a GPU
     if method == "qlora":
@@ -402,17 +307,6 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
     # per-example (block-diagonal) mask that padding-free packing needs under SDPA/eager attention.
     model.config.use_cache = False
     return model
-
-
-def _attention(cuda: bool) -> str:
-    if cuda:
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
 
 
 def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Path, train_records, dev_records,
@@ -473,6 +367,8 @@ def _trainer(cfg: Config, method: str, cuda: bool, model, tokenizer, run_dir: Pa
     )
     if speed["drop_padding_mask"]:
         drop_padding_mask(trainer.model)
+    if speed["compile"]:  # after PEFT wrapped the model (SFTTrainer does): the LoRA layers are in the compiled graphs
+        compile_decoder_layers(trainer.model)
     return trainer
 
 
