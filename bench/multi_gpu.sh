@@ -10,6 +10,8 @@
 #   source .gpu/whl/env.sh && bash bench/multi_gpu.sh ddp     # nvidia-h200-x2, about 4 min
 #   source .gpu/whl/env.sh && bash bench/multi_gpu.sh fsdp    # about 5 min (builds the 8B model once, in /tmp)
 #   SMOKE=1 PYTHON=.venv/bin/python bash bench/multi_gpu.sh ddp   # CPU: a tiny random Llama, gloo, a few steps
+#   EXTRA="--set model.models_dir=/root/w/models --set model.base=qwen2.5-coder-1.5b-instruct" bash bench/multi_gpu.sh ddp
+# EXTRA: more `text2sql` arguments (space-separated) for every call of the ddp part, model pull included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -36,17 +38,18 @@ from bench.train_throughput import TINY, build_random_model; build_random_model(
   common+=(--set "model.base=$tiny" --set train.per_device_train_batch_size=4)
 fi
 torchrun=("$py" -m torch.distributed.run --standalone)
+read -r -a extra <<< "${EXTRA:-}"
 
 if [[ $part == ddp || $part == all ]]; then
   # Convert the GGUF base once, before several ranks would race to do it.
-  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull --config text2sql.yaml
+  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull --config text2sql.yaml "${extra[@]}"
   rm -rf "$runs/one-gpu" "$runs/ddp-1" "$runs/ddp-2"
   CUDA_VISIBLE_DEVICES=$one_gpu "$py" -m text2sql.cli train "${common[@]}" --set train.max_steps="$steps" \
-    --set train.run_name=one-gpu
+    --set train.run_name=one-gpu "${extra[@]}"
   CUDA_VISIBLE_DEVICES=$one_gpu "${torchrun[@]}" --nproc_per_node 1 -m text2sql.cli train "${common[@]}" \
-    --set train.max_steps="$steps" --set train.run_name=ddp-1
+    --set train.max_steps="$steps" --set train.run_name=ddp-1 "${extra[@]}"
   "${torchrun[@]}" --nproc_per_node 2 -m text2sql.cli train "${common[@]}" --set train.max_steps="$steps" \
-    --set train.run_name=ddp-2
+    --set train.run_name=ddp-2 "${extra[@]}"
   "$py" bench/multi_gpu_report.py --warmup "$warmup" --out "$out/multi_gpu_ddp" \
     "$runs/one-gpu" "$runs/ddp-1" "$runs/ddp-2"
 fi
