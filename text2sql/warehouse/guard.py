@@ -526,14 +526,19 @@ def catalog_signature(con) -> tuple:
 
 def binder_signature(snapshot: SchemaSnapshot) -> tuple | None:
     """`catalog_signature` of the binder `check_reply_sql` uses for `snapshot`, or None when it needs session
-    statements other than its USE (a search path): then queries are always bound there."""
-    con, session = _binder(snapshot)
-    if any(not statement.startswith("USE ") for statement in session):
-        return None
-    try:
-        return catalog_signature(con)
-    except Exception:  # a relation the binder cannot describe: bind there, as always
-        return None
+    statements other than its USE (a search path): then queries are always bound there. Kept per snapshot (eval
+    makes its runners in a passing thread, whose binders go with it)."""
+    key = (snapshot.catalog, snapshot.fingerprint)
+    if key not in _SIGNATURES:
+        con, session = _binder(snapshot)
+        try:
+            _SIGNATURES[key] = None if any(not s.startswith("USE ") for s in session) else catalog_signature(con)
+        except Exception:  # a relation the binder cannot describe: bind there, as always
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
+
+
+_SIGNATURES: dict[tuple, tuple | None] = {}
 
 
 def _parser_connection():

@@ -486,6 +486,22 @@ class QueryRunner:
         with ThreadPoolExecutor(self.size) as pool:
             return list(pool.map(lambda s: self.run(s, max_rows, checked), sqls))
 
+    def start(self) -> QueryRunner:
+        """Start the workers now instead of at the first queries (to ready one database while another is used)."""
+        with self._lock:
+            missing = self.size - len(self._idle)
+        started: list[_Worker] = []
+        try:
+            for _ in range(missing):
+                started.append(_Worker(self.spec, self.memory_limit, self.threads, self.snapshot, self._binder))
+        except BaseException:
+            for worker in started:
+                worker.close()
+            raise
+        with self._lock:
+            self._idle.extend(started)
+        return self
+
     def _take(self) -> _Worker:
         with self._lock:
             while self._idle:
