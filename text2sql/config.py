@@ -246,7 +246,7 @@ class TrainConfig(_Section):
     max_memory_gb: float = 0.0
     """GPU memory (GiB) the auto micro_batch_size and gradient_checkpointing fit under; 0 = 80 % of the device's. A small value (8) is a memory mode: checkpointing on, micro-batch to match."""
     compile: bool | str = False
-    """Regional compilation: torch.compile each decoder layer (dynamic shapes) once PEFT has wrapped the model; skipped where torch.compile cannot build kernels. auto = on a CUDA GPU when gradient checkpointing is off; true with checkpointing is refused."""
+    """Regional compilation: torch.compile each decoder layer (dynamic shapes) once PEFT has wrapped the model; skipped where torch.compile cannot build kernels. auto = on a CUDA GPU when gradient checkpointing and Liger are off; true with either is refused (Liger's Triton RMSNorm fails under torch.compile, H200, torch 2.11)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32

@@ -39,7 +39,8 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
     examples they hold), so the loss curve does not depend on what fits in memory.
 
     Raises:
-        ConfigError: train.compile true with gradient checkpointing on (set, or needed to fit the memory budget).
+        ConfigError: train.compile true with gradient checkpointing on (set, or needed to fit the memory budget), or
+            with Liger's kernels on.
     """
     t = cfg.train
     mean_len = sum(lengths) / max(len(lengths), 1)
@@ -67,10 +68,13 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
         raise ConfigError(f"train.compile: true cannot be combined with gradient checkpointing ({why}): the recomputed "
                           "layers would run outside the compiled graphs; set train.compile to false or auto, or give "
                           "train.max_memory_gb more room")
+    if t.compile is True and liger:  # measured on an H200 (torch 2.11, liger-kernel 0.8.5): dynamo fails in its RMSNorm
+        raise ConfigError("train.compile: true cannot be combined with Liger's kernels (torch.compile fails inside "
+                          "their Triton RMSNorm): set train.liger to false, or train.compile to false or auto")
     if isinstance(t.compile, bool):
         compiled = t.compile and compile_available(cuda)  # no compiler here: train uncompiled, as with false
     else:
-        compiled = cuda and not checkpointing and compile_available(cuda)
+        compiled = cuda and not checkpointing and not liger and compile_available(cuda)
     return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
             "gradient_checkpointing": checkpointing, "group_by_length": group_by_length, "liger": liger,
             "compile": compiled, "drop_padding_mask": t.drop_padding_mask and not packing,
