@@ -205,3 +205,31 @@ def test_a_warm_engine_takes_a_self_correction_prompt_without_growing_its_cache(
     assert size >= len(ids) + 32
     engine.run([Request(retry_ids, 32, shared=shared[1])])
     assert engine.cache_tokens == size and len(retry_ids) > len(ids)
+
+
+def test_one_shape_run_decodes_a_single_batch_bucket_with_the_same_replies(tiny_project):
+    """Compiled, `run` (predict) keeps one batch bucket and one cache length while the batch drains, so a fresh
+    process compiles one step; the replies stay those of the power-of-two buckets (CPU: compile off, same logic)."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.engine import Request
+    from text2sql.generate import decode_engine, encode_chats
+    from text2sql.prompt import build_messages
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    snapshot = load_snapshot(cfg)
+    chats = [build_messages(q, snapshot, gen.prompt, gen.tokenizer) for q, _, _ in PAIRS[:6]]
+    ids, shared = encode_chats(gen, chats)
+    engine = decode_engine(gen, 8)
+
+    def replies() -> list[list[int]]:  # the later slots stop first, so the batch drains to smaller buckets
+        requests = [Request(row, 14 - 2 * i, shared=n) for i, (row, n) in enumerate(zip(ids, shared))]
+        engine.run(requests)
+        return [r.outputs[0] for r in requests]
+
+    drained = replies()
+    assert len({batch for batch, _ in engine.shapes}) > 1  # 8, then 4 and 2 as the high slots end
+    engine.shapes.clear()
+    engine.one_shape = True
+    assert replies() == drained
+    assert engine.shapes == {(8, engine.cache_tokens)}  # 6 prompts: the 8-slot bucket, one cache length

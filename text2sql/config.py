@@ -364,8 +364,8 @@ class ServeConfig(_Section):
     """Longer questions get 422."""
     max_concurrency: int = 16
     """Requests in flight at once; more get 429."""
-    max_batch_size: int = 8
-    """Requests sharing one generation batch."""
+    max_batch_size: int = 16
+    """Requests sharing one generation batch (decode slots with static decoding); as many as max_concurrency, so no request in flight waits for a slot."""
     retries: int = 1
     """Self-correction attempts after a validation or execution error."""
     upstream: str = ""

@@ -96,6 +96,9 @@ class DecodeEngine:
         self.starts = [0] * max_batch_size  # first column of each slot's tokens
         self.temperatures: list[float] = [0.0] * max_batch_size
         self.steps = self.shifts = self.prefills = 0
+        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, cache length) decoded: one compiled step each
+        self.one_shape = compile  # `run` decodes one bucket throughout (see there)
+        self._floor = 1
         self._incoming: queue.Queue[Request] = queue.Queue()
         self._waiting: deque[Request] = deque()
         self._argument = _cache_argument(self.model)
@@ -122,11 +125,24 @@ class DecodeEngine:
         return future
 
     def run(self, requests: list[Request]) -> None:
-        """Decode `requests` to the end in this thread (predict/eval)."""
-        for request in requests:
-            self.submit(request)
-        while self.step():
-            pass
+        """Decode `requests` to the end in this thread (predict/eval).
+
+        The cache is sized for the longest request before the first step, and with `one_shape` (on when compiled)
+        every step decodes the batch bucket that holds all the requests, also while the batch drains: a fresh
+        process then compiles one step, not one per cache length and bucket it meets (each costs seconds, a
+        drained step at the full bucket about a millisecond more)."""
+        if requests:
+            self._reserve(max(len(r.prompt) + r.max_new_tokens for r in requests))
+        wanted = min(sum(max(r.n, 1) for r in requests), self.max_batch_size)
+        floor = next(b for b in self.buckets if b >= wanted) if self.one_shape and requests else 1
+        saved, self._floor = self._floor, floor
+        try:
+            for request in requests:
+                self.submit(request)
+            while self.step():
+                pass
+        finally:
+            self._floor = saved
         failed = next((r.error for r in requests if r.error is not None), None)
         if failed is not None:
             raise failed
@@ -193,9 +209,10 @@ class DecodeEngine:
             return bool(self._waiting)
         if self.t >= self.cache_tokens:
             self._shift(-min(self.starts[s] for s in occupied))
-        batch = next(b for b in self.buckets if b > occupied[-1])
+        batch = next(b for b in self.buckets if b > occupied[-1] and b >= self._floor)
         tokens = self._decode(batch).tolist()
         self.steps += 1
+        self.shapes.add((batch, self.cache_tokens))
         for s in occupied:
             request = self.slots[s][0]
             request.batch = max(request.batch, len(occupied))
