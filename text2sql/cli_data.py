@@ -194,16 +194,26 @@ def data_import_spider(path, config_path, overrides, name, split, force, as_json
 @click.argument("dataset", required=False)
 @config_option
 @set_option
-@click.option("--n", "n", type=int, default=2000, show_default=True, help="Candidates to propose.")
-@click.option("--model", "model_dir", default=None, help="Model that writes and answers the questions (default model.base).")
+@click.option("--n", "n", type=int, default=None, help="Candidates to propose.  [default: 2000]")
+@click.option("--model", "model_dir", default=None, help="Model that writes the questions (default model.base).")
+@click.option("--answer-model", "answer_model", default=None,
+              help="Model that answers them in the round trip, with its own prompt, e.g. a merged run dir "
+                   "(default: --model).")
 @click.option("--seed", type=int, default=None, help="Seed of the mutations (default data.seed).")
 @click.option("--keep-unconfirmed", is_flag=True, help="Keep candidates whose round trip failed (confirmed: false).")
-def data_synthesize(dataset, config_path, overrides, n, model_dir, seed, keep_unconfirmed):
+@click.option("--reconfirm", is_flag=True, help="Only run the round trip again over synthetic.jsonl (every "
+                                                  "candidate) and rewrite its confirmed flags.")
+def data_synthesize(dataset, config_path, overrides, n, model_dir, answer_model, seed, keep_unconfirmed, reconfirm):
     """Propose pairs from the train split (SQL mutated, question written, round trip) into synthetic.jsonl."""
-    from text2sql.synthesize import synthesize_pairs
+    from text2sql.synthesize import reconfirm_pairs, synthesize_pairs
 
-    click.echo(synthesize_pairs(load(config_path, overrides), dataset, n=n, model=model_dir, seed=seed,
-                                keep_unconfirmed=keep_unconfirmed).summary())
+    if reconfirm:
+        if n is not None or seed is not None or keep_unconfirmed:
+            raise click.UsageError("--reconfirm writes no candidates: it takes no --n, --seed or --keep-unconfirmed")
+        cfg = load(config_path, overrides)
+        return click.echo(reconfirm_pairs(cfg, dataset, answer_model=answer_model or model_dir).summary())
+    click.echo(synthesize_pairs(load(config_path, overrides), dataset, n=2000 if n is None else n, model=model_dir,
+                                seed=seed, keep_unconfirmed=keep_unconfirmed, answer_model=answer_model).summary())
 
 
 @data.command("review")

@@ -70,6 +70,7 @@ BACK_TRANSLATION_INSTRUCTIONS = (
 QUESTION_MAX_NEW_TOKENS = 64
 """A question is one sentence: a model that rambles on is cut here (the SQL answer keeps generate.max_new_tokens)."""
 _QUESTION_PREFIX = re.compile(r"^\s*(question|q)\s*:\s*", re.IGNORECASE)
+_OUTCOME = re.compile(r"(^|; )(confirmed by the round trip|UNCONFIRMED: ).*\Z", re.DOTALL)
 
 
 @dataclass
@@ -109,6 +110,10 @@ class SynthesisReport:
     methods: Counter = field(default_factory=Counter)
     """Method -> candidates kept."""
     seconds: float = 0.0
+    model: str = ""
+    """The model dir that wrote the questions."""
+    answer_model: str = ""
+    """The model dir that answered them in the round trip."""
 
     @property
     def pairs_per_s(self) -> float:
@@ -120,14 +125,15 @@ class SynthesisReport:
         return (f"{self.generated} candidates from {self.sources} train pairs; {self.validated} validated, "
                 f"{self.confirmed} confirmed by the round trip, {self.kept} kept (asked for {self.requested}); "
                 f"dropped: {dropped}; kept by method: {methods}; {self.seconds:.1f}s, "
-                f"{self.pairs_per_s:.2f} pairs/s; {self.path} holds {self.written}")
+                f"{self.pairs_per_s:.2f} pairs/s; {self.path} holds {self.written}"
+                + (f"; round trip answered by {self.answer_model}" if self.answer_model != self.model else ""))
 
     def to_json(self) -> dict[str, Any]:
         return {"requested": self.requested, "path": str(self.path), "sources": self.sources,
                 "generated": self.generated, "validated": self.validated, "confirmed": self.confirmed,
                 "kept": self.kept, "written": self.written, "dropped": dict(sorted(self.dropped.items())),
                 "methods": dict(sorted(self.methods.items())), "seconds": round(self.seconds, 2),
-                "pairs_per_s": round(self.pairs_per_s, 4)}
+                "pairs_per_s": round(self.pairs_per_s, 4), "model": self.model, "answer_model": self.answer_model}
 
 
 # ---------------------------------------------------------------- mutation pool and validation
@@ -243,13 +249,24 @@ def write_candidates(ds: Dataset, candidates: list[Candidate]) -> int:
             if c.id in taken:
                 continue
             taken.add(c.id)
-            outcome = "confirmed by the round trip" if c.confirmed else f"UNCONFIRMED: {c.reason}"
             record = candidate_record(c.question, c.sql, id=c.id, tags=["synthetic", c.method], author=AUTHOR,
-                                      created=today, notes=f"synthesized from {c.source_id} by {c.method}; {outcome}",
+                                      created=today, notes=with_outcome(f"synthesized from {c.source_id} by {c.method}",
+                                                                        c.confirmed, c.reason),
                                       confirmed=c.confirmed)
             lines.append(json.dumps(record, ensure_ascii=False))
         write_text_atomic(path, "".join(line + "\n" for line in lines))
         return len(lines)
+
+
+def with_outcome(notes: str, confirmed: bool, reason: str) -> str:
+    """`notes` with its round-trip outcome (`; confirmed by ...` or `; UNCONFIRMED: why`) replaced by this one.
+
+    >>> with_outcome("synthesized from p-1 by literal; UNCONFIRMED: row count 2 vs 3", True, "")
+    'synthesized from p-1 by literal; confirmed by the round trip'
+    """
+    kept = _OUTCOME.sub("", notes)
+    outcome = "confirmed by the round trip" if confirmed else f"UNCONFIRMED: {reason}"
+    return f"{kept}; {outcome}" if kept else outcome
 
 
 def candidate_record(question: str, sql: str, confirmed: bool, **fields: Any) -> dict[str, Any]:
