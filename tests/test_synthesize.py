@@ -287,3 +287,97 @@ def test_pool_composes_transforms_when_single_ones_run_out(synth_cfg):
     leaked = {sql_template(p.sql) for p in held_out}
     assert not [c.sql for c in candidates if sql_template(c.sql) in leaked]
     assert [(c.sql, c.method) for c in pool(5)] == [(c.sql, c.method) for c in candidates]
+
+
+def bigram_model(tiny_model, path, reply="SELECT 1"):
+    """The tiny model made a bigram table that answers every chat with `reply`: the layers add nothing to the
+    residual, so each position's logits depend on its own token only, and each token of `\n` + reply + eos (the
+    prompt ends with `assistant\n`) points to the next one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    chain = tokenizer.encode("\n") + tokenizer.encode(reply) + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.zero_()
+        head.zero_()
+        embed[:, 0], head[tokenizer.eos_token_id, 0] = 1.0, 10.0  # any other token: stop
+        for k, (token, following) in enumerate(zip(chain, chain[1:]), 1):
+            embed[token] = 0.0
+            embed[token, k], head[following, k] = 1.0, 10.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_answer_model_answers_the_round_trip_and_reconfirm_rewrites_the_flags(synth_cfg, tiny_model, tmp_path,
+                                                                             monkeypatch):
+    import os
+
+    from text2sql.data.synthesize import candidate_record
+    from text2sql.synthesize import reconfirm_pairs
+
+    one = bigram_model(tiny_model, tmp_path / "select-one")  # answers every question with SELECT 1
+    no_sql = "UNCONFIRMED: the model wrote no SQL for the question"
+    cli = ["--config", str(synth_cfg.root / "text2sql.yaml"), "--set", f"data.datasets_dir={tmp_path / 'datasets'}",
+           "--set", f"model.base={tiny_model}", *[a for s in SETTINGS for a in ("--set", s)]]
+    result = CliRunner().invoke(main, ["data", "synthesize", *cli, "--n", "4", "--seed", "3", "--keep-unconfirmed",
+                                       "--answer-model", str(one)])
+    assert result.exit_code == 0, result.output
+    assert f"round trip answered by {one.resolve()}" in result.output
+    records = synthetic_records(synth_cfg)
+    # The tiny model wrote the questions (SELECT 1 would be no question); the bigram one answered them with SQL
+    # (the tiny model writes none, as the reconfirm with it below shows).
+    assert records and all(r["question"] and r["question"] != "SELECT 1" for r in records)
+    assert [r["notes"] for r in records if r["notes"].endswith(no_sql)] == []
+
+    source = _proposals(tmp_path)  # 4 records, 3 of them confirmed; the last one's SQL fails
+    source.write_text(source.read_text() + json.dumps(candidate_record(
+        "What is one?", "SELECT 1 AS one", id="s-00000000ff", author="synth", confirmed=False,
+        notes="synthesized from p-0001 by literal; UNCONFIRMED: a stale reason")) + "\n")
+    before = source.read_text()
+
+    def killed(fd):
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(os, "fsync", killed)  # write_atomic fsyncs the temp file before renaming it over the old one
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        reconfirm_pairs(synth_cfg, answer_model=str(one), progress=False)
+    monkeypatch.undo()
+    assert source.read_text() == before and [p.name for p in source.parent.iterdir() if p.suffix == ".tmp"] == []
+
+    result = CliRunner().invoke(main, ["data", "synthesize", *cli, "--reconfirm", "--answer-model", str(one)])
+    assert result.exit_code == 0, result.output
+    assert f"re-judged 5 candidates of {source} with {one.resolve()}: 3 confirmed before, 1 after (+1, -3)" \
+        in result.output and "pairs/s" in result.output
+    old, new = [json.loads(line) for line in before.splitlines()], synthetic_records(synth_cfg)
+    assert [{k: v for k, v in r.items() if k not in ("confirmed", "notes")} for r in new] \
+        == [{k: v for k, v in r.items() if k not in ("confirmed", "notes")} for r in old]
+    assert [r["confirmed"] for r in new] == [False, False, False, False, True]
+    assert [r["notes"].split("; UNCONFIRMED: ")[0] for r in new[:4]] == ["synthesized from p-0000 by literal"] * 4
+    assert "the synthetic SQL failed (" in new[3]["notes"] and new[4]["notes"] \
+        == "synthesized from p-0001 by literal; confirmed by the round trip"
+
+    result = CliRunner().invoke(main, ["data", "synthesize", *cli, "--reconfirm"])  # the tiny model answers
+    assert result.exit_code == 0 and "1 confirmed before, 0 after (+0, -1)" in result.output, result.output
+    assert any(r["notes"].endswith(no_sql) for r in synthetic_records(synth_cfg)), "the random tiny model's replies"
+
+
+def test_reconfirm_needs_a_synthetic_file_and_takes_no_synthesis_options(synth_cfg, tmp_path):
+    cli = ["data", "synthesize", "--config", str(synth_cfg.root / "text2sql.yaml"), "--set",
+           f"data.datasets_dir={tmp_path / 'datasets'}", "--reconfirm"]
+    path = tmp_path / "datasets" / "demo" / "synthetic.jsonl"
+    for content in (None, "", "\n"):
+        if content is not None:
+            path.write_text(content)
+        result = CliRunner().invoke(main, cli)
+        assert result.exit_code == 1 and result.output == f"error: {path} is missing or empty: run " \
+            "`text2sql data synthesize` first\n", result.output
+    result = CliRunner().invoke(main, [*cli, "--n", "5"])
+    assert result.exit_code == 2 and "--reconfirm writes no candidates" in result.output
