@@ -15,7 +15,8 @@ Stages of `synthesize_pairs`, in order:
    being the text->SQL one (schema, business definitions) with the instructions turned around.
 5. **Question guard**: a question at least `data.dedup_threshold` similar (the dedup embedding model) to a dev or
    test question is dropped.
-6. **Round trip**: the model answers the new question with the normal text->SQL prompt; the candidate is
+6. **Round trip**: the model (or `answer_model`, say the fine-tuned one, the question writer freed first) answers
+   the new question with its own text->SQL prompt (`generate.prompts_for`); the candidate is
    `confirmed` when that SQL's result equals the synthetic SQL's (`evaluate.compare_results`, eval.mode).
    Unconfirmed candidates are kept only with `keep_unconfirmed`.
 
