@@ -1,12 +1,13 @@
 """Static-cache decoding with per-step admission: the fast path of `generate` and the local server.
 
 One preallocated KV cache (transformers' `StaticCache`) holds `max_batch_size` slots of `cache_tokens` columns.
-Waiting requests are prefilled (eager, from the kept KV cache of their shared system prefix when there is one;
-those behind the same prefix together, in one forward), their KV copied into free slots, and they join the
+Waiting requests are prefilled together in one eager forward, from the longest kept KV prefix they all start
+with (the instructions and schema every question shares), their KV copied into free slots, and they join the
 running decode batch at the next step; a finished sequence frees its slot at once. Every step decodes one
 token for the occupied slots (rounded up to a power of two, so a lone request does not pay for sixteen), with
-the same forward call each time: fixed shapes, cache written in place. On CUDA that step is `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA
-graph per batch bucket and replayed, which removes the per-token host overhead of `generate`.
+the same forward call each time: fixed shapes, cache written in place. On CUDA that step is
+`torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA graph per batch bucket and replayed, which
+removes the per-token host overhead of `generate`.
 
 Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
 slot's tokens end at `t`; each slot's own positions go in `position_ids` and its valid columns in a 4-D
@@ -373,7 +374,7 @@ class DecodeEngine:
         rows = [[(torch.cat([layer.keys[r, :, :done], layer.keys[r, :, done + p:]], dim=1),
                   torch.cat([layer.values[r, :, :done], layer.values[r, :, done + p:]], dim=1))
                  for layer in cache.layers] for r, p in enumerate(pads)]
-        shared = group[0].shared if len(group) == 1 else _common_prefix_len(prompts)
+        shared = group[0].shared if len(group) == 1 else common_prefix_len(prompts)
         if MIN_CACHED_PREFIX <= shared and done < shared < min(len(p) for p in prompts):
             self._keep_prefix(tuple(prompts[0][:shared]), cache, pads.index(0))
         return rows, out.logits[:, -1]
@@ -491,12 +492,11 @@ class _Call:
             self.future.set_exception(exc)
 
 
-def _common_prefix_len(rows: list[list[int]]) -> int:
-    """How many leading tokens all rows share."""
+def common_prefix_len(rows: list[list[int]]) -> int:
+    """Leading tokens all rows share, leaving each row at least one token to prefill (a forward needs one)."""
+    shortest = min(len(r) for r in rows)
     n = 0
-    for column in zip(*rows):
-        if any(token != column[0] for token in column):
-            break
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
         n += 1
     return n
 

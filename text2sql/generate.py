@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from text2sql.data import load_pairs, question_subset
-from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request
+from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request, common_prefix_len
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
@@ -54,6 +54,20 @@ class Generator:
     """KV caches of the latest shared prefixes (token ids -> cache), most recent last."""
     _engines: dict = field(default_factory=dict, repr=False)
     """Static-decoding engines by slot count (predict's batch size, the server's max_batch_size)."""
+
+    def unload(self) -> None:
+        """Free the model, its decode engines and KV caches, so another model gets the memory."""
+        import gc
+
+        import torch
+
+        self._engines.clear()
+        self._prefixes.clear()
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch._dynamo.reset()  # compiled engines keep the model's graphs
+            torch.cuda.empty_cache()
 
 
 def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
@@ -175,7 +189,7 @@ def generate(gen: Generator, messages: list[list[dict[str, str]]], max_new_token
         for start in range(0, len(order), gen.batch_size):
             batch = order[start:start + gen.batch_size]
             rows = [ids[i] for i in batch]
-            prefix_len = min(_common_prefix_len(rows), *(shared[i] for i in batch))
+            prefix_len = min(common_prefix_len(rows), *(shared[i] for i in batch))
             if prefix_len < MIN_CACHED_PREFIX:
                 prefix_len = 0
             input_ids, mask = _pad(rows, tok.pad_token_id, prefix_len, device)
@@ -291,16 +305,7 @@ def _question_start(tok, messages: list[dict[str, str]], row: list[int], heads: 
     key = head[0]["content"] if head else ""
     if key not in heads:
         heads[key] = tok(render_prompt(tok, [*head, {"role": "user", "content": ""}]), add_special_tokens=False)["input_ids"]
-    return _common_prefix_len([row, heads[key]])
-
-
-def _common_prefix_len(rows: list[list[int]]) -> int:
-    """Leading tokens all rows share, leaving each row at least one token to prefill (generate needs one)."""
-    shortest = min(len(r) for r in rows)
-    n = 0
-    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
+    return common_prefix_len([row, heads[key]])
 
 
 def _pad(rows: list[list[int]], pad_id: int, prefix_len: int, device):

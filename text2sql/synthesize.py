@@ -155,7 +155,7 @@ def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[C
     asked = [c for c in valid if c.question]
     report.dropped["no_question"] += len(valid) - len(asked)
     if answer_model and resolve_model_dir(cfg, answer_model) != gen.model_dir:
-        _unload(gen)  # before the embedding model of the guard and the answering model load
+        gen.unload()  # before the embedding model of the guard and the answering model load
         gen = None
     asked = question_guard(cfg, asked, held_out, report)
     if not asked:
@@ -207,21 +207,6 @@ def _load(cfg: Config, model: str):
 
     transformers_logging.disable_progress_bar()
     return load_generator(model, cfg)
-
-
-def _unload(gen) -> None:
-    """Free a generator's model (and its decode engines and KV caches), so the next model has the memory."""
-    import gc
-
-    import torch
-
-    gen._engines.clear()
-    gen._prefixes.clear()
-    gen.model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch._dynamo.reset()  # compiled engines keep the model's graphs
-        torch.cuda.empty_cache()
 
 
 def _round_trip(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, gen, candidates: list[Candidate],
