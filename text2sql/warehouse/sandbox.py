@@ -493,7 +493,7 @@ class QueryRunner:
         started: list[_Worker] = []
         try:
             for _ in range(missing):
-                started.append(_Worker(self.spec, self.memory_limit, self.threads, self.snapshot, self._binder))
+                started.append(self._new_worker())
         except BaseException:
             for worker in started:
                 worker.close()
@@ -508,6 +508,9 @@ class QueryRunner:
                 worker = self._idle.pop()
                 if worker.process.is_alive():
                     return worker
+        return self._new_worker()
+
+    def _new_worker(self) -> _Worker:
         return _Worker(self.spec, self.memory_limit, self.threads, self.snapshot, self._binder)
 
     def close(self) -> None:
