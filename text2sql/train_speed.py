@@ -21,14 +21,12 @@ from text2sql.errors import ConfigError
 # H200, QLoRA peaked at ~64 * hidden per layer and token (8B-class, 2k tokens) and ~40 (SmolLM2-135M). 72 keeps margin.
 _ACT_BYTES_PER_HIDDEN = 72
 _CKPT_BYTES_PER_HIDDEN = 2
-_LOGIT_BYTES_PER_VOCAB = 6  # bf16 logits + their fp32 upcast for the loss, per token
 _WEIGHT_BYTES = {"qlora": 0.56, "lora": 2.0, "full": 16.0}  # per parameter: NF4 + double-quant scales; bf16; fp32 + Adam
 _RESERVED_BYTES = 2 * 2**30  # CUDA workspaces, the optimizer's LoRA state, fragmentation
 _DEVICE_SHARE = 0.8  # of the GPU's memory, when train.max_memory_gb is 0
-# TRL's SFTTrainer (>= 1.16, the [train] extra's pin) scores the loss through its own fused LM head: the logits are
-# projected a chunk of completion positions at a time and never materialized for the whole batch. It turns Liger's
+# No vocab-sized bytes per token: TRL's SFTTrainer (>= 1.16, the [train] extra's pin) scores the loss through its own
+# fused LM head, projecting a chunk of completion positions at a time, never the whole batch's logits. It turns Liger's
 # fused linear cross-entropy off for that reason, so with or without Liger no vocab-sized tensor per token is held.
-_LOGITS_MATERIALIZED = False
 
 
 def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths: list[int]) -> dict:
@@ -93,13 +91,12 @@ def fit_micro_batch(shape: tuple[int, int, int, int], method: str, rows: int, ro
     >>> fit_micro_batch((28, 1536, 151936, 1_900_000_000), "qlora", 16, 2200, 8 * 2**30)
     (8, True)
     """
-    layers, hidden, vocab, params = shape
+    layers, hidden, _vocab, params = shape
     budget = memory_bytes - params * _WEIGHT_BYTES[method] - _RESERVED_BYTES
 
     def row_bytes(ckpt: bool) -> float:
         per_token = layers * hidden * (_CKPT_BYTES_PER_HIDDEN if ckpt else _ACT_BYTES_PER_HIDDEN)
         per_token += hidden * _ACT_BYTES_PER_HIDDEN * ckpt  # the layer being recomputed
-        per_token += vocab * _LOGIT_BYTES_PER_VOCAB * _LOGITS_MATERIALIZED
         return row_tokens * per_token
 
     ckpt = checkpointing if isinstance(checkpointing, bool) else row_bytes(False) > budget
