@@ -93,16 +93,15 @@ def main() -> None:
         model_dir = build_random_model(workdir / "tiny", TINY, cuda=False)
         plans.append(("tiny", model_dir, synthetic_pairs(model_dir, 24, args.seq_len, seed=0), 2, args.seq_len))
     else:
-        batch = lambda default: args.baseline_batch or default  # noqa: E731
         # The demo examples carry the whole schema (~2,100 tokens): the project's train.max_length holds them.
         if "135m" in only:
-            plans.append(("smollm2-135m", pull_project_model(), demo_pairs(), batch(16), project_max_length()))
+            plans.append(("smollm2-135m", pull_project_model(), demo_pairs(), args.baseline_batch or 16, project_max_length()))
         if "qwen15" in only:  # the GPU base model; its padded baseline runs one example per step (what fits anywhere)
-            plans.append(("qwen2.5-coder-1.5b", pull_project_model(QWEN15), demo_pairs(), batch(1), project_max_length()))
+            plans.append(("qwen2.5-coder-1.5b", pull_project_model(QWEN15), demo_pairs(), args.baseline_batch or 1, project_max_length()))
         if "8b" in only:
             model_dir = build_random_model(workdir / "llama-8b-random", LLAMA_8B, cuda=True)
             plans.append(("llama-3.1-8b-random", model_dir, synthetic_pairs(model_dir, args.examples, args.seq_len, seed=0),
-                          batch(1), args.seq_len))
+                          args.baseline_batch or 1, args.seq_len))
     profiles = []
     for name, model_dir, pairs, batch, seq_len in plans:
         mean_len = mean_length(model_dir, pairs, seq_len)
