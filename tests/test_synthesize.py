@@ -127,6 +127,7 @@ def test_synthetic_mixing_is_train_only_and_capped(synth_cfg, tmp_path):
     records = [candidate_record(f"Question {i}?", f"SELECT {i} AS n", id=f"s-{i:010d}", confirmed=True)
                for i in range(5)]
     records[0]["split"] = "test"  # a hand-edited file must not smuggle a pair into dev or test
+    records[1]["confirmed"] = records[3]["confirmed"] = False
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     train, dev = _load_splits(synth_cfg, "demo")
     assert [p.id for p in train] == ["p-0000", "p-0001", "p-0002"], "exclude is the default"
@@ -135,6 +136,10 @@ def test_synthetic_mixing_is_train_only_and_capped(synth_cfg, tmp_path):
     train, dev = _load_splits(cfg, "demo")
     synthetic = [p for p in train if p.id.startswith("s-")]
     assert len(synthetic) == 3 and all(p.split == "train" for p in train) and [p.id for p in dev] == ["p-0003"]
+    cfg = load_config(synth_cfg.root / "text2sql.yaml", [f"data.datasets_dir={tmp_path / 'datasets'}",
+                                                          "data.synthetic=confirmed", "data.synthetic_ratio=5"])
+    train, _ = _load_splits(cfg, "demo")
+    assert [p.id for p in train if p.id.startswith("s-")] == ["s-0000000000", "s-0000000002", "s-0000000004"]
     with pytest.raises(ConfigError, match="data.synthetic: 'maybe'"):
         load_config(synth_cfg.root / "text2sql.yaml", ["data.synthetic=maybe"])
     with pytest.raises(ConfigError, match="data.synthetic_ratio"):

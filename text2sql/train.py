@@ -264,7 +264,7 @@ def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
         raise DataError(f"dataset {dataset!r} has no usable train split ({exc}); run `text2sql data split`") from exc
     if not train_pairs:
         raise DataError(f"dataset {dataset!r} has no train split: run `text2sql data split`")
-    if cfg.data.synthetic == "include":  # unreviewed `data synthesize` candidates, train split only
+    if cfg.data.synthetic != "exclude":  # unreviewed `data synthesize` candidates, train split only
         train_pairs = train_pairs + load_synthetic(cfg, dataset, train_pairs)
     try:
         dev_pairs = load_pairs(cfg, dataset, "dev")

@@ -303,11 +303,14 @@ def read_candidate_lines(path: Path) -> list[tuple[dict[str, Any], str]]:
 
 
 def load_synthetic(cfg: Config, dataset: str, curated: list[Pair]) -> list[Pair]:
-    """Unreviewed synthetic pairs to train on (data.synthetic: include): in file order, at most
-    data.synthetic_ratio x len(curated) of them, none whose id is a curated pair's, always in the train split."""
+    """Unreviewed synthetic pairs to train on (data.synthetic: include, or confirmed for the round trip's confirmed
+    ones only): in file order, at most data.synthetic_ratio x len(curated) of them, none whose id is a curated
+    pair's, always in the train split."""
     ds = load_dataset(cfg, dataset)
     taken = {p.id for p in curated}
-    records = [r for r, _ in read_candidate_lines(ds.path / SYNTHETIC_FILE) if r["id"] not in taken]
+    confirmed_only = cfg.data.synthetic == "confirmed"
+    records = [r for r, _ in read_candidate_lines(ds.path / SYNTHETIC_FILE)
+               if r["id"] not in taken and (r.get("confirmed") or not confirmed_only)]
     limit = int(cfg.data.synthetic_ratio * len(curated))
     pairs = [pair_from_record({k: v for k, v in r.items() if k not in EXTRA_FIELDS}) for r in records[:limit]]
     for pair in pairs:
