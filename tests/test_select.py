@@ -190,3 +190,51 @@ def test_serve_answers_with_the_result_most_candidates_agree_on(lakehouse_projec
     assert body["rows"] == truth.json()["rows"] and body["rows"][0][0] > 0
     assert len(requests) == 4 and requests[0]["temperature"] == 0 and requests[0]["logprobs"] is True
     assert sorted(r["seed"] for r in requests[1:]) == [5, 6, 7] and {r["temperature"] for r in requests[1:]} == {0.9}
+
+
+@pytest.mark.slow
+def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path, lakehouse_project, tiny_model):
+    """generate.retries: an answer that fails the check or the sandbox is asked again with its SQL and error in the
+    chat (prompt.correction_messages, the chat serve's retry loop builds); answers that pass are left alone."""
+    from tinymodel import one_torch_thread
+
+    from text2sql.catalog import load_snapshot
+    from text2sql.data import load_pairs
+    from text2sql.generate import extract_sql, generate, load_generator, predict, prompts_for, stats_path
+    from text2sql.prompt import correction_messages
+    from text2sql.warehouse import judge_reply
+
+    path = lakehouse_tiny_project(tmp_path / "proj", lakehouse_project, tiny_model,
+                                  {"generate": {"max_new_tokens": 24}})
+    with one_torch_thread():
+        plain = [json.loads(x) for x in predict(load_config(path), tiny_model, out=tmp_path / "p.jsonl").read_text().splitlines()]
+        cfg = load_config(path, ["generate.retries=2"])
+        out = predict(cfg, tiny_model, out=tmp_path / "r.jsonl")
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        snapshot = load_snapshot(cfg)
+        failing = [i for i, r in enumerate(plain) if not judge_reply(r["sql"], snapshot)[1].ok]
+        assert failing, "the tiny model's replies are not SQL: every answer should need a retry"
+        assert [i for i, r in enumerate(records) if r.get("attempts")] == failing
+        for p, r in zip(plain, records):
+            if not r.get("attempts"):
+                assert r == p  # a passing answer is not asked again
+                continue
+            assert r["attempts"][0]["sql"] == (judge_reply(p["sql"], snapshot)[0] or p["sql"] or "")
+            assert 1 <= len(r["attempts"]) <= 2 and r["sql"] == extract_sql(r["raw"])
+        # The first retry's reply is the greedy reply to the correction chat built from the first failure.
+        i = failing[0]
+        gen = load_generator(tiny_model, cfg)
+        chat = prompts_for(cfg, gen, load_pairs(cfg, "demo", "test"), "demo")[i]
+        first = records[i]["attempts"][0]
+        retry = correction_messages(chat, first["sql"], first["error_kind"], first["error"])
+        expected = generate(gen, [retry])[0]
+        assert (records[i]["attempts"][1]["sql"] if len(records[i]["attempts"]) > 1 else None) in (
+            None, judge_reply(extract_sql(expected), snapshot)[0] or extract_sql(expected) or "")
+        if len(records[i]["attempts"]) == 1:
+            assert records[i]["raw"] == expected
+    stats = json.loads(stats_path(out).read_text())
+    assert stats["retries"] == 2 and stats["retried"] == len(failing) and stats["retry_seconds"] > 0
+    with pytest.raises(ConfigError, match="needs --select"):
+        predict(load_config(path, ["generate.retries=1", "generate.num_candidates=2"]), tiny_model, out=tmp_path / "x.jsonl")
+    with pytest.raises(ConfigError, match="retries: must be >= 0"):
+        load_config(path, ["generate.retries=-1"])

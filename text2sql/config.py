@@ -300,9 +300,9 @@ class GenerateConfig(_Section):
     prefix_cache: bool = True
     """Prefill the part of the prompt all questions share (system message, schema) once and reuse its KV cache: on a CPU the ~2k-token schema prefill is most of a short answer's time."""
     num_candidates: int = 1
-    """SQL candidates per question: 1 = the greedy reply alone; N > 1 = the greedy reply and N-1 samples, each checked
-    and run in the sandbox, the answer being the result most of them agree on (self-consistency; ties go to the
-    likelier candidate). Costs about N times the generation time."""
+    """SQL candidates per question: 1 = the greedy reply alone; N > 1 = it and N-1 samples, each checked and run in the sandbox, the answer being the result most agree on (self-consistency; ties: the likelier). Costs ~N x the generation time."""
+    retries: int = 0
+    """`predict`: self-correction attempts for an answer that fails the SQL check or the sandbox (the failed SQL and its error added to the chat, as serve.retries does); needs the warehouse, and --select with num_candidates > 1."""
     temperature: float = 0.7
     """Sampling temperature of the extra candidates (num_candidates > 1)."""
     top_p: float = 0.95
@@ -310,12 +310,11 @@ class GenerateConfig(_Section):
     seed: int = 0
     """Seed of the candidate sampling: the same seed, model and prompts give the same candidates."""
     decoding: str = "auto"
-    """auto | eager | static: `static` decodes from a preallocated KV cache with requests joining the running batch
-    (and, on CUDA, the decode step captured in CUDA graphs by torch.compile); `eager` runs transformers' `generate`
-    per batch; auto = static on CUDA, eager on CPU. Both give the same greedy replies."""
+    """auto | eager | static: `static` decodes from a preallocated KV cache with requests joining the running batch (and, on CUDA, the decode step captured in CUDA graphs by torch.compile); `eager` runs transformers' `generate` per batch; auto = static on CUDA, eager on CPU. Both give the same greedy replies."""
 
     def _problems(self) -> list[str]:
-        problems = self._at_least(1, "max_new_tokens", "batch_size", "num_candidates") + self._positive("temperature")
+        problems = self._at_least(1, "max_new_tokens", "batch_size", "num_candidates") + self._at_least(0, "retries")
+        problems += self._positive("temperature")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p: must be in (0, 1], got {self.top_p!r}")
         return problems + self._one_of("decoding", ("auto", "eager", "static"))

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.data import load_pairs, question_subset
 from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request, common_prefix_len
-from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
+from text2sql.errors import MODEL_PACKAGES, ConfigError, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
 from text2sql.progress import progress_bar
-from text2sql.prompt import PromptBuilder, PromptSettings, model_prompt_settings, render_prompt
+from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, render_prompt
 from text2sql.select import open_target, select_candidates
-from text2sql.warehouse import QueryRunner, extract_sql as extract
+from text2sql.warehouse import QueryRunner, extract_sql as extract, judge_reply
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
@@ -392,12 +392,15 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     SchemaSnapshotError with `strict` when schemas/ changed since the model was trained.
     """
     require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
+    n, retries = cfg.generate.num_candidates, cfg.generate.retries
+    if retries and n > 1 and not select:
+        raise ConfigError("generate.retries with generate.num_candidates > 1 needs --select: the retries correct the "
+                          "selected answer, and without --select eval selects after predict")
     dataset = dataset or cfg.data.dataset
     every = load_pairs(cfg, dataset, split)
     pairs = question_subset(every, cfg.eval.max_questions)
     gen = load_generator(model_dir, cfg)
     messages = prompts_for(cfg, gen, pairs, dataset, strict=strict)
-    n = cfg.generate.num_candidates
     if len(pairs) < len(every):
         print(f"predict: A SUBSET: {len(pairs)} of the {len(every)} {dataset}/{split} questions, evenly spaced "
               f"(eval.max_questions={cfg.eval.max_questions})", file=sys.stderr)
@@ -415,14 +418,22 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
         with progress_bar("predict", len(messages), "q") as advance:
             replies = generate(gen, messages, on_batch=advance)
         records = [{"id": pair.id, "sql": extract_sql(raw), "raw": raw} for pair, raw in zip(pairs, replies)]
+    s = dict(gen.stats)
+    if retries:
+        retried = _self_correct(cfg, gen, pairs, messages, records, dataset, retries)
+        s["seconds"] += gen.stats["retry_seconds"]
+        s["new_tokens"] += gen.stats["new_tokens"]
+        print(f"predict: {retried} of {len(records)} answers failed the check or the sandbox and were retried "
+              f"(up to {retries} times each)", file=sys.stderr)
     out = Path(out) if out else gen.model_dir / "predictions" / f"{dataset}-{split}.jsonl"
     write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
-    s = gen.stats
     stats = {"questions": s["prompts"], "num_candidates": n, "seconds": round(s["seconds"], 3),
              "predictions_per_s": round(s["prompts"] / s["seconds"], 3) if s["seconds"] else None,
              "new_tokens_per_s": round(s["new_tokens"] / s["seconds"], 1) if s["seconds"] else None}
     if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
         stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
+    if retries:
+        stats.update(retries=retries, retried=retried, retry_seconds=round(gen.stats["retry_seconds"], 3))
     write_atomic(stats_path(out), json.dumps(stats, indent=2) + "\n")
     print(f"predict: wrote {out} ({s['prompts'] / s['seconds']:.1f} predictions/s, "
           f"{s['new_tokens'] / s['seconds']:.0f} new tokens/s)", file=sys.stderr)
@@ -437,15 +448,61 @@ def stats_path(predictions: str | Path) -> Path:
 def _select_in_predict(cfg: Config, pairs: list, records: list[dict], candidates: list[list[Candidate]],
                        dataset: str) -> None:
     """Pick each question's answer among its candidates on the warehouse (lakehouse or the pair's database)."""
-    by_db: dict[Any, list[int]] = {}
-    for i, pair in enumerate(pairs):
-        by_db.setdefault(getattr(pair, "db", None), []).append(i)
-    for db, indexes in by_db.items():
+    for db, indexes in _by_db(pairs).items():
         spec, snapshot = open_target(cfg, dataset, db)
         with QueryRunner.from_config(cfg, spec, workers=cfg.eval.workers or 0) as runner:
             chosen = select_candidates([candidates[i] for i in indexes], runner, snapshot)
         for i, selection in zip(indexes, chosen):
             records[i].update(greedy_sql=records[i]["sql"], sql=selection.sql, selection=selection.to_json())
+
+
+def _self_correct(cfg: Config, gen: Generator, pairs: list, messages: list, records: list[dict], dataset: str,
+                  retries: int) -> int:
+    """Serve's retry loop, batched: each answer that fails the SQL check or the sandbox gets up to `retries` more
+    greedy attempts, its failed SQL and error added to the chat (`prompt.correction_messages`); a timeout is not
+    retried (the model cannot fix "too slow"). Each record keeps its failed attempts in `attempts`; `gen.stats`
+    then holds the retries' seconds (retry_seconds) and new tokens. Returns how many answers were retried."""
+    import time
+
+    started, new_tokens, retried = time.perf_counter(), 0, set()
+    for db, pending in _by_db(pairs).items():
+        spec, snapshot = open_target(cfg, dataset, db)
+        chats = {i: messages[i] for i in pending}
+        with QueryRunner.from_config(cfg, spec, workers=1) as runner:
+            for _ in range(retries):
+                failed = [(i, *why) for i in pending if (why := _failure(records[i]["sql"], snapshot, runner))]
+                if not failed:
+                    break
+                for i, sql, kind, message in failed:
+                    chats[i] = correction_messages(chats[i], sql, kind, message)
+                    records[i].setdefault("attempts", []).append({"sql": sql, "error_kind": kind, "error": message})
+                replies = generate(gen, [chats[i] for i, *_ in failed])
+                new_tokens += gen.stats["new_tokens"]
+                for (i, *_), raw in zip(failed, replies):
+                    records[i].update(sql=extract_sql(raw), raw=raw)
+                    retried.add(i)
+                pending = [i for i, *_ in failed]
+    gen.stats = {"retry_seconds": time.perf_counter() - started, "new_tokens": new_tokens}
+    return len(retried)
+
+
+def _by_db(pairs: list) -> dict[Any, list[int]]:
+    """Pair positions by the database they ask about (None = the project lakehouse), in order."""
+    by_db: dict[Any, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_db.setdefault(getattr(pair, "db", None), []).append(i)
+    return by_db
+
+
+def _failure(sql: str | None, snapshot, runner: QueryRunner) -> tuple[str, str, str] | None:
+    """(the SQL as the chat shows it, error kind, message) when `sql` fails as eval would judge it, else None."""
+    judged, check = judge_reply(sql, snapshot)
+    if not check.ok:
+        return (judged or sql or "", check.kind or "no_sql", check.message or "the reply holds no SQL query")
+    result = runner.run(judged, 1, checked=True)
+    if result.error_kind in (None, "timeout"):
+        return None
+    return judged, result.error_kind, result.error
 
 
 def prompts_for(cfg: Config, gen: Generator, pairs: list, dataset: str,

@@ -55,6 +55,22 @@ _WORD = re.compile(r"[a-z]+|[0-9]+")  # "FY2025" -> "fy", "2025"
 _TERMS_CACHE: dict[tuple, tuple[dict, dict]] = {}
 
 
+RETRY_PROMPT = "That query failed ({kind}): {message}\nWrite a corrected query. Reply with the SQL query only."
+"""The user turn added after a failed attempt; the failed SQL is the assistant turn before it (serve's retry loop,
+`predict` with generate.retries)."""
+
+
+def correction_messages(messages: list[dict[str, str]], failed: str, kind: str, message: str) -> list[dict[str, str]]:
+    """The chat for a self-correction attempt: the failed reply as the assistant turn, then the error as a user turn.
+
+    >>> chat = correction_messages([{"role": "user", "content": "q"}], "SELECT nme FROM t", "unknown_column", "no nme")
+    >>> [m["role"] for m in chat], chat[1]["content"], chat[2]["content"].splitlines()[0]
+    (['user', 'assistant', 'user'], 'SELECT nme FROM t', 'That query failed (unknown_column): no nme')
+    """
+    return [*messages, {"role": "assistant", "content": failed},
+            {"role": "user", "content": RETRY_PROMPT.format(kind=kind, message=message)}]
+
+
 def build_messages(
     question: str,
     snapshot: SchemaSnapshot,

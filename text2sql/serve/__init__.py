@@ -45,8 +45,8 @@ from text2sql.serve.guard import (BODY_TIMEOUT_S, OPEN_PATHS, _authorized, _Disc
                                   _replay, _send_error, _until_disconnect)
 from text2sql.serve.openai import (ENGINE_OWNER, MODEL_ID, ChatMessage, ChatRequest, SQLRequest, _APIError,
                                    _chat_completion, _check_question, _error_response, _sse, _streamed_chat, _text)
-from text2sql.serve.pipeline import (RETRY_PROMPT, _Answer, _Completion, _json_value, _Pipeline,
-                                     _prompt_settings_only, correction_messages)
+from text2sql.prompt import RETRY_PROMPT, correction_messages
+from text2sql.serve.pipeline import _Answer, _Completion, _json_value, _Pipeline, _prompt_settings_only
 
 __all__ = [  # every name used outside the package, the tests' private ones included
     "BODY_TIMEOUT_S", "ENGINE_OWNER", "MODEL_ID", "OPEN_PATHS", "RETRY_PROMPT", "SHUTDOWN_GRACE_S", "STATIC_DIR",

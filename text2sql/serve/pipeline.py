@@ -10,28 +10,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from text2sql.errors import ModelError
 from text2sql.models import resolve_model_dir
-from text2sql.prompt import PromptBuilder, PromptSettings, model_prompt_settings
+from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings
 from text2sql.select import select_candidate
 from text2sql.warehouse import QueryResult, QueryRunner, check_sql, judge_reply
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
-
-RETRY_PROMPT = "That query failed ({kind}): {message}\nWrite a corrected query. Reply with the SQL query only."
-"""The user turn added after a failed attempt; the failed SQL is the assistant turn before it."""
-
-
-def correction_messages(messages: list[dict[str, str]], failed: str, kind: str, message: str) -> list[dict[str, str]]:
-    """The chat for a self-correction attempt: the failed reply as the assistant turn, then the error as a user turn.
-
-    >>> chat = correction_messages([{"role": "user", "content": "q"}], "SELECT nme FROM t", "unknown_column", "no nme")
-    >>> [m["role"] for m in chat], chat[1]["content"], chat[2]["content"].splitlines()[0]
-    (['user', 'assistant', 'user'], 'SELECT nme FROM t', 'That query failed (unknown_column): no nme')
-    """
-    return [*messages, {"role": "assistant", "content": failed},
-            {"role": "user", "content": RETRY_PROMPT.format(kind=kind, message=message)}]
-
 
 def _json_value(value: Any) -> Any:
     """A value JSON can carry: NaN/inf -> null, anything exotic (UUID, interval) -> its string."""
