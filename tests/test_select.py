@@ -234,7 +234,12 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
             assert records[i]["raw"] == expected
     stats = json.loads(stats_path(out).read_text())
     assert stats["retries"] == 2 and stats["retried"] == len(failing) and stats["retry_seconds"] > 0
-    with pytest.raises(ConfigError, match="needs --select"):
-        predict(load_config(path, ["generate.retries=1", "generate.num_candidates=2"]), tiny_model, out=tmp_path / "x.jsonl")
+    with one_torch_thread():  # with candidates, predict selects first and corrects the chosen answer
+        both = predict(load_config(path, ["generate.retries=1", "generate.num_candidates=2"]), tiny_model,
+                       out=tmp_path / "x.jsonl")
+    for r in map(json.loads, both.read_text().splitlines()):
+        answers = {c["sql"] for c in r["candidates"]} | {judge_reply(c["sql"], snapshot)[0] or c["sql"] or ""
+                                                           for c in r["candidates"]}
+        assert "selection" in r and r.get("attempts", [{}])[0].get("sql", r["sql"]) in answers
     with pytest.raises(ConfigError, match="retries: must be >= 0"):
         load_config(path, ["generate.retries=-1"])

@@ -302,7 +302,7 @@ class GenerateConfig(_Section):
     num_candidates: int = 1
     """SQL candidates per question: 1 = the greedy reply alone; N > 1 = it and N-1 samples, each checked and run in the sandbox, the answer being the result most agree on (self-consistency; ties: the likelier). Costs ~N x the generation time."""
     retries: int = 0
-    """`predict`: self-correction attempts for an answer that fails the SQL check or the sandbox (the failed SQL and its error added to the chat, as serve.retries does); needs the warehouse, and --select with num_candidates > 1."""
+    """`predict`: self-correction attempts for an answer that fails the SQL check or the sandbox (the failed SQL and its error added to the chat, as serve.retries does); needs the warehouse; with num_candidates > 1 predict then selects first (as --select) and corrects the chosen answer."""
     temperature: float = 0.7
     """Sampling temperature of the extra candidates (num_candidates > 1)."""
     top_p: float = 0.95

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from text2sql.data import load_pairs, question_subset
 from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request, common_prefix_len
-from text2sql.errors import MODEL_PACKAGES, ConfigError, ModelError, require_all
+from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
 from text2sql.progress import progress_bar
@@ -393,9 +393,6 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     """
     require_all(MODEL_PACKAGES, "train")  # before the pairs are read: a missing package is the first thing to say
     n, retries = cfg.generate.num_candidates, cfg.generate.retries
-    if retries and n > 1 and not select:
-        raise ConfigError("generate.retries with generate.num_candidates > 1 needs --select: the retries correct the "
-                          "selected answer, and without --select eval selects after predict")
     dataset = dataset or cfg.data.dataset
     every = load_pairs(cfg, dataset, split)
     pairs = question_subset(every, cfg.eval.max_questions)
@@ -412,7 +409,7 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
         candidates = generate_candidates(gen, messages, n, Sampling(g.temperature, g.top_p, g.seed))
         records = [{"id": pair.id, "sql": c[0].sql, "raw": c[0].raw, "candidates": [x.to_json() for x in c]}
                    for pair, c in zip(pairs, candidates)]
-        if select:
+        if select or retries:  # the retries correct the selected answer (they need the warehouse anyway)
             _select_in_predict(cfg, pairs, records, candidates, dataset)
     else:
         with progress_bar("predict", len(messages), "q") as advance:
