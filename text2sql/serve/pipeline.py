@@ -106,14 +106,19 @@ class _Pipeline:
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
             # The reply is judged whole, by the function eval judges with: "DROP TABLE t; SELECT ..." is refused.
-            judged, check = judge_reply(done.text, self.snapshot)
+            # To execute, it is judged and run in a sandbox worker process: sqlglot's Python there does not hold
+            # this process's GIL, which the engine thread needs at every decode step.
+            result = None
+            if execute:
+                judged, check, result = await asyncio.get_running_loop().run_in_executor(
+                    self._queries, self.runner.judge_and_run, done.text, max_rows)
+            else:
+                judged, check = judge_reply(done.text, self.snapshot)
             sql = judged if judged is not None else (sql or done.text.strip())
             answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
                              retried=attempt > 0, batch_size=done.batch_size)
-            if check.ok and execute:
-                loop = asyncio.get_running_loop()
-                answer.result = await loop.run_in_executor(self._queries, self.runner.run, sql, max_rows)
-                answer.error_kind, answer.error = answer.result.error_kind, answer.result.error
+            if result is not None:
+                answer.result, answer.error_kind, answer.error = result, result.error_kind, result.error
             # A timeout is not retried: a second slow query doubles the wait, and the model cannot fix "too slow".
             if answer.error_kind in (None, "timeout") or attempt == self.retries:
                 break
