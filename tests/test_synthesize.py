@@ -386,3 +386,46 @@ def test_reconfirm_needs_a_synthetic_file_and_takes_no_synthesis_options(synth_c
             "`text2sql data synthesize` first\n", result.output
     result = CliRunner().invoke(main, [*cli, "--n", "5"])
     assert result.exit_code == 2 and "--reconfirm writes no candidates" in result.output
+
+
+def test_back_translation_shows_train_pairs_sql_to_question_and_never_a_held_out_one(synth_cfg, tiny_model):
+    from dataclasses import replace
+
+    from text2sql.data.store import load_dataset
+    from text2sql.data.synthesize import BACK_TRANSLATION_INSTRUCTIONS, BACK_TRANSLATION_SHOTS, Candidate
+    from text2sql.generate import load_generator
+    from text2sql.prompt import PromptBuilder, PromptSettings
+    from text2sql.synthesize import _back_translation_messages
+
+    ds = load_dataset(synth_cfg)
+    pairs = [p for p, _ in read_pairs_file(ds.pairs_file)]  # all splits: the function itself must keep to train
+    by_id = {p.id: p for p in pairs}
+    candidates = [
+        Candidate("SELECT COUNT(*) AS order_count FROM sales.orders AS o WHERE o.status = 'returned'", "p-0000",
+                  "literal"),
+        Candidate("SELECT c.segment, COUNT(*) AS customer_count FROM core.customers AS c GROUP BY c.segment "
+                  "ORDER BY customer_count DESC, c.segment LIMIT 2", "p-0002", "order_limit"),
+        Candidate("SELECT s.channel, COUNT(*) AS store_count FROM core.stores AS s GROUP BY s.channel "
+                  "ORDER BY s.channel", "p-0003", "group_by"),  # a dev pair as the source: never shown
+    ]
+    gen = load_generator(tiny_model, synth_cfg)
+    all_messages = _back_translation_messages(synth_cfg, ds, gen, candidates, pairs)
+    assert all_messages == _back_translation_messages(synth_cfg, ds, gen, candidates, pairs), "deterministic"
+
+    settings = PromptSettings(synth_cfg.prompt, BACK_TRANSLATION_INSTRUCTIONS)
+    builder = PromptBuilder.for_model(synth_cfg, replace(settings, prompt=replace(synth_cfg.prompt, k_shot=0)),
+                                      gen.tokenizer, ds.name)
+    held_out = [text for p in pairs if p.split != "train" for text in (p.sql, p.question)]
+    for candidate, messages in zip(candidates, all_messages):
+        assert messages[0] == builder.messages(candidate.sql)[0]
+        assert messages[0]["content"].startswith(BACK_TRANSLATION_INSTRUCTIONS)
+        assert messages[-1] == {"role": "user", "content": candidate.sql}
+        shots = messages[1:-1]
+        assert [m["role"] for m in shots] == ["user", "assistant"] * BACK_TRANSLATION_SHOTS  # 3 train pairs here
+        shown = [(u["content"], a["content"]) for u, a in zip(shots[::2], shots[1::2])]
+        assert len(shown) == 3 and set(shown) == {(p.sql, p.question) for p in pairs if p.split == "train"}
+        assert not [text for m in messages for text in held_out if text in m["content"]]
+    for candidate, messages in zip(candidates[:2], all_messages):  # the source pair comes first
+        source = by_id[candidate.source_id]
+        assert messages[1:3] == [{"role": "user", "content": source.sql},
+                                 {"role": "assistant", "content": source.question}]

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 from text2sql.catalog import SchemaSnapshot, load_snapshot
 from text2sql.data.store import Dataset, Pair, _locked, load_dataset, read_pairs_file, write_text_atomic
 from text2sql.data.synthesize import (
-    _QUESTION_PREFIX, BACK_TRANSLATION_INSTRUCTIONS, QUESTION_MAX_NEW_TOKENS, SYNTHETIC_FILE, Candidate, Progress,
-    SynthesisReport, mutation_pool, question_guard, read_candidate_lines, validate_candidates, with_outcome,
-    write_candidates,
+    _QUESTION_PREFIX, BACK_TRANSLATION_INSTRUCTIONS, BACK_TRANSLATION_SHOTS, QUESTION_MAX_NEW_TOKENS, SYNTHETIC_FILE,
+    Candidate, Progress, SynthesisReport, mutation_pool, question_guard, read_candidate_lines, validate_candidates,
+    with_outcome, write_candidates,
 )
 from text2sql.errors import DataError
 from text2sql.evaluate import compare_results
 from text2sql.generate import extract_sql, generate, load_generator, prompts_for
 from text2sql.models import resolve_model_dir
-from text2sql.prompt import PromptBuilder, PromptSettings
+from text2sql.prompt import ExampleIndex, PromptBuilder, PromptSettings
 from text2sql.warehouse import QueryRunner
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def synthesize_pairs(cfg: Config, dataset: str | None = None, n: int = 2000, mod
     with Progress(progress) as bar:
         pool = mutation_pool(cfg, ds, snapshot, train, pairs, held_out, seed, n, report, bar)
         valid = validate_candidates(cfg, ds, pool, n, report, bar)
-        kept = _questions(cfg, ds, snapshot, valid, held_out, model, answer_model, keep_unconfirmed, report, bar)
+        kept = _questions(cfg, ds, snapshot, valid, train, held_out, model, answer_model, keep_unconfirmed, report,
+                          bar)
     report.kept = len(kept)
     report.methods = Counter(c.method for c in kept)
     report.written = write_candidates(ds, kept)
@@ -138,17 +139,18 @@ def reconfirm_pairs(cfg: Config, dataset: str | None = None, answer_model: str |
     return report
 
 
-def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[Candidate], held_out: list[Pair],
-               model: str | None, answer_model: str | None, keep_unconfirmed: bool, report: SynthesisReport,
-               bar: Progress) -> list[Candidate]:
-    """Back-translate, guard against dev/test questions, round-trip; returns the candidates to keep."""
+def _questions(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, valid: list[Candidate], train: list[Pair],
+               held_out: list[Pair], model: str | None, answer_model: str | None, keep_unconfirmed: bool,
+               report: SynthesisReport, bar: Progress) -> list[Candidate]:
+    """Back-translate (`train` pairs as the examples), guard against dev/test questions, round-trip; returns the
+    candidates to keep."""
     if not valid:
         return []
 
     gen = _load(cfg, model or cfg.model.base)
     report.model = report.answer_model = str(gen.model_dir)
     task = bar.add("writing questions", len(valid))
-    replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid), bar, task,
+    replies = _generate_in_batches(gen, _back_translation_messages(cfg, ds, gen, valid, train), bar, task,
                                    min(QUESTION_MAX_NEW_TOKENS, gen.max_new_tokens))
     for candidate, reply in zip(valid, replies):
         candidate.question = _question_from(reply)
@@ -181,15 +183,37 @@ def _generate_in_batches(gen, messages: list, bar: Progress, task, max_new_token
     return replies
 
 
-def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[Candidate]) -> list:
-    """The model's own text->SQL prompt (schema, business definitions) with the instructions turned around, the SQL
-    as the user turn, and no k-shot turns (they show question -> SQL), built by the one prompt builder."""
+def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[Candidate], pairs: list[Pair]) -> list:
+    """The model's own text->SQL prompt (schema, business definitions) with the instructions turned around and the
+    SQL as the user turn, built by the one prompt builder without its k-shot turns (they show question -> SQL). In
+    their place, train pairs turned around (user: SQL, assistant: question; `_style_examples`), so the questions
+    come out in the team's style. Only `pairs` of the train split are ever shown (never dev or test)."""
     from dataclasses import replace
 
     settings = gen.settings or PromptSettings(gen.prompt or cfg.prompt, dataset=gen.dataset)
     settings = replace(settings, instructions=BACK_TRANSLATION_INSTRUCTIONS, prompt=replace(settings.prompt, k_shot=0))
     builder = PromptBuilder.for_model(cfg, settings, gen.tokenizer, ds.name, who="synthesize")
-    return [builder.messages(c.sql.strip()) for c in candidates]
+    train = [p for p in pairs if p.split == "train"]
+    index, by_id = ExampleIndex(train), {p.id: p for p in train}
+    out = []
+    for candidate in candidates:
+        system, asked = builder.messages(candidate.sql.strip())
+        shots = [turn for p in _style_examples(candidate, by_id, index)
+                 for turn in ({"role": "user", "content": p.sql.strip()},
+                              {"role": "assistant", "content": p.question.strip()})]
+        out.append([system, *shots, asked])
+    return out
+
+
+def _style_examples(candidate: Candidate, by_id: dict[str, Pair], index: ExampleIndex) -> list[Pair]:
+    """Up to BACK_TRANSLATION_SHOTS pairs to show before a candidate's SQL: its source pair (the mutation changed
+    little of it, so its question is the closest model), then the pairs `index` ranks nearest to the source's
+    question and the candidate's SQL (BM25 over their questions, ties by id: deterministic)."""
+    source = by_id.get(candidate.source_id)
+    if source is None:
+        return index.search(candidate.sql, BACK_TRANSLATION_SHOTS)
+    query = f"{source.question} {candidate.sql}"
+    return [source, *index.search(query, BACK_TRANSLATION_SHOTS - 1, db=source.db, exclude_id=source.id)]
 
 
 def _question_from(reply: str) -> str:

@@ -12,7 +12,8 @@ Stages of `synthesize_pairs`, in order:
 3. **Validate** with `data validate`'s own `validate_pairs`: parses, names resolve, executes, non-empty,
    deterministic (any error or warning except large_result drops the candidate).
 4. **Back-translate**: the model writes the question for each SQL through `generate.generate`, the system message
-   being the text->SQL one (schema, business definitions) with the instructions turned around.
+   being the text->SQL one (schema, business definitions) with the instructions turned around, after up to
+   `BACK_TRANSLATION_SHOTS` train pairs turned around too (SQL -> question): the source pair, then the nearest.
 5. **Question guard**: a question at least `data.dedup_threshold` similar (the dedup embedding model) to a dev or
    test question is dropped.
 6. **Round trip**: the model (or `answer_model`, say the fine-tuned one, the question writer freed first) answers
@@ -66,8 +67,13 @@ ACCEPTED_WARNINGS = frozenset({"large_result"})
 """Validation warnings a synthetic pair may carry; any other problem drops it."""
 BACK_TRANSLATION_INSTRUCTIONS = (
     "You write the question a business analyst asks that the user's DuckDB SQL query answers exactly, in plain "
-    "English, using the business terms below rather than table or column names. Reply with the question only."
+    "English, using the business terms below rather than table or column names. Write it as short as the example "
+    "questions and in their style, but state every condition the query applies that the business definitions do "
+    "not already imply (time period, filters, how many rows). Reply with the question only."
 )
+BACK_TRANSLATION_SHOTS = 3
+"""Curated train pairs shown, SQL -> question, before each candidate's SQL: its source pair, then the nearest ones
+(the team's short style; without them the model writes long, mechanical questions)."""
 QUESTION_MAX_NEW_TOKENS = 64
 """A question is one sentence: a model that rambles on is cut here (the SQL answer keeps generate.max_new_tokens)."""
 _QUESTION_PREFIX = re.compile(r"^\s*(question|q)\s*:\s*", re.IGNORECASE)
