@@ -466,6 +466,9 @@ def test_static_engine_admits_requests_into_the_running_batch(static_local):
     assert statuses == [200] * 10
     batches = [e["batch"] for e in requests_logged(logs, "/v1/sql")]
     assert max(batches) > 1 and max(batches) <= 4  # serve.max_batch_size=4 slots
+    from text2sql.serve.engine_backend import ENGINE_SWITCH_INTERVAL_S
+
+    assert sys.getswitchinterval() == ENGINE_SWITCH_INTERVAL_S  # the server runs in this process's thread
 
 
 def test_local_model_answers_sql_and_chat(local):

@@ -25,9 +25,9 @@ from text2sql.serve.pipeline import _Completion
 
 ENGINE_SWITCH_INTERVAL_S = 0.001
 """The interpreter's thread switch interval while the engine serves (Python's default: 5 ms). Every torch call
-releases the GIL, and taking it back waits up to the interval while the event loop's thread runs Python (prompt
-building, sqlglot checks): `bench/gil_contention.py` measured a decode step 5.4x slower beside a busy Python thread
-at 5 ms and 2.8x at 1 ms (2 CPU cores, tiny model)."""
+releases the GIL, and taking it back waits up to the interval while another thread runs Python (prompt building,
+sqlglot): `bench/gil_contention.py` measured a decode step 241x slower beside a thread running `check_sql` at 5 ms,
+46x at 1 ms (2 CPU cores, tiny model). The pipeline keeps sqlglot off this process where it can (`judge_and_run`)."""
 
 
 class EngineBackend:
