@@ -197,11 +197,11 @@ def _back_translation_messages(cfg: Config, ds: Dataset, gen, candidates: list[C
     index, by_id = ExampleIndex(train), {p.id: p for p in train}
     out = []
     for candidate in candidates:
-        system, asked = builder.messages(candidate.sql.strip())
+        *head, asked = builder.messages(candidate.sql.strip())  # the system message (if the model takes one), the SQL
         shots = [turn for p in _style_examples(candidate, by_id, index)
                  for turn in ({"role": "user", "content": p.sql.strip()},
                               {"role": "assistant", "content": p.question.strip()})]
-        out.append([system, *shots, asked])
+        out.append([*head, *shots, asked])
     return out
 
 
