@@ -219,7 +219,7 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
             if not r.get("attempts"):
                 assert r == p  # a passing answer is not asked again
                 continue
-            assert r["attempts"][0]["sql"] == (judge_reply(p["sql"], snapshot)[0] or p["sql"] or "")
+            assert r["attempts"][0]["sql"] == (judge_reply(p["sql"], snapshot)[0] or p["sql"] or p["raw"])
             assert 1 <= len(r["attempts"]) <= 2 and r["sql"] == extract_sql(r["raw"])
         # The first retry's reply is the greedy reply to the correction chat built from the first failure.
         i = failing[0]
@@ -229,7 +229,7 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
         retry = correction_messages(chat, first["sql"], first["error_kind"], first["error"])
         expected = generate(gen, [retry])[0]
         assert (records[i]["attempts"][1]["sql"] if len(records[i]["attempts"]) > 1 else None) in (
-            None, judge_reply(extract_sql(expected), snapshot)[0] or extract_sql(expected) or "")
+            None, judge_reply(extract_sql(expected), snapshot)[0] or extract_sql(expected) or expected)
         if len(records[i]["attempts"]) == 1:
             assert records[i]["raw"] == expected
     stats = json.loads(stats_path(out).read_text())
@@ -238,7 +238,7 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
         both = predict(load_config(path, ["generate.retries=1", "generate.num_candidates=2"]), tiny_model,
                        out=tmp_path / "x.jsonl")
     for r in map(json.loads, both.read_text().splitlines()):
-        answers = {c["sql"] for c in r["candidates"]} | {judge_reply(c["sql"], snapshot)[0] or c["sql"] or ""
+        answers = {c["sql"] for c in r["candidates"]} | {judge_reply(c["sql"], snapshot)[0] or c["sql"] or c["raw"]
                                                            for c in r["candidates"]}
         assert "selection" in r and r.get("attempts", [{}])[0].get("sql", r["sql"]) in answers
     with pytest.raises(ConfigError, match="retries: must be >= 0"):

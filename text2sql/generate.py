@@ -467,7 +467,8 @@ def _self_correct(cfg: Config, gen: Generator, pairs: list, messages: list, reco
         chats = {i: messages[i] for i in pending}
         with QueryRunner.from_config(cfg, spec, workers=1) as runner:
             for _ in range(retries):
-                failed = [(i, *why) for i in pending if (why := _failure(records[i]["sql"], snapshot, runner))]
+                failed = [(i, *why) for i in pending
+                          if (why := _failure(records[i]["sql"], records[i]["raw"], snapshot, runner))]
                 if not failed:
                     break
                 for i, sql, kind, message in failed:
@@ -491,11 +492,12 @@ def _by_db(pairs: list) -> dict[Any, list[int]]:
     return by_db
 
 
-def _failure(sql: str | None, snapshot, runner: QueryRunner) -> tuple[str, str, str] | None:
-    """(the SQL as the chat shows it, error kind, message) when `sql` fails as eval would judge it, else None."""
+def _failure(sql: str | None, raw: str, snapshot, runner: QueryRunner) -> tuple[str, str, str] | None:
+    """(what the chat shows as the failed reply, error kind, message) when `sql` fails as eval would judge it (the
+    raw reply when it holds no SQL), else None."""
     judged, check = judge_reply(sql, snapshot)
     if not check.ok:
-        return (judged or sql or "", check.kind or "no_sql", check.message or "the reply holds no SQL query")
+        return (judged or sql or raw, check.kind or "no_sql", check.message or "the reply holds no SQL query")
     result = runner.run(judged, 1, checked=True)
     if result.error_kind in (None, "timeout"):
         return None
