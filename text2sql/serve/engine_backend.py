@@ -49,7 +49,6 @@ class EngineBackend:
         self._switch_interval = sys.getswitchinterval()
 
     async def start(self) -> None:
-        self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(ENGINE_SWITCH_INTERVAL_S)  # process-wide: the server owns its process
         self._thread = threading.Thread(target=self._serve, name="text2sql-engine", daemon=True)
         self._thread.start()
