@@ -24,7 +24,7 @@ from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
 from text2sql.progress import progress_bar
 from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, render_prompt
 from text2sql.select import open_target, select_candidates
-from text2sql.warehouse import QueryRunner, extract_sql as extract, judge_reply
+from text2sql.warehouse import QueryRunner, extract_sql as extract
 
 if TYPE_CHECKING:
     from text2sql.config import Config, PromptConfig
@@ -465,10 +465,11 @@ def _self_correct(cfg: Config, gen: Generator, pairs: list, messages: list, reco
     for db, pending in _by_db(pairs).items():
         spec, snapshot = open_target(cfg, dataset, db)
         chats = {i: messages[i] for i in pending}
-        with QueryRunner.from_config(cfg, spec, workers=1) as runner:
+        with QueryRunner.from_config(cfg, spec, workers=1, snapshot=snapshot) as runner:
             for _ in range(retries):
-                failed = [(i, *why) for i in pending
-                          if (why := _failure(records[i]["sql"], records[i]["raw"], snapshot, runner))]
+                judged = dict(runner.judge_and_run_each([records[i]["sql"] for i in pending], 1))
+                failed = [(i, *why) for k, i in enumerate(pending)
+                          if (why := _failure(records[i]["sql"], records[i]["raw"], *judged[k]))]
                 if not failed:
                     break
                 for i, sql, kind, message in failed:
@@ -492,13 +493,11 @@ def _by_db(pairs: list) -> dict[Any, list[int]]:
     return by_db
 
 
-def _failure(sql: str | None, raw: str, snapshot, runner: QueryRunner) -> tuple[str, str, str] | None:
-    """(what the chat shows as the failed reply, error kind, message) when `sql` fails as eval would judge it (the
-    raw reply when it holds no SQL), else None."""
-    judged, check = judge_reply(sql, snapshot)
+def _failure(sql: str | None, raw: str, judged: str | None, check, result) -> tuple[str, str, str] | None:
+    """(what the chat shows as the failed reply, error kind, message) when `judge_and_run` found `sql` failing as
+    eval judges it (the raw reply when it holds no SQL), else None."""
     if not check.ok:
         return (judged or sql or raw, check.kind or "no_sql", check.message or "the reply holds no SQL query")
-    result = runner.run(judged, 1, checked=True)
     if result.error_kind in (None, "timeout"):
         return None
     return judged, result.error_kind, result.error
