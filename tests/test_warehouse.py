@@ -169,3 +169,33 @@ def test_time_zone_is_utc_whatever_the_host_says(cfg, monkeypatch):
     with QueryRunner.from_config(cfg) as runner:
         result = runner.run("SELECT extract(hour FROM TIMESTAMPTZ '2024-01-31 23:30:00+00')")
     assert result.rows == [(23,)]
+
+
+def test_a_worker_without_pytz_refuses_to_start_and_says_what_to_install(tmp_path):
+    """Without pytz, DuckDB fails every TIMESTAMPTZ result as if the SQL were wrong (a GPU host without it scored
+    right answers as runtime errors): the sandbox must refuse to start instead."""
+    import os
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "shadow" / "pytz"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    script = ("from text2sql.errors import MissingDependencyError\n"
+              "from text2sql.warehouse import QueryRunner, WarehouseSpec\n"
+              "with QueryRunner(WarehouseSpec()) as runner:\n"
+              "    try:\n"
+              "        print('ran', runner.run(\"SELECT TIMESTAMPTZ '2025-01-01 00:00:00+00' AS t\").rows)\n"
+              "    except MissingDependencyError as exc:\n"
+              "        print('missing:', exc)\n")
+    repo = str(Path(__file__).resolve().parents[1])
+
+    def run(extra_path: list[str]) -> str:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extra_path, repo]))
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run([]).startswith("ran [(datetime.datetime(2025, 1, 1, 0, 0, tzinfo=")
+    assert run([str(tmp_path / "shadow")]) == ("missing: 'pytz' is not installed: DuckDB needs it to return "
+                                               "TIMESTAMP WITH TIME ZONE values (pip install pytz)")

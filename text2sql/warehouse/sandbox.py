@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from text2sql.catalog import SchemaSnapshot, load_snapshot
-from text2sql.errors import SchemaSnapshotError, UnsafeSQLError
+from text2sql.errors import MissingDependencyError, SchemaSnapshotError, UnsafeSQLError
 from text2sql.warehouse.engines import WarehouseSpec, open_connection
 from text2sql.warehouse.guard import (
     SQLCheck,
@@ -96,6 +96,7 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
     bound by running it, once (see `_judge_and_run`).
     """
     try:
+        _require_result_modules()
         con = open_connection(spec, memory_limit, threads)
         bind_on_run = binder is not None and _same_catalog(con, binder)
         if not spec.setup_sql:  # no extension loaded: the parser is DuckDB's plain one
@@ -121,6 +122,17 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
         for reply in (text if op == "judge_many" else [text]):
             _send_answer(conn, "judge", _judge_and_run(con, spec, snapshot, reply, max_rows, timeout_s, watchdog,
                                                        bind_on_run))
+
+
+def _require_result_modules() -> None:
+    """DuckDB imports pytz to hand a TIMESTAMP WITH TIME ZONE value to Python. Without it every such query fails
+    as if its SQL were wrong: a right answer scored a runtime error, retried, dropped as a candidate or as a
+    synthetic pair. A worker refuses to start instead, and the command says what to install."""
+    try:
+        import pytz  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("'pytz' is not installed: DuckDB needs it to return TIMESTAMP WITH TIME ZONE "
+                                     "values (pip install pytz)") from exc
 
 
 def _send_answer(conn, op: str, answer) -> None:
@@ -309,6 +321,9 @@ class _Worker:
         status, detail = self.conn.recv() if self.conn.poll(60) else ("failed", "worker did not start in 60 s")
         if status != "ready":
             self.kill()
+            missing = "MissingDependencyError: "
+            if detail.startswith(missing):
+                raise MissingDependencyError(detail.removeprefix(missing))
             raise SchemaSnapshotError(f"cannot open the warehouse: {detail}")
 
     def run(self, sql: str, max_rows: int, timeout_s: float, op: str = "run"):
