@@ -429,3 +429,33 @@ def test_back_translation_shows_train_pairs_sql_to_question_and_never_a_held_out
         source = by_id[candidate.source_id]
         assert messages[1:3] == [{"role": "user", "content": source.sql},
                                  {"role": "assistant", "content": source.question}]
+
+
+def test_join_mutation_joins_only_along_a_reference_of_the_tables_it_joins_on(synth_cfg):
+    """A defined join whose ON condition reaches the new table through a table that does not reference it (the
+    fiscal calendar's date) fans rows out: synthesis wrote "refunds by fiscal quarter for card payments" joining
+    every order of a day to every return of that day. It must not be proposed; a real many-to-one path still is."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.analysis import parse_sql
+    from text2sql.data.definitions import read_definitions
+    from text2sql.data.mutate import MutationContext, mutate_join
+    from text2sql.warehouse import QueryRunner
+
+    path = synth_cfg.root / "join-definitions.yaml"
+    path.write_text(
+        "version: 1\naliases: {o: sales.orders, r: sales.returns, s: core.stores, fc: core.fiscal_calendar}\n"
+        "definitions:\n"
+        "  - {term: fiscal calendar, kind: join, meaning: m, sql: 'fc.calendar_date = CAST(o.ordered_at AS DATE)'}\n"
+        "  - {term: order store, kind: join, meaning: m, sql: 's.store_id = o.store_id'}\n")
+    returns = ("SELECT fc.fiscal_quarter, SUM(r.refund_amount) AS refunds FROM sales.returns AS r JOIN "
+               "core.fiscal_calendar AS fc ON fc.calendar_date = CAST(r.returned_at AS DATE) "
+               "GROUP BY fc.fiscal_quarter ORDER BY fc.fiscal_quarter")
+    orders = ("SELECT fc.fiscal_quarter, COUNT(*) AS orders FROM sales.orders AS o JOIN core.fiscal_calendar AS fc "
+              "ON fc.calendar_date = CAST(o.ordered_at AS DATE) GROUP BY fc.fiscal_quarter ORDER BY fc.fiscal_quarter")
+    with QueryRunner.from_config(synth_cfg) as runner:
+        ctx = MutationContext(load_snapshot(synth_cfg), read_definitions(path), runner)
+        for seed in range(4):
+            assert not [s for s in mutate_join(parse_sql(returns), ctx, random.Random(seed))
+                        if "fc.calendar_date = CAST(o.ordered_at" in s.split("JOIN sales.orders", 1)[-1]]
+        joined = mutate_join(parse_sql(orders), ctx, random.Random(0))
+        assert joined and all("JOIN core.stores AS s ON s.store_id = o.store_id" in s for s in joined), joined

@@ -442,8 +442,10 @@ def mutate_join(tree: exp.Expression, ctx: MutationContext, rng: random.Random) 
         new = [a for a in used if a not in tables]
         known = [a for a in used if a in tables]
         table = ctx.snapshot.resolve(ctx.aliases.get(new[0], "")) if len(new) == 1 else None
-        if table and known and table not in present and _references(ctx.snapshot, present, table) and all(
-                tables[a] == ctx.snapshot.resolve(ctx.aliases.get(a, "")) for a in known):
+        # The ON condition's own tables must reference the new one: `fc.calendar_date = CAST(o.ordered_at AS DATE)`
+        # added to a query of returns and the fiscal calendar joins every order of a day to every return of it.
+        if table and known and table not in present and _references(ctx.snapshot, {tables[a] for a in known}, table) \
+                and all(tables[a] == ctx.snapshot.resolve(ctx.aliases.get(a, "")) for a in known):
             paths.append((new[0], table, fragment))
     if not paths:
         for alias, table in sorted(tables.items()):
