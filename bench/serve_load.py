@@ -13,7 +13,9 @@ Exit code 1 when any request got a 5xx or no answer at all.
 the same load; with --out-dir, each report goes to DIR/serve_load-<decoding>.json and the ratios (the last path
 against the first) to DIR/serve_load-compare.json. --stream asks /v1/chat/completions with `stream: true` and
 also reports the time to the first content chunk. The started server warms up (static decoding: compiles) before
-it answers /healthz, so no timed request pays for that.
+it answers /healthz, so no timed request pays for that. Progress goes to stderr (the server's start-up time, every
+tenth of the requests, at least every 10 s); with --out-dir the started server's log is kept there as serve-<decoding>.log, also when
+the run is stopped by SIGTERM (a `timeout` limit).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import json
 import os
 import platform
 import secrets
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -36,6 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "bench" / "results" / "serve_load.json"
 TINY_MAX_NEW_TOKENS = 24
+PROGRESS_S = 10.0
+"""A progress line at least this often (besides every tenth of the requests)."""
 FALLBACK_QUESTIONS = ["How many customers do we have?", "Total revenue by store region",
                       "How many orders were cancelled?", "Which product category has the most returns?",
                       "Average order value by payment method"]
@@ -67,6 +73,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="64 requests, no result file")
     parser.add_argument("--out", default=None, help=f"Result file (default {RESULT.relative_to(REPO)}).")
     args = parser.parse_args()
+    # A run stopped by `timeout` (SIGTERM) still stops its server and, with --out-dir, keeps the server's log.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     if args.smoke:
         args.requests = min(args.requests, 64)
 
@@ -126,6 +134,9 @@ def _run_once(args, config_path: Path, questions: list[str], decoding: str | Non
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        if log_file is not None and args.out_dir:  # the server's own account, kept beside the report (or instead)
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_file, Path(args.out_dir) / f"serve-{decoding or 'default'}.log")
     report = _report(results, wall, args, url) | {"overrides": overrides, "decoding": decoding}
     if log_file is not None:
         report["server_log"] = _server_summary(log_file)
@@ -180,7 +191,9 @@ def _start_server(args, config_path: Path, token: str, extra: list[str] = ()):
     env = {**os.environ, "TEXT2SQL_TOKEN": token}
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file.open("w"))
     url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
     _wait_healthy(url, server, log_file, args.startup_timeout_s)
+    print(f"server ready in {time.perf_counter() - started:.1f} s (load and warm-up)", file=sys.stderr, flush=True)
     return server, url, log_file, overrides
 
 
@@ -211,6 +224,7 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
     next_index = iter(range(args.requests))
 
     deadline = time.perf_counter() + args.max_seconds if args.max_seconds else None
+    progress_every, sent, last_progress = max(1, args.requests // 10), time.perf_counter(), [0.0]
 
     async def worker(client):
         for i in next_index:
@@ -237,6 +251,11 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
             answer = payload.get("text2sql", payload) if isinstance(payload, dict) else {}
             record |= {k: answer.get(k) for k in ("valid", "retried", "error_kind")}
             results.append(record)
+            elapsed = time.perf_counter() - sent
+            if len(results) % progress_every == 0 or elapsed > last_progress[0] + PROGRESS_S:
+                last_progress[0] = elapsed  # a run killed at its limit still shows how far it got
+                print(f"[{elapsed:.1f}s] {len(results)}/{args.requests} answered, {len(results) / elapsed:.2f} requests/s",
+                      file=sys.stderr, flush=True)
 
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=args.timeout_s) as client:
         await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))

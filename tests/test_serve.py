@@ -631,6 +631,29 @@ def test_load_bench_smoke_has_no_5xx(tmp_path, lakehouse_project):
     assert report["requests"] == 64 and report["statuses"] == {"200": 64}
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
     assert report["server_log"]["max_batch"] > 1
+    assert "server ready in" in done.stderr and "/64 answered" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_load_bench_stopped_by_sigterm_stops_its_server_and_keeps_its_log(tmp_path, lakehouse_project):
+    """A run killed at its time limit (`timeout` sends SIGTERM) still stops its server and keeps its log in --out-dir."""
+    import signal
+
+    bench = subprocess.Popen([sys.executable, str(REPO / "bench" / "serve_load.py"), "--requests", "100000",
+                              "--concurrency", "2", "--out-dir", str(tmp_path / "out"),
+                              "--config", str(lakehouse_project / "text2sql.yaml")],
+                             stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in bench.stderr:  # progress lines: the server is up and answering
+        seen.append(line)
+        if "answered" in line:
+            break
+    bench.send_signal(signal.SIGTERM)
+    rest = bench.communicate(timeout=120)[1]
+    assert bench.returncode == 124, "".join(seen) + rest
+    log = (tmp_path / "out" / "serve-default.log").read_text()
+    assert "POST /v1/sql" in log or "/v1/sql" in log, log[-2000:]
+    assert not (tmp_path / "out" / "serve_load-default.json").exists(), "a killed run reports nothing"
 
 
 @pytest.mark.slow
