@@ -282,7 +282,7 @@ def _worker_context():
     if _CONTEXT is None:
         if "forkserver" in mp.get_all_start_methods():
             _CONTEXT = mp.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["duckdb", __name__])
+            _CONTEXT.set_forkserver_preload(["duckdb", "pytz", __name__])  # a missing one is skipped here
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT
