@@ -88,6 +88,21 @@ def test_synthesis_guards_validates_and_repeats_with_the_same_seed(synth_cfg):
         - again.dropped["question_leak"] - again.confirmed
 
 
+@pytest.mark.slow
+def test_a_second_run_adds_new_candidates_and_never_asks_the_model_about_the_file_s_again(synth_cfg):
+    """Growing the file to 1k or 3k pairs takes several runs: each proposes n candidates that are not in it yet."""
+    from text2sql.synthesize import synthesize_pairs
+
+    first = synthesize_pairs(synth_cfg, n=6, seed=5, keep_unconfirmed=True, progress=False)
+    before = {r["id"]: r for r in synthetic_records(synth_cfg)}
+    second = synthesize_pairs(synth_cfg, n=6, seed=5, keep_unconfirmed=True, progress=False)
+    after = synthetic_records(synth_cfg)
+    assert first.kept == len(before) > 0 and second.dropped["already_synthesized"] >= 1  # the same seed: met again
+    assert [r for r in after if r["id"] in before] == list(before.values()), "earlier records stay as they were"
+    added = [r for r in after if r["id"] not in before]
+    assert len(added) == second.kept == second.written - first.written, "every kept candidate is a new one"
+
+
 def test_bad_n_and_no_train_pairs_are_clear_errors(synth_cfg, tmp_path):
     for n in ("0", "-3"):
         result = CliRunner().invoke(main, ["data", "synthesize", "--config", str(synth_cfg.root / "text2sql.yaml"),

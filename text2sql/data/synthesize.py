@@ -112,8 +112,8 @@ class SynthesisReport:
     written: int = 0
     """Records in the file after the merge with those already there."""
     dropped: Counter = field(default_factory=Counter)
-    """Reason -> candidates dropped (template_leak, duplicate_sql, invalid:<kind>, question_leak, no_question,
-    unconfirmed)."""
+    """Reason -> candidates dropped (template_leak, duplicate_sql, already_synthesized (in the file from an earlier
+    run), invalid:<kind>, question_leak, no_question, unconfirmed)."""
     methods: Counter = field(default_factory=Counter)
     """Method -> candidates kept."""
     seconds: float = 0.0
@@ -153,6 +153,8 @@ def mutation_pool(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, train: lis
     rng = random.Random(seed)
     leaked_templates = {sql_template(p.sql) for p in held_out}
     seen = {normalize_sql(p.sql) for p in pairs}
+    # What earlier runs wrote: another run adds n new candidates, never spends the model on those again.
+    earlier = {normalize_sql(r["sql"]) for r, _ in read_candidate_lines(ds.path / SYNTHETIC_FILE)} - seen
     pool: list[Candidate] = []
     wanted = POOL_FACTOR * n + 32
     sources = list(train)
@@ -178,6 +180,9 @@ def mutation_pool(cfg: Config, ds: Dataset, snapshot: SchemaSnapshot, train: lis
                         report.dropped["duplicate_sql"] += 1
                         continue
                     seen.add(key)
+                    if key in earlier:
+                        report.dropped["already_synthesized"] += 1
+                        continue
                     if sql_template(variant) in leaked_templates:
                         report.dropped["template_leak"] += 1
                         continue
