@@ -511,6 +511,34 @@ def test_eval_compare_lists_regressions_and_fixes(tmp_path):
     assert not compare_reports(reports / "v2", reports / "v1")["failed"]
 
 
+def test_eval_compare_says_whether_a_difference_is_more_than_chance(tmp_path):
+    """Exact McNemar on the changed examples, and 95 % Wilson intervals: 44 dev questions cannot tell most recipes
+    apart, and the comparison says so instead of leaving a reader to trust a 2-point delta."""
+    from click.testing import CliRunner
+
+    from text2sql.cli import main
+
+    (tmp_path / "text2sql.yaml").write_text("eval:\n  regression_threshold: 1.0\n")
+    reports = tmp_path / "eval" / "reports"
+    ids = [f"e{i}" for i in range(10)]
+    write_report(make_report("base", {i: "correct" if n < 4 else "wrong_result" for n, i in enumerate(ids)}),
+                 reports / "base")
+    write_report(make_report("all", {i: "correct" for i in ids}), reports / "all")
+    # 3 regressions (e0-e2) and 5 fixes (e4-e8): +2 correct, a split a fair coin gives often.
+    write_report(make_report("mixed", {i: "correct" if 3 <= n <= 8 else "wrong_result" for n, i in enumerate(ids)}),
+                 reports / "mixed")
+    cmp = compare_reports(reports / "base", reports / "all")
+    assert (len(cmp["fixes"]), len(cmp["regressions"]), cmp["p_value"]) == (6, 0, 0.0312)  # 2 / 2**6
+    assert cmp["interval_a"] == [0.1682, 0.6873] and cmp["interval_b"] == [0.7225, 1.0]  # 4/10 and 10/10
+    mixed = compare_reports(reports / "base", reports / "mixed")
+    assert (len(mixed["fixes"]), len(mixed["regressions"]), mixed["p_value"]) == (5, 3, 0.7266)
+    assert compare_reports(reports / "base", reports / "base")["p_value"] == 1.0
+    out = CliRunner().invoke(main, ["eval", "compare", str(reports / "base"), str(reports / "mixed"),
+                                    "--config", str(tmp_path / "text2sql.yaml")]).output
+    assert "paired: 5 fixes, 3 regressions, exact McNemar p = 0.727 (within chance at this size); 95 % intervals " \
+           "16.8%-68.7% and 31.3%-83.2%" in out, out
+
+
 def test_eval_compare_cli_exit_code(tmp_path):
     from click.testing import CliRunner
 

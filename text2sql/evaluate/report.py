@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from text2sql.errors import DataError
@@ -248,7 +249,34 @@ def compare_reports(a_dir: str | Path, b_dir: str | Path, threshold: float = 0.0
         "a": a["release"], "b": b["release"], "ex_a": a["metrics"]["ex"], "ex_b": b["metrics"]["ex"],
         "delta": delta, "threshold": threshold, "failed": -delta > threshold + 1e-12,
         "regressions": regressions, "fixes": fixes, "slices": slices, "warnings": warnings,
+        "interval_a": wilson_interval(a["metrics"]["ex"], a["metrics"].get("n", len(a_ex))),
+        "interval_b": wilson_interval(b["metrics"]["ex"], b["metrics"].get("n", len(b_ex))),
+        "p_value": mcnemar_p(len(regressions), len(fixes)),
     }
+
+
+def mcnemar_p(regressions: int, fixes: int) -> float:
+    """Two-sided exact McNemar p-value: the chance of a split of the changed examples at least this uneven if A and
+    B were equally good (each changed example a fair coin). Small dev splits make most recipe differences chance.
+
+    >>> mcnemar_p(0, 6), mcnemar_p(3, 5)
+    (0.0312, 0.7266)
+    """
+    changed = regressions + fixes
+    tail = sum(math.comb(changed, k) for k in range(min(regressions, fixes) + 1)) / 2 ** changed
+    return round(min(1.0, 2 * tail), 4)
+
+
+def wilson_interval(ex: float, n: int, z: float = 1.96) -> list[float] | None:
+    """95 % Wilson score interval of an EX measured on n examples (None for n = 0).
+
+    >>> wilson_interval(0.5, 44)
+    [0.3583, 0.6417]
+    """
+    if not n:
+        return None
+    centre, spread = ex + z * z / (2 * n), z * math.sqrt(ex * (1 - ex) / n + z * z / (4 * n * n))
+    return [round((centre - spread) / (1 + z * z / n), 4), round((centre + spread) / (1 + z * z / n), 4)]
 
 
 def _load_report(path: Path) -> dict:
@@ -267,6 +295,12 @@ def _load_report(path: Path) -> dict:
 
 def format_comparison(cmp: dict) -> str:
     lines = [f"EX {cmp['a']} {cmp['ex_a']:.1%} -> {cmp['b']} {cmp['ex_b']:.1%} ({cmp['delta']:+.1%})"]
+    if cmp.get("p_value") is not None:
+        ia, ib = cmp["interval_a"], cmp["interval_b"]
+        ranges = f"; 95 % intervals {ia[0]:.1%}-{ia[1]:.1%} and {ib[0]:.1%}-{ib[1]:.1%}" if ia and ib else ""
+        verdict = "unlikely to be chance" if cmp["p_value"] < 0.05 else "within chance at this size"
+        lines.append(f"paired: {len(cmp['fixes'])} fixes, {len(cmp['regressions'])} regressions, exact McNemar "
+                     f"p = {cmp['p_value']:.3g} ({verdict}){ranges}")
     lines += [f"warning: {w}" for w in cmp["warnings"]]
     for title in ("regressions", "fixes"):
         lines.append(f"{title}: {len(cmp[title])}")
