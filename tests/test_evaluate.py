@@ -674,3 +674,45 @@ def test_eval_imports_no_model_libraries(eval_project):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_eval_combine_makes_an_ensemble_that_eval_selects_by_execution(eval_project):
+    """Three models' predictions, combined: each question goes to the answer most of them agree on by execution
+    (invalid ones dropped), a tie to the earlier file; eval reports the ensemble against the first file alone."""
+    from click.testing import CliRunner
+
+    from text2sql.cli import main
+
+    gold = {p.id: p.sql for p in demo_pairs()}
+    wrong_count = "SELECT count(*) + 1 FROM sales.orders"
+    files = [  # count: B and C agree (right) against A; revenue: all differ, the first file's stands;
+        # first-orders: A fails to parse, B is right, C wrong: a one-one tie goes to B, the earlier file.
+        {**gold, "count": wrong_count, "revenue": "SELECT 1", "first-orders": "SELEC order_id"},
+        {**gold, "revenue": "SELECT 2"},
+        {**gold, "revenue": "SELECT 3",
+         "first-orders": "SELECT order_id, ordered_at FROM sales.orders ORDER BY ordered_at DESC, order_id LIMIT 3"},
+    ]
+    paths = [str(write_predictions(eval_project / f"{name}.jsonl", f)) for name, f in zip("abc", files)]
+    config = ["--config", str(eval_project / "text2sql.yaml")]
+    runner = CliRunner()
+    combined = eval_project / "ensemble.jsonl"
+    done = runner.invoke(main, ["eval", "combine", *paths, "--out", str(combined)])
+    assert done.exit_code == 0 and "3 candidates each" in done.output, done.output
+    records = {json.loads(line)["id"]: json.loads(line) for line in combined.read_text().splitlines()}
+    assert [c["sql"] for c in records["count"]["candidates"]] == [wrong_count, gold["count"], gold["count"]]
+    scored = runner.invoke(main, ["eval", "--predictions", str(combined), "--split", "test", "--release", "ens",
+                                  *config])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads((eval_project / "eval" / "reports" / "ens" / "report.json").read_text())
+    verdicts = {e["id"]: e["verdict"] for e in report["examples"]}
+    assert verdicts["count"] == verdicts["first-orders"] == "correct"
+    assert verdicts["revenue"] == "wrong_result" and {e["predicted"] for e in report["examples"]
+                                                      if e["id"] == "revenue"} == {"SELECT 1"}
+    assert "candidate selection: 3 candidates" in scored.output
+
+    one = runner.invoke(main, ["eval", "combine", paths[0], "--out", str(combined)])
+    assert one.exit_code == 1 and one.output.startswith("error: combine needs two or more"), one.output
+    short = write_predictions(eval_project / "short.jsonl", {"count": gold["count"]})
+    other = runner.invoke(main, ["eval", "combine", paths[0], str(short), "--out", str(eval_project / "x.jsonl")])
+    assert other.exit_code == 1 and "answers other questions" in other.output and "Traceback" not in other.output
+    assert not (eval_project / "x.jsonl").exists()

@@ -335,6 +335,19 @@ def eval_compare(a, b, config_path, overrides, threshold, as_json):
         sys.exit(1)
 
 
+@eval_.command("combine")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The combined predictions JSONL (score it with eval --predictions).")
+def eval_combine(files, out):
+    """Combine predictions files of several models into one whose candidates are their answers (an ensemble:
+    eval --predictions OUT picks the answer most of them agree on by execution; a tie goes to the first file)."""
+    from text2sql.select import combine_predictions
+
+    n = combine_predictions(list(files), out)
+    click.echo(f"wrote {out}: {n} questions, {len(files)} candidates each (one per file, in that order)")
+
+
 # ---------------------------------------------------------------- serve
 
 
