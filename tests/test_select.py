@@ -243,3 +243,35 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
         assert "selection" in r and r.get("attempts", [{}])[0].get("sql", r["sql"]) in answers
     with pytest.raises(ConfigError, match="retries: must be >= 0"):
         load_config(path, ["generate.retries=-1"])
+
+
+def test_predict_with_several_models_writes_each_and_their_answers_as_candidates(tmp_path, lakehouse_project,
+                                                                                tiny_model):
+    """`predict --model A --model B --out F`: each model's own file (byte-identical to predicting with it alone),
+    and F with one candidate per model, in order, that eval selects among."""
+    from click.testing import CliRunner
+    from tinymodel import one_torch_thread
+
+    from text2sql.cli import main
+
+    path = lakehouse_tiny_project(tmp_path / "proj", lakehouse_project, tiny_model)
+    base = ["predict", "--config", str(path), "--split", "test"]
+    with one_torch_thread():
+        alone = CliRunner().invoke(main, [*base, "--model", str(tiny_model), "--out", str(tmp_path / "alone.jsonl")])
+        assert alone.exit_code == 0, alone.output
+        both = CliRunner().invoke(main, [*base, "--model", str(tiny_model), "--model", str(tiny_model),
+                                         "--out", str(tmp_path / "ens.jsonl")])
+    assert both.exit_code == 0, both.output
+    single = (tmp_path / "alone.jsonl").read_text()
+    assert (tmp_path / "ens.m1.jsonl").read_text() == (tmp_path / "ens.m2.jsonl").read_text() == single
+    records = [json.loads(line) for line in (tmp_path / "ens.jsonl").read_text().splitlines()]
+    assert [r["sql"] for r in records] == [json.loads(line)["sql"] for line in single.splitlines()]
+    members = [str(tmp_path / "ens.m1.jsonl"), str(tmp_path / "ens.m2.jsonl")]
+    assert all([c["source"] for c in r["candidates"]] == members for r in records)
+    stats = json.loads((tmp_path / "ens.stats.json").read_text())
+    assert stats["questions"] == len(records) and stats["models"] == [str(tiny_model)] * 2 and stats["seconds"] > 0
+    scored = CliRunner().invoke(main, ["eval", "--config", str(path), "--predictions", str(tmp_path / "ens.jsonl"),
+                                       "--split", "test", "--release", "ens"])
+    assert scored.exit_code == 0 and "candidate selection: 2 candidates" in scored.output, scored.output
+    no_out = CliRunner().invoke(main, [*base, "--model", str(tiny_model), "--model", str(tiny_model)])
+    assert no_out.exit_code == 2 and "needs --out" in no_out.output

@@ -255,21 +255,27 @@ def merge_cmd(run, config_path, overrides, out, checkpoint, force):
 @main.command("predict")
 @config_option
 @set_option
-@click.option("--model", "model_dir", required=True,
-              help="A base model dir or name, an adapter run (or checkpoint) dir, or a merged dir.")
+@click.option("--model", "model_dirs", required=True, multiple=True,
+              help="A base model dir or name, an adapter run (or checkpoint) dir, or a merged dir. Repeated: an "
+                   "ensemble, each model's answer one candidate of --out (eval selects).")
 @click.option("--split", default="test", show_default=True, help="Split to predict.")
 @click.option("--dataset", default=None, help="Dataset name (default data.dataset).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl).")
+              help="JSONL output (default MODEL/predictions/<dataset>-<split>.jsonl; needed for an ensemble).")
 @click.option("--strict", is_flag=True, help="Refuse when schemas/ changed since the model was trained.")
 @click.option("--select", "select_", is_flag=True,
               help="With generate.num_candidates > 1: pick each answer here on the warehouse (default: eval does).")
-def predict_cmd(config_path, overrides, model_dir, split, dataset, out, strict, select_):
+def predict_cmd(config_path, overrides, model_dirs, split, dataset, out, strict, select_):
     """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
-    from text2sql.generate import predict
+    from text2sql.generate import predict, predict_ensemble
 
-    click.echo(predict(load(config_path, overrides), model_dir, split=split, out=out, dataset=dataset, strict=strict,
-                       select=select_))
+    cfg = load(config_path, overrides)
+    if len(model_dirs) == 1:
+        click.echo(predict(cfg, model_dirs[0], split=split, out=out, dataset=dataset, strict=strict, select=select_))
+        return
+    if out is None or select_:
+        raise click.UsageError("an ensemble (--model given more than once) needs --out, and eval selects (no --select)")
+    click.echo(predict_ensemble(cfg, list(model_dirs), out, split=split, dataset=dataset, strict=strict))
 
 
 # ---------------------------------------------------------------- eval
