@@ -267,7 +267,8 @@ def merge_cmd(run, config_path, overrides, out, checkpoint, force):
               help="With generate.num_candidates > 1: pick each answer here on the warehouse (default: eval does).")
 def predict_cmd(config_path, overrides, model_dirs, split, dataset, out, strict, select_):
     """Generate SQL for every question of a split (batched greedy); writes JSONL {id, sql, raw}, prints its path."""
-    from text2sql.generate import predict, predict_ensemble
+    from text2sql.evaluate.predictions import predict_ensemble
+    from text2sql.generate import predict
 
     cfg = load(config_path, overrides)
     if len(model_dirs) == 1:
@@ -348,7 +349,7 @@ def eval_compare(a, b, config_path, overrides, threshold, as_json):
 def eval_combine(files, out):
     """Combine predictions files of several models into one whose candidates are their answers (an ensemble:
     eval --predictions OUT picks the answer most of them agree on by execution; a tie goes to the first file)."""
-    from text2sql.select import combine_predictions
+    from text2sql.evaluate.predictions import combine_predictions
 
     n = combine_predictions(list(files), out)
     click.echo(f"wrote {out}: {n} questions, {len(files)} candidates each (one per file, in that order)")

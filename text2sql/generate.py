@@ -438,25 +438,6 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     return out
 
 
-def predict_ensemble(cfg: Config, model_dirs: list[str | Path], out: str | Path, split: str = "test",
-                     dataset: str | None = None, strict: bool = False) -> Path:
-    """`predict` with each model in turn (its file beside `out`: `<stem>.m<i>.jsonl`), then their answers combined
-    into `out` as candidates, one per model in this order (`select.combine_predictions`): `eval --predictions out`
-    picks the answer most of them agree on by execution. The stats file sums the members' time."""
-    from text2sql.select import combine_predictions
-
-    out = Path(out)
-    members = [predict(cfg, m, split=split, dataset=dataset, strict=strict,
-                       out=out.with_name(f"{out.stem}.m{i}{out.suffix}")) for i, m in enumerate(model_dirs, 1)]
-    questions = combine_predictions(members, out)
-    seconds = sum(json.loads(stats_path(m).read_text())["seconds"] for m in members)
-    write_atomic(stats_path(out), json.dumps({
-        "questions": questions, "models": [str(m) for m in model_dirs], "seconds": round(seconds, 3),
-        "predictions_per_s": round(questions / seconds, 3) if seconds else None}, indent=2) + "\n")
-    print(f"predict: wrote {out}: {len(members)} models' answers as candidates", file=sys.stderr)
-    return out
-
-
 def stats_path(predictions: str | Path) -> Path:
     """Where `predict` records the generation speed of a predictions file (read by `eval` for its report)."""
     return Path(predictions).with_suffix(".stats.json")

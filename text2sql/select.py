@@ -20,13 +20,11 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from text2sql.catalog import SchemaSnapshot, load_snapshot
 from text2sql.data import load_dataset
-from text2sql.errors import DataError
-from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec, check_sql, extract_sql
+from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec, check_sql
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -187,33 +185,6 @@ def read_candidates(path) -> dict[str, dict[str, Any]]:
                     "greedy_sql": record.get("greedy_sql", record.get("sql")),
                 }
     return out
-
-
-def combine_predictions(paths: Sequence[str | Path], out: str | Path) -> int:
-    """Write one predictions JSONL whose every record has `candidates`: each file's answer to the question, in file
-    order (an ensemble of models: each votes once with its answer; a tie goes to the earlier file, the first
-    file's answer is the greedy one). `eval --predictions OUT` selects. Returns the records written.
-
-    Raises:
-        DataError: fewer than two files, a file `read_predictions` rejects, or files that answer other questions.
-    """
-    from text2sql.evaluate.predictions import read_predictions
-    from text2sql.files import write_atomic
-
-    if len(paths) < 2:
-        raise DataError(f"combine needs two or more predictions files, got {len(paths)}")
-    answers = [read_predictions(p) for p in paths]
-    for path, other in zip(paths[1:], answers[1:]):
-        if set(other) != set(answers[0]):
-            raise DataError(f"{path} answers other questions than {paths[0]} ({len(set(other) ^ set(answers[0]))} "
-                            "ids in one only): combine predictions of the same split")
-    records = []
-    for pid, first in answers[0].items():
-        candidates = [{"sql": extract_sql(a[pid]), "raw": a[pid] or "", "source": str(p)}
-                      for p, a in zip(paths, answers)]
-        records.append({"id": pid, "sql": candidates[0]["sql"], "raw": first or "", "candidates": candidates})
-    write_atomic(Path(out), "".join(json.dumps(r) + "\n" for r in records))
-    return len(records)
 
 
 def open_target(cfg: Config, dataset: str | None, db: str | None) -> tuple[WarehouseSpec, SchemaSnapshot]:

@@ -1,16 +1,23 @@
-"""Reading predictions files: replies by id, their SQL dialect, and SQLite-written SQL rewritten for DuckDB."""
+"""Reading predictions files: replies by id, their SQL dialect, and SQLite-written SQL rewritten for DuckDB; and
+combining several models' files into one of candidates (an ensemble)."""
 
 from __future__ import annotations
 
 import io
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from text2sql.data.spider_convert import transpile_prediction
 from text2sql.errors import DataError
-from text2sql.files import read_text
+from text2sql.files import read_text, write_atomic
 from text2sql.vocab import DIALECT, PREDICTION_DIALECTS
 from text2sql.warehouse import extract_sql as extract, locate_sql
+
+if TYPE_CHECKING:
+    from text2sql.config import Config
 
 
 def extract_sql(text: str | None) -> str | None:
@@ -121,3 +128,46 @@ def _to_duckdb(predictions: dict[str, str | None], pairs: list, dialects: dict[s
             sql = located[0][0]
             rewritten[pair.id], as_written[pair.id] = transpile_prediction(sql, columns), sql
     return rewritten, as_written
+
+
+def combine_predictions(paths: Sequence[str | Path], out: str | Path) -> int:
+    """Write one predictions JSONL whose every record has `candidates`: each file's answer to the question, in file
+    order (an ensemble of models: each votes once with its answer; a tie goes to the earlier file, the first
+    file's answer is the greedy one). `eval --predictions OUT` selects. Returns the records written.
+
+    Raises:
+        DataError: fewer than two files, a file `read_predictions` rejects, or files that answer other questions.
+    """
+    if len(paths) < 2:
+        raise DataError(f"combine needs two or more predictions files, got {len(paths)}")
+    answers = [read_predictions(p) for p in paths]
+    for path, other in zip(paths[1:], answers[1:]):
+        if set(other) != set(answers[0]):
+            raise DataError(f"{path} answers other questions than {paths[0]} ({len(set(other) ^ set(answers[0]))} "
+                            "ids in one only): combine predictions of the same split")
+    records = []
+    for pid, first in answers[0].items():
+        candidates = [{"sql": extract_sql(a[pid]), "raw": a[pid] or "", "source": str(p)}
+                      for p, a in zip(paths, answers)]
+        records.append({"id": pid, "sql": candidates[0]["sql"], "raw": first or "", "candidates": candidates})
+    write_atomic(Path(out), "".join(json.dumps(r) + "\n" for r in records))
+    return len(records)
+
+
+def predict_ensemble(cfg: Config, model_dirs: list[str | Path], out: str | Path, split: str = "test",
+                     dataset: str | None = None, strict: bool = False) -> Path:
+    """`predict` with each model in turn (its file beside `out`: `<stem>.m<i>.jsonl`), then their answers combined
+    into `out` as candidates, one per model in this order (`combine_predictions`): `eval --predictions out`
+    picks the answer most of them agree on by execution. The stats file sums the members' time."""
+    from text2sql.generate import predict, stats_path
+
+    out = Path(out)
+    members = [predict(cfg, m, split=split, dataset=dataset, strict=strict,
+                       out=out.with_name(f"{out.stem}.m{i}{out.suffix}")) for i, m in enumerate(model_dirs, 1)]
+    questions = combine_predictions(members, out)
+    seconds = sum(json.loads(stats_path(m).read_text())["seconds"] for m in members)
+    write_atomic(stats_path(out), json.dumps({
+        "questions": questions, "models": [str(m) for m in model_dirs], "seconds": round(seconds, 3),
+        "predictions_per_s": round(questions / seconds, 3) if seconds else None}, indent=2) + "\n")
+    print(f"predict: wrote {out}: {len(members)} models' answers as candidates", file=sys.stderr)
+    return out
