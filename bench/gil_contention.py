@@ -102,13 +102,15 @@ def main() -> None:
             runs.setdefault(f"judge_and_run in a worker, {ENGINE_SWITCH_INTERVAL_S * 1000:g} ms", []).append(
                 beside(lambda r: runner.judge_and_run(r, 1), ENGINE_SWITCH_INTERVAL_S))
     alone = statistics.median(ms for ms, _ in runs["alone"])
-    rows = [{"name": name, "ms_per_step": round(statistics.median(ms for ms, _ in values), 2),
-             "slowdown": round(statistics.median(ms for ms, _ in values) / alone, 2),
-             "replies_judged_per_s": round(statistics.median(rate for _, rate in values), 1)}
-            for name, values in runs.items()]
+    rows = []
+    for name, values in runs.items():
+        ms = statistics.median(ms for ms, _ in values)
+        rows.append({"name": name, "ms_per_step": round(ms, 2), "slowdown": round(ms / alone, 2),
+                     "replies_judged_per_s": round(statistics.median(rate for _, rate in values), 1)})
     for row in rows:
+        judged = row["replies_judged_per_s"]
         print(f"{row['name']:38s} {row['ms_per_step']:7.2f} ms/step  {row['slowdown']:5.2f}x alone"
-              + (f"  {row['replies_judged_per_s']:6.1f} replies judged/s beside it" if row["replies_judged_per_s"] else ""))
+              + (f"  {judged:6.1f} replies judged/s beside it" if judged else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
                                     "cpus": os.cpu_count(), "steps": args.steps,

@@ -14,8 +14,8 @@ the same load; with --out-dir, each report goes to DIR/serve_load-<decoding>.jso
 against the first) to DIR/serve_load-compare.json. --stream asks /v1/chat/completions with `stream: true` and
 also reports the time to the first content chunk. The started server warms up (static decoding: compiles) before
 it answers /healthz, so no timed request pays for that. Progress goes to stderr (the server's start-up time, every
-tenth of the requests, at least every 10 s); with --out-dir the started server's log is kept there as serve-<decoding>.log, also when
-the run is stopped by SIGTERM (a `timeout` limit).
+tenth of the requests, at least every 10 s); with --out-dir the started server's log is kept there as
+serve-<decoding>.log, also when the run is stopped by SIGTERM (a `timeout` limit).
 """
 
 from __future__ import annotations
@@ -224,9 +224,10 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
     next_index = iter(range(args.requests))
 
     deadline = time.perf_counter() + args.max_seconds if args.max_seconds else None
-    progress_every, sent, last_progress = max(1, args.requests // 10), time.perf_counter(), [0.0]
+    progress_every, sent, last_progress = max(1, args.requests // 10), time.perf_counter(), 0.0
 
     async def worker(client):
+        nonlocal last_progress
         for i in next_index:
             if deadline is not None and time.perf_counter() > deadline:
                 return
@@ -252,10 +253,10 @@ async def _drive(url: str, token: str, questions: list[str], args) -> list[dict]
             record |= {k: answer.get(k) for k in ("valid", "retried", "error_kind")}
             results.append(record)
             elapsed = time.perf_counter() - sent
-            if len(results) % progress_every == 0 or elapsed > last_progress[0] + PROGRESS_S:
-                last_progress[0] = elapsed  # a run killed at its limit still shows how far it got
-                print(f"[{elapsed:.1f}s] {len(results)}/{args.requests} answered, {len(results) / elapsed:.2f} requests/s",
-                      file=sys.stderr, flush=True)
+            if len(results) % progress_every == 0 or elapsed > last_progress + PROGRESS_S:
+                last_progress = elapsed  # a run killed at its limit still shows how far it got
+                print(f"[{elapsed:.1f}s] {len(results)}/{args.requests} answered, "
+                      f"{len(results) / elapsed:.2f} requests/s", file=sys.stderr, flush=True)
 
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=args.timeout_s) as client:
         await asyncio.gather(*(worker(client) for _ in range(args.concurrency)))

@@ -207,7 +207,8 @@ def test_predict_retries_failed_answers_with_their_error_as_serve_does(tmp_path,
     path = lakehouse_tiny_project(tmp_path / "proj", lakehouse_project, tiny_model,
                                   {"generate": {"max_new_tokens": 24}})
     with one_torch_thread():
-        plain = [json.loads(x) for x in predict(load_config(path), tiny_model, out=tmp_path / "p.jsonl").read_text().splitlines()]
+        plain_file = predict(load_config(path), tiny_model, out=tmp_path / "p.jsonl")
+        plain = [json.loads(x) for x in plain_file.read_text().splitlines()]
         cfg = load_config(path, ["generate.retries=2"])
         out = predict(cfg, tiny_model, out=tmp_path / "r.jsonl")
         records = [json.loads(x) for x in out.read_text().splitlines()]

@@ -636,7 +636,8 @@ def test_load_bench_smoke_has_no_5xx(tmp_path, lakehouse_project):
 
 @pytest.mark.slow
 def test_load_bench_stopped_by_sigterm_stops_its_server_and_keeps_its_log(tmp_path, lakehouse_project):
-    """A run killed at its time limit (`timeout` sends SIGTERM) still stops its server and keeps its log in --out-dir."""
+    """A run killed at its time limit (`timeout` sends SIGTERM) still stops its server and keeps its log in
+    --out-dir."""
     import signal
 
     bench = subprocess.Popen([sys.executable, str(REPO / "bench" / "serve_load.py"), "--requests", "100000",
