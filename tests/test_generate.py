@@ -233,3 +233,34 @@ def test_one_shape_run_decodes_a_single_batch_bucket_with_the_same_replies(tiny_
     engine.one_shape = True
     assert replies() == drained
     assert engine.shapes == {(8, engine.cache_tokens)}  # 6 prompts: the 8-slot bucket, one cache length
+
+
+def test_a_compiled_run_warms_its_step_first_times_it_and_keeps_the_replies(tiny_project):
+    """Compiled, `run` records its step before the first prefill (the slots are empty, nothing is read), so
+    predict can say what decoding costs apart from a process's compilation; the warm-up writes no reply's
+    columns, and a shape is warmed once (CPU: the eager step stands in for the compiled one)."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.engine import WARMUP_CALLS, Request
+    from text2sql.generate import decode_engine, encode_chats
+    from text2sql.prompt import build_messages
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    chats = [build_messages(q, load_snapshot(cfg), gen.prompt, gen.tokenizer) for q, _, _ in PAIRS[:3]]
+    ids, shared = encode_chats(gen, chats)
+
+    def replies(engine) -> list[list[int]]:
+        requests = [Request(row, 12, shared=n) for row, n in zip(ids, shared)]
+        engine.run(requests)
+        return [r.outputs[0] for r in requests]
+
+    plain = replies(decode_engine(gen, 4))
+    gen._engines.clear()
+    engine = decode_engine(gen, 4)
+    engine.compile = engine.one_shape = True
+    assert replies(engine) == plain
+    assert engine.warmed == {(4, engine.cache_tokens)} and engine.warmup_seconds > 0
+    steps, spent = engine.steps, engine.warmup_seconds
+    assert replies(engine) == plain
+    assert engine.warmup_seconds == spent and engine.steps == 2 * steps  # warmed once; its calls are not steps
+    assert WARMUP_CALLS >= 1

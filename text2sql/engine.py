@@ -98,6 +98,10 @@ class DecodeEngine:
         self.temperatures: list[float] = [0.0] * max_batch_size
         self.steps = self.shifts = self.prefills = 0
         self.shapes: set[tuple[int, int]] = set()  # (batch bucket, cache length) decoded: one compiled step each
+        self.warmed: set[tuple[int, int]] = set()  # shapes compiled and recorded (by `warm` or `run`)
+        self.warmup_seconds = 0.0
+        """Time spent compiling and recording steps (a process's first call per shape), so callers can say what
+        decoding itself costs."""
         self.one_shape = compile  # `run` decodes one bucket throughout (see there)
         self._floor = 1
         self._incoming: queue.Queue[Request] = queue.Queue()
@@ -136,6 +140,8 @@ class DecodeEngine:
             self._reserve(max(len(r.prompt) + r.max_new_tokens for r in requests))
         wanted = min(sum(max(r.n, 1) for r in requests), self.max_batch_size)
         floor = next(b for b in self.buckets if b >= wanted) if self.one_shape and requests else 1
+        if self.compile and requests and self.idle():
+            self._warm_steps([floor])
         saved, self._floor = self._floor, floor
         try:
             for request in requests:
@@ -191,12 +197,28 @@ class DecodeEngine:
         (compiled) record every batch bucket's step, so no user waits for it."""
         self._reserve(int(WARM_CACHE_FACTOR * (len(prompt) + max_new_tokens)))
         self.run([Request(prompt, 1, shared=shared)])
+        self._warm_steps(self.buckets)
+
+    def _warm_steps(self, buckets: list[int]) -> None:
+        """Compile and record the step of each bucket at the current cache length (engine idle), timed."""
+        import time
+
+        import torch
+
+        todo = [b for b in buckets if (b, self.cache_tokens) not in self.warmed]
+        if not todo:
+            return
+        started = time.perf_counter()
         self._set_t(0)  # no slot is in use: the warm-up steps write where nothing is read
-        for batch in self.buckets:
+        for batch in todo:
             for _ in range(WARMUP_CALLS):
                 self._decode(batch)
+            self.warmed.add((batch, self.cache_tokens))
         self._mask.fill_(self._masked)
         self._set_t(0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmup_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------ one step
 

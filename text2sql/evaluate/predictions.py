@@ -165,9 +165,12 @@ def predict_ensemble(cfg: Config, model_dirs: list[str | Path], out: str | Path,
     members = [predict(cfg, m, split=split, dataset=dataset, strict=strict,
                        out=out.with_name(f"{out.stem}.m{i}{out.suffix}")) for i, m in enumerate(model_dirs, 1)]
     questions = combine_predictions(members, out)
-    seconds = sum(json.loads(stats_path(m).read_text())["seconds"] for m in members)
+    stats = [json.loads(stats_path(m).read_text()) for m in members]
+    seconds = sum(s["seconds"] for s in stats)
+    warmup = sum(s.get("warmup_seconds", 0.0) for s in stats)
     write_atomic(stats_path(out), json.dumps({
         "questions": questions, "models": [str(m) for m in model_dirs], "seconds": round(seconds, 3),
-        "predictions_per_s": round(questions / seconds, 3) if seconds else None}, indent=2) + "\n")
+        "predictions_per_s": round(questions / seconds, 3) if seconds else None,
+        **({"warmup_seconds": round(warmup, 3)} if warmup else {})}, indent=2) + "\n")
     print(f"predict: wrote {out}: {len(members)} models' answers as candidates", file=sys.stderr)
     return out
