@@ -1,11 +1,11 @@
 """Load test of `text2sql serve`: N requests at C-way concurrency; status counts and latency percentiles.
 
-    python bench/serve_load.py [--requests 1000] [--concurrency 16] [--model DIR | --upstream URL | --url URL]
+    python bench/serve_load.py [--requests 1000] [--concurrency 16] [--model DIR ... | --upstream URL | --url URL]
                                [--execute] [--chat] [--stream] [--smoke] [--decoding eager,static --out-dir DIR]
 
 Starts `text2sql serve` in a subprocess on a free 127.0.0.1 port (bearer token on) with the tiny test model
-(tests/tinymodel.py) by default, or `--model DIR`, or `--upstream URL`; `--url` drives a server that is
-already running instead (`--token` or $TEXT2SQL_TOKEN). Questions cycle through the dataset's questions.
+(tests/tinymodel.py) by default, or `--model DIR` (repeated: an ensemble, each passed to `serve --model`), or
+`--upstream URL`; `--url` drives a server that is already running instead (`--token` or $TEXT2SQL_TOKEN). Questions cycle through the dataset's questions.
 Prints p50/p95/p99 latency and writes bench/results/serve_load.json (`--smoke`: 64 requests, no file).
 Exit code 1 when any request got a 5xx or no answer at all.
 
@@ -50,7 +50,8 @@ FALLBACK_QUESTIONS = ["How many customers do we have?", "Total revenue by store 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="Project config (default: the repo's text2sql.yaml).")
-    parser.add_argument("--model", default=None, help="Model dir to serve (default: the tiny test model).")
+    parser.add_argument("--model", action="append", default=None,
+                        help="Model dir to serve (default: the tiny test model); repeated: an ensemble.")
     parser.add_argument("--upstream", default=None, help="Serve with this OpenAI-compatible engine instead.")
     parser.add_argument("--url", default=None, help="Drive this running server; start none.")
     parser.add_argument("--token", default=os.environ.get("TEXT2SQL_TOKEN", ""), help="Bearer token for --url.")
@@ -170,12 +171,12 @@ def _questions(config_path: Path) -> list[str]:
 
 
 def _start_server(args, config_path: Path, token: str, extra: list[str] = ()):
-    model, overrides = args.model, [*args.overrides, *extra]
-    if model is None and args.upstream is None:
+    models, overrides = list(args.model or []), [*args.overrides, *extra]
+    if not models and args.upstream is None:
         sys.path.insert(0, str(REPO / "tests"))
         from tinymodel import tiny_model_dir
 
-        model = str(tiny_model_dir(str(config_path.parent / "schemas")))
+        models = [str(tiny_model_dir(str(config_path.parent / "schemas")))]
         # A random model never writes its end token: cap its replies near a real query's length.
         overrides.insert(0, f"generate.max_new_tokens={TINY_MAX_NEW_TOKENS}")
     with socket.socket() as s:
@@ -183,7 +184,8 @@ def _start_server(args, config_path: Path, token: str, extra: list[str] = ()):
         port = s.getsockname()[1]
     cmd = [sys.executable, str(REPO / "cli.py"), "serve", "--config", str(config_path), "--port", str(port),
            "--set", f"serve.max_concurrency={args.concurrency}"]
-    cmd += ["--model", model] if model else []
+    for model in models:
+        cmd += ["--model", model]
     cmd += ["--upstream", args.upstream] if args.upstream else []
     for item in overrides:
         cmd += ["--set", item]
@@ -291,7 +293,8 @@ def _report(results: list[dict], wall: float, args, url: str) -> dict:
         "endpoint": ("chat-stream" if args.stream else "chat") if args.chat else "sql",
         "execute": args.execute,
         "server": "external " + url if args.url else ("upstream " + args.upstream if args.upstream else
-                                                       f"local {args.model or 'tiny test model'}"),
+                                                       f"local {'+'.join(args.model or ['tiny test model'])}"),
+        "models": list(args.model or []),
         "statuses": {str(k): v for k, v in sorted(Counter(r["status"] for r in results).items(), key=str)},
         "latency_ms": {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)} | {
             "mean": round(statistics.fmean(latencies), 1) if latencies else None,

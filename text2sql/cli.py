@@ -361,19 +361,22 @@ def eval_combine(files, out):
 @main.command("serve")
 @config_option
 @set_option
-@click.option("--model", "model_dir", default=None,
+@click.option("--model", "model_dirs", multiple=True,
               help="Model dir (merged, adapter run or base) to generate with; with --upstream only its tokenizer "
-                   "and prompt.json are used.")
+                   "and prompt.json are used. Repeated: an ensemble, every model answers and the answer most "
+                   "of them agree on by execution wins (a tie goes to the first).")
 @click.option("--host", default=None, help="Bind address (default serve.host).")
 @click.option("--port", type=int, default=None, help="Bind port (default serve.port).")
-@click.option("--upstream", default=None, metavar="URL",
-              help="OpenAI-compatible engine (vLLM, TGI) to generate with instead (default serve.upstream).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="URL",
+              help="OpenAI-compatible engine (vLLM, TGI) to generate with instead (default serve.upstream). "
+                   "Repeated: an ensemble of engines (one --model for all, or one per --upstream).")
 @click.option("--strict", is_flag=True, help="Refuse to start when schemas/ changed since the model was trained.")
-def serve(config_path, overrides, model_dir, host, port, upstream, strict):
+def serve(config_path, overrides, model_dirs, host, port, upstreams, strict):
     """Serve question -> checked SQL over HTTP: /v1/sql and OpenAI-compatible /v1/chat/completions."""
     from text2sql.serve import run
 
-    run(load(config_path, overrides), model_dir, host=host, port=port, upstream=upstream, strict=strict)
+    run(load(config_path, overrides), list(model_dirs) or None, host=host, port=port,
+        upstream=list(upstreams) or None, strict=strict)
 
 
 if __name__ == "__main__":

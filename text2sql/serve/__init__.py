@@ -1,6 +1,6 @@
 """The HTTP server a BI chatbot talks to: question in, checked SQL (and its rows) out.
 
-    text2sql serve --model DIR [--host 127.0.0.1] [--port 8000] [--upstream URL]
+    text2sql serve --model DIR [--model DIR ...] [--host 127.0.0.1] [--port 8000] [--upstream URL ...]
 
 Endpoints (all but /healthz need `Authorization: Bearer $TEXT2SQL_TOKEN` when that variable is set):
 
@@ -26,6 +26,11 @@ Backends: a local transformers model, either with `generate.decoding: static` (`
 join the running decode batch at its next step, up to `serve.max_batch_size` slots, tokens streamed as they come)
 or eager, where an asyncio batcher gathers the requests that arrive while a batch runs into the next one (up to
 `serve.max_batch_size`, generation in one worker thread, a bounded queue); or `--upstream URL`, any OpenAI-compatible engine, which gets the rendered messages and only generates.
+
+Ensemble: `--model A --model B ...` (or `--upstream` repeated) loads every model, each with its own backend and its
+own prompt settings; every member answers the first attempt at once, the reply whose result most replies share
+wins (`select.select_candidate`, a tie to the earliest member), and the retries go to the member that won. `/v1/sql`
+then carries `ensemble: {member, votes, members}`.
 
 Operation: bearer-token auth, request body limit (413), question length limit (422), at most
 `serve.max_concurrency` requests in flight (429 past that, never a wait), one JSON log line per request

@@ -9,7 +9,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import BaseModel
 
@@ -23,7 +23,7 @@ from text2sql.serve.engine_backend import EngineBackend
 from text2sql.serve.guard import _Guard
 from text2sql.serve.openai import (ENGINE_OWNER, MODEL_ID, ChatRequest, SQLRequest, _APIError, _chat_completion,
                                    _check_question, _error_response, _streamed_chat, _text)
-from text2sql.serve.pipeline import _Pipeline, _prompt_settings_only
+from text2sql.serve.pipeline import _Member, _Pipeline, _prompt_settings_only
 from text2sql.warehouse import QueryRunner
 
 if TYPE_CHECKING:
@@ -40,19 +40,24 @@ WARMUP_QUESTION = "How many rows are there?"
 log = logging.getLogger("text2sql.serve")
 
 
-def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str | None = None,
-               strict: bool = False) -> "FastAPI":
-    """The FastAPI app: loads the schema snapshot, the model (or the upstream client) and the query sandbox.
+def create_app(cfg: "Config", model_dir: str | Path | Sequence[str | Path] | None = None,
+               upstream: str | Sequence[str] | None = None, strict: bool = False) -> "FastAPI":
+    """The FastAPI app: loads the schema snapshot, the model(s) (or the upstream clients) and the query sandbox.
 
     Args:
         cfg: the project config (`serve`, `generate`, `warehouse` and `prompt` sections).
         model_dir: a merged/adapter/base model dir (or known name) to generate with; with `upstream`, only its
-            tokenizer and prompt.json are used (so the prompt is the one it was trained with).
-        upstream: an OpenAI-compatible engine URL (default `serve.upstream`); empty = generate locally.
+            tokenizer and prompt.json are used (so the prompt is the one it was trained with). Several: an
+            ensemble, each member answering in its own prompt (`pipeline._Pipeline`); with several upstreams,
+            one model dir for all of them or one per upstream.
+        upstream: an OpenAI-compatible engine URL (default `serve.upstream`), or several (an ensemble);
+            empty = generate locally.
         strict: refuse to start when schemas/ changed since the model was trained (else a warning).
 
     Raises:
-        ModelError: neither a model nor an upstream is given, or the model cannot be loaded.
+        ModelError: neither a model nor an upstream is given, or a model cannot be loaded.
+        ConfigError: upstreams with more than one model dir, but not one per upstream; an ensemble with
+            `generate.num_candidates` > 1.
         SchemaSnapshotError: schemas/ is missing or the warehouse cannot be opened; with `strict`, schemas/
             changed since the model was trained.
     """
@@ -64,34 +69,27 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     from starlette.exceptions import HTTPException
 
     s = cfg.serve
-    upstream = s.upstream if upstream is None else upstream
-    if not model_dir and not upstream:
+    models, upstreams = _listed(model_dir), _listed(s.upstream if upstream is None else upstream)
+    if not models and not upstreams:
         raise ModelError("serve needs a model to generate with: give --model DIR (a merged model dir) "
                          "or --upstream URL")
-    if not upstream:
+    if upstreams and len(models) > 1 and len(models) != len(upstreams):
+        raise ConfigError(f"{len(upstreams)} --upstream and {len(models)} --model: give one --model for all the "
+                          "upstreams (its tokenizer and prompt.json) or one per --upstream, in the same order")
+    size = len(upstreams) or len(models)
+    if size > 1 and cfg.generate.num_candidates > 1:
+        raise ConfigError(f"generate.num_candidates={cfg.generate.num_candidates} with an ensemble of {size} "
+                          "models: its candidates are the members' answers, one each; set generate.num_candidates=1")
+    if not upstreams:
         require_all(MODEL_PACKAGES, "train")
-    elif model_dir:  # the tokenizer of the model the upstream serves
+    elif models:  # the tokenizer of the model the upstream serves
         require_all(("transformers",), "train")
     snapshot = load_snapshot(cfg)
-    if upstream:
-        settings, tokenizer = _prompt_settings_only(cfg, model_dir)
-        backend: _LocalBackend | _UpstreamBackend = _UpstreamBackend(
-            upstream, s.upstream_model, os.environ.get(s.upstream_token_env, "") if s.upstream_token_env else "",
-            s.upstream_timeout_s, s.max_concurrency)
-    else:
-        gen = load_generator(model_dir, cfg)
-        settings = gen.settings
-        # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
-        # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
-        tokenizer = copy.deepcopy(gen.tokenizer)
-        if gen.decoding == "static":
-            backend = EngineBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
-        else:
-            backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
     # Before the query workers start: with `strict` a changed schema stops here, leaving nothing running.
-    prompts = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
+    members = _upstream_members(cfg, upstreams, models, strict) if upstreams else _local_members(cfg, models, strict)
+    backends = [m.backend for m in members]
     runner = QueryRunner.from_config(cfg, workers=s.query_workers, snapshot=snapshot)
-    pipeline = _Pipeline(snapshot, backend, prompts, runner, s.retries, s.query_workers)
+    pipeline = _Pipeline(snapshot, members, runner, s.retries, s.query_workers)
     if cfg.generate.num_candidates > 1:
         g = cfg.generate
         pipeline.num_candidates, pipeline.sampling = g.num_candidates, Sampling(g.temperature, g.top_p, g.seed)
@@ -99,21 +97,26 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     max_new_tokens = cfg.generate.max_new_tokens
     max_rows_cap = cfg.warehouse.max_rows
     feedback = FeedbackStore(feedback_path(cfg))
-    answered_by = str(getattr(backend, "gen", None) and backend.gen.model_dir or model_dir or upstream)
+    answered_by = "+".join(m.name for m in members)  # an ensemble's answers are its members' together
+    ensemble = {"members": [m.name for m in members]} if len(members) > 1 else {}
 
     @asynccontextmanager
     async def lifespan(app):
-        await backend.start()
-        if hasattr(backend, "warm"):
-            await backend.warm(pipeline.messages(WARMUP_QUESTION), max_new_tokens)
+        for b in backends:
+            await b.start()
+        for i, b in enumerate(backends):  # one after another: each compiles for itself
+            if hasattr(b, "warm"):
+                await b.warm(pipeline.messages(WARMUP_QUESTION, i), max_new_tokens)
         log.info("startup", extra={"fields": {
-            "backend": backend.kind, "engine": backend.engine_id, "auth": bool(token), "tables": len(snapshot.tables),
-            "retries": s.retries, "max_batch_size": s.max_batch_size, "max_concurrency": s.max_concurrency}})
+            "backend": backends[0].kind, "engine": backends[0].engine_id, "auth": bool(token),
+            "tables": len(snapshot.tables), "retries": s.retries, "max_batch_size": s.max_batch_size,
+            "max_concurrency": s.max_concurrency, **ensemble}})
         try:
             yield
         finally:
             # uvicorn has drained the connections by now: nothing waits on the batcher or the query workers.
-            await backend.close()
+            for b in backends:
+                await b.close()
             await asyncio.to_thread(pipeline.close)
             log.info("shutdown", extra={"fields": {}})
 
@@ -164,9 +167,9 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     @app.get("/v1/models")
     async def models():
         created = int(time.time())
-        data = [{"id": MODEL_ID, "object": "model", "created": created, "owned_by": MODEL_ID}]
-        if backend.engine_id:
-            data.append({"id": backend.engine_id, "object": "model", "created": created, "owned_by": ENGINE_OWNER})
+        data = [{"id": MODEL_ID, "object": "model", "created": created, "owned_by": MODEL_ID, **ensemble}]
+        for engine_id in dict.fromkeys(b.engine_id for b in backends if b.engine_id):
+            data.append({"id": engine_id, "object": "model", "created": created, "owned_by": ENGINE_OWNER})
         return {"object": "list", "data": data}
 
     @app.post("/v1/sql")
@@ -185,9 +188,10 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
             raise _APIError(400, "n must be 1: one SQL query per question", "invalid_request")
         limit = min(body.max_completion_tokens or body.max_tokens or max_new_tokens, max_new_tokens)
         messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
-        if backend.engine_id and body.model == backend.engine_id and body.model != MODEL_ID:
+        engine = next((b for b in backends if b.engine_id and b.engine_id == body.model != MODEL_ID), None)
+        if engine is not None:
             async def reply(on_text=None):
-                done = await backend.complete(messages, limit, on_text=on_text)
+                done = await engine.complete(messages, limit, on_text=on_text)
                 request.state.log = {"engine": True, "batch": done.batch_size}
                 return done.text, "stop", (done.prompt_tokens, done.completion_tokens), None
         else:
@@ -209,8 +213,8 @@ def create_app(cfg: "Config", model_dir: str | Path | None = None, upstream: str
     return app
 
 
-def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = None, port: int | None = None,
-        upstream: str | None = None, strict: bool = False) -> None:
+def run(cfg: "Config", model_dir: str | Path | Sequence[str | Path] | None = None, host: str | None = None,
+        port: int | None = None, upstream: str | Sequence[str] | None = None, strict: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (the `text2sql serve` command).
 
     Raises:
@@ -230,6 +234,50 @@ def run(cfg: "Config", model_dir: str | Path | None = None, host: str | None = N
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info",
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, lifespan="on"))
     server.run()
+
+
+def _listed(value: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """One or several model dirs or URLs as a list (None or empty: none)."""
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value if v]
+
+
+def _local_members(cfg: "Config", models: list[str], strict: bool) -> list[_Member]:
+    """Each model loaded in turn with its own backend, and the prompt builder of its own prompt settings (members
+    may have been trained with different ones: k-shot 3 and 0)."""
+    s, members = cfg.serve, []
+    for model in models:
+        gen = load_generator(model, cfg)
+        # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
+        # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
+        tokenizer = copy.deepcopy(gen.tokenizer)
+        if gen.decoding == "static":
+            backend: EngineBackend | _LocalBackend = EngineBackend(gen, s.max_batch_size, s.max_concurrency,
+                                                                   s.torch_threads)
+        else:
+            backend = _LocalBackend(gen, s.max_batch_size, s.max_concurrency, s.torch_threads)
+        prompts = PromptBuilder.for_model(cfg, gen.settings, tokenizer, strict=strict, who="serve")
+        members.append(_Member(backend, prompts, str(gen.model_dir or model)))
+    return members
+
+
+def _upstream_members(cfg: "Config", upstreams: list[str], models: list[str], strict: bool) -> list[_Member]:
+    """One member per upstream engine; its prompt from the one model dir given for all, or from its own."""
+    s = cfg.serve
+    token = os.environ.get(s.upstream_token_env, "") if s.upstream_token_env else ""
+    builders: dict[str | None, PromptBuilder] = {}
+    members = []
+    for i, url in enumerate(upstreams):
+        model = models[i] if len(models) == len(upstreams) else (models[0] if models else None)
+        if model not in builders:  # a model dir shared by the upstreams: one tokenizer, one builder
+            settings, tokenizer = _prompt_settings_only(cfg, model)
+            builders[model] = PromptBuilder.for_model(cfg, settings, tokenizer, strict=strict, who="serve")
+        backend = _UpstreamBackend(url, s.upstream_model, token, s.upstream_timeout_s, s.max_concurrency)
+        # Feedback names the model the engine serves when each has its own, else the engine.
+        name = model if model and len(models) == len(upstreams) else url
+        members.append(_Member(backend, builders[model], name))
+    return members
 
 
 def _check_address(host: str, port: int) -> None:

@@ -1,6 +1,7 @@
 """One question's way through the server: prompt -> backend -> judged SQL -> (execute) -> (retry with the error)."""
 
 import asyncio
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING, Any, Callable
 from text2sql.errors import ModelError
 from text2sql.models import resolve_model_dir
 from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings
-from text2sql.select import select_candidate
-from text2sql.warehouse import QueryResult, QueryRunner, check_sql, judge_reply
+from text2sql.select import StoredCandidate, select_candidate
+from text2sql.warehouse import QueryResult, QueryRunner, check_sql, extract_sql, judge_reply
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
     from text2sql.config import Config
+
+log = logging.getLogger("text2sql.serve")
+
 
 def _json_value(value: Any) -> Any:
     """A value JSON can carry: NaN/inf -> null, anything exotic (UUID, interval) -> its string."""
@@ -54,6 +58,8 @@ class _Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     batch_size: int = 1
+    ensemble: dict[str, int] | None = None
+    """Several members only: `{member, votes, members}`, who answered the first attempt and how many agreed."""
 
     def to_json(self, started: float | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"sql": self.sql, "tables": self.tables, "valid": self.valid, "retried": self.retried}
@@ -62,46 +68,71 @@ class _Answer:
         if self.result is not None and not self.result.error_kind:
             result = self.result.to_json()
             out |= {"columns": result["columns"], "rows": _json_value(result["rows"]), "truncated": result["truncated"]}
+        if self.ensemble is not None:
+            out["ensemble"] = self.ensemble
         if started is not None:
             out["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return out
 
     def log_fields(self, question_chars: int) -> dict[str, Any]:
-        return {"valid": self.valid, "error_kind": self.error_kind, "retried": self.retried, "batch": self.batch_size,
-                "executed": self.result is not None, "question_chars": question_chars}
+        fields = {"valid": self.valid, "error_kind": self.error_kind, "retried": self.retried, "batch": self.batch_size,
+                  "executed": self.result is not None, "question_chars": question_chars}
+        if self.ensemble is not None:
+            fields |= {"member": self.ensemble["member"], "votes": self.ensemble["votes"]}
+        return fields
+
+
+@dataclass
+class _Member:
+    """One model of the server: its backend, and the prompt builder made from its own prompt settings."""
+
+    backend: Any
+    prompts: "PromptBuilder"
+    name: str
+    """What feedback records as `answered_by` and /v1/models lists: the model dir, or the upstream URL."""
 
 
 class _Pipeline:
-    """Question -> prompt -> backend -> SQL -> check -> (execute) -> (retry with the error)."""
+    """Question -> prompt -> backend -> SQL -> check -> (execute) -> (retry with the error).
+
+    With several members (an ensemble), every member answers the first attempt and the reply whose result most
+    of them share wins (`select_candidate`, as `eval` selects an ensemble's predictions); retries go to the member
+    that won, with its own prompt."""
 
     num_candidates = 1
     """First attempt from this many candidates (`text2sql.select`); retries, if needed, are greedy as before."""
     sampling: Any = None
 
-    def __init__(self, snapshot: "SchemaSnapshot", backend: Any, prompts: "PromptBuilder", runner: "QueryRunner",
-                 retries: int, query_workers: int):
-        self.snapshot, self.backend, self.prompts = snapshot, backend, prompts
-        self.runner, self.retries = runner, retries
+    def __init__(self, snapshot: "SchemaSnapshot", members: list[_Member], runner: "QueryRunner", retries: int,
+                 query_workers: int):
+        self.snapshot, self.members, self.runner, self.retries = snapshot, members, runner, retries
         self._queries = ThreadPoolExecutor(max(1, query_workers), thread_name_prefix="text2sql-query")
 
-    def messages(self, question: str) -> list[dict[str, str]]:
-        """The prompt, built as `generate.predict` builds it for a lakehouse question (db None)."""
-        return self.prompts.messages(question, db=None)
+    def messages(self, question: str, member: int = 0) -> list[dict[str, str]]:
+        """The prompt of `member`, built as `generate.predict` builds it for a lakehouse question (db None)."""
+        return self.members[member].prompts.messages(question, db=None)
 
     async def answer(self, question: str, max_new_tokens: int, execute: bool = False, max_rows: int = 0,
                      on_text: Callable[[str], None] | None = None) -> _Answer:
         """`on_text` gets the model's text as it comes (each attempt's; a retry starts on a new line)."""
-        messages = self.messages(question)
+        chats = [self.messages(question, i) for i in range(len(self.members))]  # each member's own prompt
+        messages = chats[0]
         prompt_tokens = completion_tokens = 0
+        member, ensemble = 0, None
         for attempt in range(self.retries + 1):
             if on_text is not None and attempt:
                 on_text("\n")
-            if attempt == 0 and self.num_candidates > 1:
+            if attempt == 0 and len(self.members) > 1:
+                member, ensemble, done, sql = await self._ensemble(chats, max_new_tokens)
+                messages = chats[member]  # the retries go to the member that won, in its prompt
+                if on_text is not None:
+                    on_text(done.text)
+            elif attempt == 0 and self.num_candidates > 1:
                 done, sql = await self._best_candidate(messages, max_new_tokens)
                 if on_text is not None:
                     on_text(done.text)
             else:
-                done = await self.backend.complete(messages, max_new_tokens, on_text=on_text)
+                done = await self.members[member].backend.complete(messages, max_new_tokens, on_text=on_text)
                 sql = None
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
@@ -116,7 +147,7 @@ class _Pipeline:
                 judged, check = judge_reply(done.text, self.snapshot)
             sql = judged if judged is not None else (sql or done.text.strip())
             answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
-                             retried=attempt > 0, batch_size=done.batch_size)
+                             retried=attempt > 0, batch_size=done.batch_size, ensemble=ensemble)
             if result is not None:
                 answer.result, answer.error_kind, answer.error = result, result.error_kind, result.error
             # A timeout is not retried: a second slow query doubles the wait, and the model cannot fix "too slow".
@@ -129,11 +160,37 @@ class _Pipeline:
     async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[_Completion, str | None]:
         """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox);
         the greedy one when none is valid, so the retry loop then corrects it as it would a greedy reply."""
-        done, candidates = await self.backend.candidates(messages, max_new_tokens, self.num_candidates, self.sampling)
+        done, candidates = await self.members[0].backend.candidates(messages, max_new_tokens, self.num_candidates,
+                                                                    self.sampling)
         loop = asyncio.get_running_loop()
         selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
         chosen = candidates[selection.index]
         return _Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql
+
+    async def _ensemble(self, chats: list[list[dict[str, str]]], max_new_tokens: int
+                        ) -> tuple[int, dict[str, int], _Completion, str | None]:
+        """(the winning member, the reply's `ensemble` field, its reply, its SQL): every member answers its chat
+        at once; the reply whose result most replies share wins, a tie goes to the earliest member (all
+        log-probabilities equal), and with no valid reply the first member's is kept for the retry loop to correct.
+        A member that fails (its engine down, its queue full) is left out of the vote; all failing fails."""
+        replies = await asyncio.gather(*(m.backend.complete(chat, max_new_tokens)
+                                         for m, chat in zip(self.members, chats)), return_exceptions=True)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
+                raise reply  # cancelled: the client went away
+            if isinstance(reply, Exception):
+                log.warning("ensemble member failed", extra={"fields": {
+                    "member": i, "error": f"{type(reply).__name__}: {reply}"}})
+        answered = [i for i, reply in enumerate(replies) if not isinstance(reply, BaseException)]
+        if not answered:
+            raise replies[0]
+        candidates = [StoredCandidate(extract_sql(replies[i].text), replies[i].text, 0.0) for i in answered]
+        loop = asyncio.get_running_loop()
+        selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
+        member, sql = answered[selection.index], candidates[selection.index].sql
+        done = _Completion(replies[member].text, sum(replies[i].prompt_tokens for i in answered),
+                           sum(replies[i].completion_tokens for i in answered), replies[member].batch_size)
+        return member, {"member": member, "votes": selection.votes, "members": len(self.members)}, done, sql
 
     async def validate(self, sql: str) -> str:
         """Why `sql` cannot be kept ('' when it passes the check and runs in the sandbox)."""
