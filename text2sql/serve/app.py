@@ -243,12 +243,24 @@ def _listed(value: str | Path | Sequence[str | Path] | None) -> list[str]:
     return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value if v]
 
 
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _local_members(cfg: "Config", models: list[str], strict: bool) -> list[_Member]:
     """Each model loaded in turn with its own backend, and the prompt builder of its own prompt settings (members
     may have been trained with different ones: k-shot 3 and 0)."""
     s, members = cfg.serve, []
+    if len(models) > 1 and cfg.generate.decoding == "static" and _on_gpu():
+        raise ConfigError("an ensemble cannot serve with generate.decoding=static on a GPU: capturing several "
+                          "models' CUDA graphs in one server fails (cudaErrorStreamCaptureInvalidated); use eager "
+                          "or auto")
     for model in models:
         gen = load_generator(model, cfg)
+        if len(models) > 1 and gen.decoding == "static" and _on_gpu():
+            gen.decoding = "eager"  # auto: see the refusal above
         # The generation thread encodes with the model's tokenizer while requests build prompts: each gets its own
         # (a Rust tokenizer whose settings change during an encode raises "Already borrowed", tokenizers#537).
         tokenizer = copy.deepcopy(gen.tokenizer)
