@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data import load_pairs, question_subset
+from text2sql.data import by_database, load_pairs, question_subset
 from text2sql.engine import MIN_CACHED_PREFIX, PREFIX_CACHES, DecodeEngine, Request, common_prefix_len
 from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import write_atomic
 from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
 from text2sql.progress import progress_bar
-from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, render_prompt
+from text2sql.prompt import (PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, render_prompt,
+                             worth_retrying)
 from text2sql.select import open_target, select_candidates
 from text2sql.warehouse import QueryRunner, extract_sql as extract
 
@@ -455,7 +456,7 @@ def stats_path(predictions: str | Path) -> Path:
 def _select_in_predict(cfg: Config, pairs: list, records: list[dict], candidates: list[list[Candidate]],
                        dataset: str) -> None:
     """Pick each question's answer among its candidates on the warehouse (lakehouse or the pair's database)."""
-    for db, indexes in _by_db(pairs).items():
+    for db, indexes in by_database(pairs).items():
         spec, snapshot = open_target(cfg, dataset, db)
         with QueryRunner.from_config(cfg, spec, workers=cfg.eval.workers or 0) as runner:
             chosen = select_candidates([candidates[i] for i in indexes], runner, snapshot)
@@ -466,13 +467,13 @@ def _select_in_predict(cfg: Config, pairs: list, records: list[dict], candidates
 def _self_correct(cfg: Config, gen: Generator, pairs: list, messages: list, records: list[dict], dataset: str,
                   retries: int) -> int:
     """Serve's retry loop, batched: each answer that fails the SQL check or the sandbox gets up to `retries` more
-    greedy attempts, its failed SQL and error added to the chat (`prompt.correction_messages`); a timeout is not
-    retried (the model cannot fix "too slow"). Each record keeps its failed attempts in `attempts`; `gen.stats`
+    greedy attempts, its failed SQL and error added to the chat (`prompt.correction_messages`), as
+    `prompt.worth_retrying` decides (not a timeout). Each record keeps its failed attempts in `attempts`; `gen.stats`
     then holds the retries' seconds (retry_seconds) and new tokens. Returns how many answers were retried."""
     import time
 
     started, new_tokens, retried = time.perf_counter(), 0, set()
-    for db, pending in _by_db(pairs).items():
+    for db, pending in by_database(pairs).items():
         spec, snapshot = open_target(cfg, dataset, db)
         chats = {i: messages[i] for i in pending}
         with QueryRunner.from_config(cfg, spec, workers=1, snapshot=snapshot) as runner:
@@ -495,20 +496,12 @@ def _self_correct(cfg: Config, gen: Generator, pairs: list, messages: list, reco
     return len(retried)
 
 
-def _by_db(pairs: list) -> dict[Any, list[int]]:
-    """Pair positions by the database they ask about (None = the project lakehouse), in order."""
-    by_db: dict[Any, list[int]] = {}
-    for i, pair in enumerate(pairs):
-        by_db.setdefault(getattr(pair, "db", None), []).append(i)
-    return by_db
-
-
 def _failure(sql: str | None, raw: str, judged: str | None, check, result) -> tuple[str, str, str] | None:
     """(what the chat shows as the failed reply, error kind, message) when `judge_and_run` found `sql` failing as
     eval judges it (the raw reply when it holds no SQL), else None."""
     if not check.ok:
         return (judged or sql or raw, check.kind or "no_sql", check.message or "the reply holds no SQL query")
-    if result.error_kind in (None, "timeout"):
+    if not worth_retrying(result.error_kind):
         return None
     return judged, result.error_kind, result.error
 

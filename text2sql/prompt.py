@@ -71,6 +71,16 @@ def correction_messages(messages: list[dict[str, str]], failed: str, kind: str, 
             {"role": "user", "content": RETRY_PROMPT.format(kind=kind, message=message)}]
 
 
+def worth_retrying(error_kind: str | None) -> bool:
+    """Whether a failed answer gets a self-correction attempt (serve's retries, `generate.retries`): every failure
+    but a timeout, since a second slow query doubles the wait and the model cannot fix "too slow".
+
+    >>> worth_retrying("unknown_column"), worth_retrying("timeout"), worth_retrying(None)
+    (True, False, False)
+    """
+    return error_kind is not None and error_kind != "timeout"
+
+
 def build_messages(
     question: str,
     snapshot: SchemaSnapshot,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from text2sql.catalog import SchemaSnapshot, load_snapshot
-from text2sql.data import load_dataset
+from text2sql.data import by_database, load_dataset
 from text2sql.warehouse import QueryResult, QueryRunner, WarehouseSpec, check_sql
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ def select_predictions(cfg: Config, pairs: list, predictions: dict[str, str | No
         return None
     started = time.perf_counter()
     chosen, greedy, selections = dict(predictions), dict(predictions), {}
-    todo: dict[Any, list] = {}
+    todo = []  # pairs still to select for
     for pair in pairs:
         record = stored.get(pair.id)
         if record is None:
@@ -232,8 +232,9 @@ def select_predictions(cfg: Config, pairs: list, predictions: dict[str, str | No
         if isinstance(record["selection"], dict):
             selections[pair.id] = record["selection"]
         else:
-            todo.setdefault(getattr(pair, "db", None), []).append(pair.id)
-    for db, ids in todo.items():
+            todo.append(pair)
+    for db, positions in by_database(todo).items():
+        ids = [todo[k].id for k in positions]
         spec, snapshot = open_target(cfg, dataset, db)
         with QueryRunner.from_config(cfg, spec, workers=cfg.eval.workers or 0) as runner:
             picked = select_candidates([stored[i]["candidates"] for i in ids], runner, snapshot)

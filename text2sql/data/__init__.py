@@ -29,12 +29,12 @@ from text2sql.data.spider import import_spider
 from text2sql.data.split import split_pairs
 from text2sql.data.stats import dataset_stats
 from text2sql.data.add import add_pairs
-from text2sql.data.store import Dataset, Pair, load_dataset, load_pairs, question_subset
+from text2sql.data.store import Dataset, Pair, by_database, load_dataset, load_pairs, question_subset
 from text2sql.data.validate import validate_pairs
 from text2sql.vocab import DIFFICULTIES, SPLITS
 
 __all__ = [
-    "DIFFICULTIES", "FEATURES", "SPLITS", "Dataset", "Pair", "add_pairs", "dataset_stats", "dedup_pairs",
+    "DIFFICULTIES", "FEATURES", "SPLITS", "Dataset", "Pair", "add_pairs", "by_database", "dataset_stats", "dedup_pairs",
     "difficulty_of", "import_spider", "load_dataset", "load_pairs", "normalize_sql", "question_subset", "split_pairs",
     "sql_features", "sql_template", "validate_pairs",
 ]

@@ -151,6 +151,19 @@ def load_pairs(cfg: Config, dataset: str | None = None, split: str | None = None
     return chosen
 
 
+def by_database(pairs: list) -> dict[str | None, list[int]]:
+    """Positions of `pairs` by the database each asks about (None: the project lakehouse), in order: predict and
+    candidate selection open one warehouse per database.
+
+    >>> by_database([Pair("q1", "s", db="x"), Pair("q2", "s"), Pair("q3", "s", db="x")])
+    {'x': [0, 2], None: [1]}
+    """
+    groups: dict[str | None, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(getattr(pair, "db", None), []).append(i)
+    return groups
+
+
 def question_subset(pairs: list[Pair], max_questions: int) -> list[Pair]:
     """`max_questions` pairs spread evenly over `pairs` in their order (pair i * len // max_questions), so a subset of a
     split still spans its topics (the file groups them); all of them when `max_questions` is 0 or not smaller.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from text2sql.errors import ModelError
 from text2sql.models import resolve_model_dir
-from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings
+from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, worth_retrying
 from text2sql.select import StoredCandidate, select_candidate
 from text2sql.warehouse import QueryResult, QueryRunner, check_sql, extract_sql, judge_reply
 
@@ -150,8 +150,7 @@ class _Pipeline:
                              retried=attempt > 0, batch_size=done.batch_size, ensemble=ensemble)
             if result is not None:
                 answer.result, answer.error_kind, answer.error = result, result.error_kind, result.error
-            # A timeout is not retried: a second slow query doubles the wait, and the model cannot fix "too slow".
-            if answer.error_kind in (None, "timeout") or attempt == self.retries:
+            if not worth_retrying(answer.error_kind) or attempt == self.retries:
                 break
             messages = correction_messages(messages, sql, answer.error_kind, answer.error)
         answer.prompt_tokens, answer.completion_tokens = prompt_tokens, completion_tokens
