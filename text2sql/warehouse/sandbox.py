@@ -103,6 +103,9 @@ def _worker_main(conn, spec: WarehouseSpec, memory_limit: str, threads: int,
             use_parser_connection(con)
         _cap_address_space(memory_limit)
         conn.send(("ready", None))
+    except MissingDependencyError as exc:  # its own status: the parent raises it as what to install
+        conn.send(("missing", str(exc)))
+        return
     except Exception as exc:
         conn.send(("failed", _first_line(f"{type(exc).__name__}: {exc}")))
         return
@@ -321,9 +324,8 @@ class _Worker:
         status, detail = self.conn.recv() if self.conn.poll(60) else ("failed", "worker did not start in 60 s")
         if status != "ready":
             self.kill()
-            missing = "MissingDependencyError: "
-            if detail.startswith(missing):
-                raise MissingDependencyError(detail.removeprefix(missing))
+            if status == "missing":
+                raise MissingDependencyError(detail)
             raise SchemaSnapshotError(f"cannot open the warehouse: {detail}")
 
     def run(self, sql: str, max_rows: int, timeout_s: float, op: str = "run"):
