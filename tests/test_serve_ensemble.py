@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import build_project
 from tinymodel import pair_records
 
-from tests.test_serve import ScriptedEngine, captured_logs, config, requests_logged, serving
+from tests.test_serve import ScriptedEngine, captured_logs, config, requests_logged, serving, wait_until
 
 from text2sql.prompt import RETRY_PROMPT
 
@@ -54,6 +54,7 @@ def test_the_result_most_members_share_wins_and_each_member_is_asked_once(ensemb
         engine.script(reply)
     with captured_logs() as logs:
         body = ask(ensemble)
+        wait_until(lambda: requests_logged(logs, "/v1/sql"))  # the line is written after the response
     assert body["sql"] == STORES[0] and body["valid"] is True and body["retried"] is False
     assert body["rows"][0][0] > 0 and body["ensemble"] == {"member": 1, "votes": 2, "members": 3}
     assert [len(e.requests) for e in engines] == [1, 1, 1]
