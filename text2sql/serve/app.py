@@ -253,6 +253,8 @@ def _local_members(cfg: "Config", models: list[str], strict: bool) -> list[_Memb
     """Each model loaded in turn with its own backend, and the prompt builder of its own prompt settings (members
     may have been trained with different ones: k-shot 3 and 0)."""
     s, members = cfg.serve, []
+    # Each member's engine steps in its own thread, and torch.compile's CUDA graphs fail there (the H200, v0.9;
+    # pytorch/pytorch#123177): an ensemble decodes eagerly on a GPU.
     if len(models) > 1 and cfg.generate.decoding == "static" and _on_gpu():
         raise ConfigError("an ensemble cannot serve with generate.decoding=static on a GPU: capturing several "
                           "models' CUDA graphs in one server fails (cudaErrorStreamCaptureInvalidated); use eager "
