@@ -1,6 +1,7 @@
 """Catalog -> schemas/ on real pyiceberg SqlCatalogs in temp dirs, checked with real DuckDB."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -122,6 +123,25 @@ def test_unknown_catalog_and_unreachable_rest(tmp_path):
     with pytest.raises(CatalogError, match="catalog 'rest': cannot load or reach it") as err:
         load_catalog(cfg, "rest")
     assert "\n" not in str(err.value)
+
+
+def test_schema_pull_without_pyiceberg_says_what_to_install_in_one_line(tmp_path):
+    """pyiceberg is a dependency, but a host set up by hand may lack it (the GPU staging did): a command that reads
+    a catalog stops with one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "shadow" / "pyiceberg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    config = write_project(tmp_path / "proj")
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "shadow"), repo]))
+    done = subprocess.run([sys.executable, "-m", "text2sql.cli", "schema", "pull", "--config", str(config)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: 'pyiceberg' is not installed: it reads the Iceberg")
 
 
 def test_missing_namespace(lakehouse_project):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.errors import CatalogError, NoSuchTableError, SchemaSnapshotError
+from text2sql.errors import CatalogError, MissingDependencyError, NoSuchTableError, SchemaSnapshotError
 from text2sql.files import read_text, write_atomic
 
 if TYPE_CHECKING:
@@ -173,8 +173,14 @@ def load_catalog(cfg: Config, name: str | None = None) -> Catalog:
 
     Raises:
         CatalogError: unknown name, or the catalog cannot be reached.
+        MissingDependencyError: pyiceberg is not installed (a host set up by hand: a training callback then goes on
+            without its dev queries instead of stopping on a traceback).
     """
-    from pyiceberg.catalog import load_catalog as pyiceberg_load_catalog
+    try:
+        from pyiceberg.catalog import load_catalog as pyiceberg_load_catalog
+    except ImportError as exc:
+        raise MissingDependencyError("'pyiceberg' is not installed: it reads the Iceberg catalogs (pip install "
+                                     "'pyiceberg[sql-sqlite,pyarrow]>=0.12,<0.13', a text2sql dependency)") from exc
 
     name = name or cfg.catalog.name
     props = dict(cfg.catalog.catalogs.get(name, {}))
