@@ -264,3 +264,32 @@ def test_a_compiled_run_warms_its_step_first_times_it_and_keeps_the_replies(tiny
     assert replies(engine) == plain
     assert engine.warmup_seconds == spent and engine.steps == 2 * steps  # warmed once; its calls are not steps
     assert WARMUP_CALLS >= 1
+
+
+def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result(tiny_project):
+    """Compiled, transformers' sdpa repeats the key/value heads for a one-token query (a copy of the whole static
+    cache per layer and step); the engine's attention packs the query heads instead. Same numbers as the repeated
+    heads, and the engine's model uses it (its greedy replies equal eager generate's: the static-decoding test)."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from text2sql.engine import PACKED_ATTENTION, _packed_sdpa
+    from text2sql.generate import decode_engine
+
+    class Attention:
+        num_key_value_groups = 3
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(5, 6, 1, 16), torch.randn(5, 2, 40, 16), torch.randn(5, 2, 40, 16)
+    mask = torch.zeros(5, 1, 1, 40)
+    mask[1, :, :, :7] = torch.finfo(torch.float32).min  # a slot whose first columns are not its own
+    packed, _ = _packed_sdpa(Attention(), query, key, value, mask, scaling=0.25)
+    repeated = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 3), repeat_kv(value, 3),
+                                                                attn_mask=mask, scale=0.25).transpose(1, 2)
+    assert packed.shape == repeated.shape and torch.allclose(packed, repeated, atol=1e-6)
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    assert gen.model.config._attn_implementation == "sdpa"
+    decode_engine(gen)
+    assert gen.model.config._attn_implementation == PACKED_ATTENTION
+    assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run

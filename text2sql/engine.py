@@ -7,7 +7,8 @@ running decode batch at the next step; a finished sequence frees its slot at onc
 token for the occupied slots (rounded up to a power of two, so a lone request does not pay for sixteen), with
 the same forward call each time: fixed shapes, cache written in place. On CUDA that step is
 `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA graph per batch bucket and replayed, which
-removes the per-token host overhead of `generate`.
+removes the per-token host overhead of `generate`. A model with grouped key/value heads attends through
+`_packed_sdpa`, which reads each key/value head once where compiled sdpa would copy them per query head.
 
 Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
 slot's tokens end at `t`; each slot's own positions go in `position_ids` and its valid columns in a 4-D
@@ -45,6 +46,50 @@ self-correction turn (the failed reply and the error added), would otherwise gro
 length compiles its steps again (a 35.6 s request on the H200)."""
 WARMUP_CALLS = 3
 """Calls per shape before serving: compile, then CUDA-graph warm-up and recording (torch's cudagraph trees)."""
+
+
+PACKED_ATTENTION = "text2sql_sdpa"
+"""The attention the engine gives a model that uses sdpa: sdpa, but a one-token query attends on the key/value
+heads directly (`_packed_sdpa`)."""
+PACKED_GQA = True
+"""Whether engines built from now on use PACKED_ATTENTION (`bench/generate_throughput.py --decoding
+static-repeat,static` times both ways in one run)."""
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                 **kwargs):
+    """transformers' sdpa attention, except for a one-token query with grouped key/value heads: its heads are
+    packed as (kv heads, group) rows, so every key/value head is read once. transformers packs them so only outside
+    torch.compile; compiled, it repeats the key/value heads first, a copy of the whole static cache per layer and
+    step (at 64 slots of 4k columns, ~45 GB a step for Qwen2.5-1.5B). The same softmax over the same keys."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    mask_shared = attention_mask is None or attention_mask.shape[1] == 1
+    if query.shape[2] != 1 or groups == 1 or not mask_shared or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, _, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _use_packed_attention(model, packed: bool) -> None:
+    """Make a model that attends with sdpa attend with `_packed_sdpa` (registered once, by name), or back."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = model.config.get_text_config(decoder=True)
+    now = getattr(config, "_attn_implementation", None)
+    if packed and now == "sdpa":
+        AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
+        AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+        config._attn_implementation = PACKED_ATTENTION
+    elif not packed and now == PACKED_ATTENTION:
+        config._attn_implementation = "sdpa"
 
 
 @dataclass(eq=False)
@@ -113,6 +158,7 @@ class DecodeEngine:
             # Each batch bucket and cache length is one graph; allow them all without dynamo giving up.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self._forward = torch.compile(self.model.__call__, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        _use_packed_attention(self.model, PACKED_GQA)
         self._check_layers()
 
     # ------------------------------------------------------------ the caller's side
