@@ -19,7 +19,9 @@ Random weights rarely emit the end-of-turn token, so nearly every reply runs to 
 --decoding eager,static: the whole measurement once per decoding path (`generate.decoding`; static warms its
 compiled steps first, untimed), in the same run; `by_decoding` holds each, `static_vs_eager` the ratios and how
 many replies are the same, and each path reports its batch-1 decode time per token (a long reply minus a
-1-token one, over the extra tokens: prefill excluded).
+1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
+sdpa (key/value heads repeated for a one-token query when compiled), the baseline of the engine's packed attention
+(`text2sql.engine.PACKED_GQA`): `--decoding static-repeat,static`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
 
     from text2sql.config import load_config
     from text2sql.data import load_pairs
+    from text2sql import engine as engine_module
     from text2sql.generate import generate, load_generator, prompts_for
 
     cfg = load_config(REPO / "text2sql.yaml")
@@ -88,7 +91,10 @@ def main() -> None:
     decodings = args.decoding.split(",") if args.decoding else [gen.decoding]
     by_decoding = {}
     for decoding in decodings:
-        gen.decoding = decoding
+        # static-repeat: the static engine with transformers' own attention (key/value heads repeated when compiled)
+        engine_module.PACKED_GQA = decoding != "static-repeat"
+        gen._engines.clear()
+        gen.decoding = "static" if decoding == "static-repeat" else decoding
         print(f"decoding: {decoding}", file=sys.stderr)
         by_decoding[decoding] = _measure(gen, messages, args)
     model_name = "llama-3.1-8b-shape-random" if args.random_8b else str(gen.model_dir)
