@@ -105,3 +105,10 @@ pull qwen2.5-coder-1.5b-instruct
 wait $P0 $P1
 ddp
 kill $MON 2>/dev/null; say "plan end"; mark ALL
+
+# After the plan, four calls by hand on the same host (same C=(...) flags, minus generate.batch_size where a batch is given):
+#   L5:     predict --model runs/q15_L/merged --split dev|test --set generate.num_candidates=5 --out pred/q15_L5-<split>.jsonl
+#   speed:  predict --model runs/q15_L/merged --split test --set generate.batch_size=8|16|32|64|128 --out pred/q15_Lb<b>-test.jsonl
+#   serve:  bench/serve_load.py --model L --model L2 --model L3 --decoding static ... (failed at CUDA-graph capture, twice,
+#           the second time with a shared step lock, not kept), then --decoding eager --requests 30 --concurrency 1 --execute
+#           for the three and for L alone (bench/results/serve_load_h200_ensemble3_eager_c1.json, serve_load_h200_eager_c1_v09.json)
