@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -293,3 +294,15 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     decode_engine(gen)
     assert gen.model.config._attn_implementation == PACKED_ATTENTION
     assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run
+
+
+def test_packed_attention_can_be_turned_off_by_the_environment():
+    """Where the packed attention misbehaves on a host, `T2S_PACKED_GQA=0` gives engines transformers' own."""
+    import subprocess
+    import sys
+
+    probe = "import text2sql.engine as e; print(e.PACKED_GQA)"
+    runs = {value: subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                  env={**os.environ, "T2S_PACKED_GQA": value}).stdout.strip()
+            for value in ("0", "1")}
+    assert runs == {"0": "False", "1": "True"}

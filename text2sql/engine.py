@@ -19,6 +19,7 @@ start; a prompt longer than `t` shifts them right. Greedy replies equal `generat
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -51,9 +52,9 @@ WARMUP_CALLS = 3
 PACKED_ATTENTION = "text2sql_sdpa"
 """The attention the engine gives a model that uses sdpa: sdpa, but a one-token query attends on the key/value
 heads directly (`_packed_sdpa`)."""
-PACKED_GQA = True
+PACKED_GQA = os.environ.get("T2S_PACKED_GQA", "1") != "0"
 """Whether engines built from now on use PACKED_ATTENTION (`bench/generate_throughput.py --decoding
-static-repeat,static` times both ways in one run)."""
+static-repeat,static` times both ways in one run); `T2S_PACKED_GQA=0` turns it off where it misbehaves."""
 
 
 def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
