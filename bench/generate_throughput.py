@@ -20,8 +20,9 @@ Random weights rarely emit the end-of-turn token, so nearly every reply runs to 
 compiled steps first, untimed), in the same run; `by_decoding` holds each, `static_vs_eager` the ratios and how
 many replies are the same, and each path reports its batch-1 decode time per token (a long reply minus a
 1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
-sdpa (key/value heads repeated for a one-token query when compiled), the baseline of the engine's packed attention
-(`text2sql.engine.PACKED_GQA`): `--decoding static-repeat,static`.
+sdpa (key/value heads repeated for a one-token query when compiled), `static-packed` the same with the engine's
+packed attention (`text2sql.engine.PACKED_GQA`, opt-in), `static` as `generate` runs it:
+`--decoding static-repeat,static-packed`.
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def main() -> None:
 
     decodings = args.decoding.split(",") if args.decoding else [gen.decoding]
     by_decoding = {}
+    packed_default = engine_module.PACKED_GQA
     for decoding in decodings:
-        # static-repeat: the static engine with transformers' own attention (key/value heads repeated when compiled)
-        engine_module.PACKED_GQA = decoding != "static-repeat"
+        # static-repeat / static-packed: the static engine with transformers' own attention (key/value heads repeated
+        # when compiled) / with the engine's packed one; static: as generate runs it
+        engine_module.PACKED_GQA = {"static-repeat": False, "static-packed": True}.get(decoding, packed_default)
         gen._engines.clear()
-        gen.decoding = "static" if decoding == "static-repeat" else decoding
+        gen.decoding = "static" if decoding.startswith("static") else decoding
         print(f"decoding: {decoding}", file=sys.stderr)
         by_decoding[decoding] = _measure(gen, messages, args)
     model_name = "llama-3.1-8b-shape-random" if args.random_8b else str(gen.model_dir)

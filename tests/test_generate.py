@@ -267,13 +267,14 @@ def test_a_compiled_run_warms_its_step_first_times_it_and_keeps_the_replies(tiny
     assert WARMUP_CALLS >= 1
 
 
-def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result(tiny_project):
+def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result(tiny_project, monkeypatch):
     """Compiled, transformers' sdpa repeats the key/value heads for a one-token query (a copy of the whole static
     cache per layer and step); the engine's attention packs the query heads instead. Same numbers as the repeated
     heads, and the engine's model uses it (its greedy replies equal eager generate's: the static-decoding test)."""
     import torch
     from transformers.integrations.sdpa_attention import repeat_kv
 
+    from text2sql import engine
     from text2sql.engine import PACKED_ATTENTION, _packed_sdpa
     from text2sql.generate import decode_engine
 
@@ -291,18 +292,19 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     assert gen.model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(engine, "PACKED_GQA", True)  # opt-in
     decode_engine(gen)
     assert gen.model.config._attn_implementation == PACKED_ATTENTION
     assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run
 
 
-def test_packed_attention_can_be_turned_off_by_the_environment():
-    """Where the packed attention misbehaves on a host, `T2S_PACKED_GQA=0` gives engines transformers' own."""
+def test_packed_attention_is_opt_in_through_the_environment():
+    """Engines keep transformers' own attention unless `T2S_PACKED_GQA=1` asks for the packed one."""
     import subprocess
     import sys
 
     probe = "import text2sql.engine as e; print(e.PACKED_GQA)"
     runs = {value: subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                   env={**os.environ, "T2S_PACKED_GQA": value}).stdout.strip()
-            for value in ("0", "1")}
-    assert runs == {"0": "False", "1": "True"}
+            for value in ("", "0", "1")}
+    assert runs == {"": "False", "0": "False", "1": "True"}
