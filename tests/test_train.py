@@ -135,6 +135,42 @@ def test_merge_saves_a_plain_model_that_agrees_with_the_adapter(trained, tmp_pat
     assert load_generator(out, load_config(trained[0])).kind == "merged"
 
 
+def test_merge_onto_nf4_folds_the_adapter_into_the_base_as_qlora_saw_it(trained, tmp_path):
+    """`--onto nf4`: every linear weight but the output head goes through NF4 and back before the adapter is
+    folded in, so the merged model is the one a QLoRA run was trained and chosen against; the adapter's own
+    delta is the same as in a plain merge, and parity is checked against the adapter over that base."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from text2sql.merge import merge_run, nf4_round_trip
+    from text2sql.models import adapter_base
+
+    _, run = trained
+    plain = load_file(merge_run(run, tmp_path / "bf16", dtype="float32") / "model.safetensors")
+    out = merge_run(run, tmp_path / "nf4", dtype="float32", onto="nf4")
+    nf4 = load_file(out / "model.safetensors")
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["onto"] == "nf4" and parity["agreement"] == 1.0, parity
+    assert json.loads((out / "run_manifest.json").read_text())["merged_from"]["onto"] == "nf4"
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(run), dtype=torch.float32)
+    original = {name: p.detach().clone() for name, p in base.named_parameters()}
+    assert nf4_round_trip(base) == sum(isinstance(m, torch.nn.Linear) for m in base.modules()) - (
+        isinstance(base.get_output_embeddings(), torch.nn.Linear))
+    rounded = dict(base.named_parameters())
+    linear = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings()]
+    for name in linear:
+        key = f"{name}.weight"
+        shift = rounded[key].detach() - original[key]
+        assert shift.abs().max() > 0, f"{key} kept its weights"
+        assert torch.allclose(nf4[key] - plain[key], shift, atol=1e-5), key
+    untouched = [k for k in plain if not any(k == f"{n}.weight" for n in linear)]
+    assert untouched and all(torch.equal(plain[k], nf4[k]) for k in untouched)  # norms, embeddings, head
+    with pytest.raises(ModelError, match="onto"):
+        merge_run(run, tmp_path / "x", onto="int8")
+
+
 def test_trained_pairs_are_generated_verbatim_and_stop_at_end_of_turn(tmp_path, lakehouse_project, tiny_model):
     """What was trained is what generates: eval mode, KV cache, stop at <|im_end|>."""
     from text2sql.generate import predict

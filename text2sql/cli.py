@@ -234,8 +234,11 @@ def train_cmd(config_path, overrides, resume, force):
               help="Merged model dir (default RUN/merged).")
 @click.option("--checkpoint", default="best", show_default=True, metavar="last|best|PATH",
               help="Which adapter: the final weights, the checkpoint with the best dev EX, or a checkpoint dir.")
+@click.option("--onto", type=click.Choice(["bf16", "nf4"]), default="bf16", show_default=True,
+              help="The base's own weights, or the base as QLoRA training saw it (each linear weight through NF4 "
+                   "and back): the model the dev-EX checkpoint choice measured.")
 @click.option("--force", is_flag=True, help="Replace the merged dir if it exists.")
-def merge_cmd(run, config_path, overrides, out, checkpoint, force):
+def merge_cmd(run, config_path, overrides, out, checkpoint, onto, force):
     """Merge a run's LoRA adapter into its bf16 base and check greedy parity; prints the merged dir.
     RUN defaults to train.run_name, else the newest run under train.output_dir."""
     from text2sql.merge import PARITY_FILE, latest_run, merge_run
@@ -244,7 +247,7 @@ def merge_cmd(run, config_path, overrides, out, checkpoint, force):
         run = latest_run(load(config_path, overrides))
     elif config_path or overrides:
         raise click.UsageError("--config/--set pick the run (train.run_name, output_dir) only when RUN is not given")
-    merged = merge_run(run, out, checkpoint=checkpoint, force=force)
+    merged = merge_run(run, out, checkpoint=checkpoint, force=force, onto=onto)
     parity = json.loads((merged / PARITY_FILE).read_text())
     if parity["prompts"]:
         same = sum(item["same"] for item in parity["items"])

@@ -29,6 +29,8 @@ PARITY_MAX_NEW_TOKENS = 64
 MERGED_MANIFEST = "run_manifest.json"
 """The run's manifest.json, as it is called in a merged dir (a merged dir is not a run dir)."""
 DTYPES = ("bfloat16", "float32")
+ONTO = ("bf16", "nf4")
+"""What the adapter is merged onto: the base's own weights, or the base as QLoRA training saw it (NF4 and back)."""
 
 
 def latest_run(cfg: Config) -> Path:
@@ -68,7 +70,8 @@ def choose_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
 
 
 def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "bfloat16",
-              checkpoint: str = "best", force: bool = False, parity_prompts: int | None = None) -> Path:
+              checkpoint: str = "best", force: bool = False, parity_prompts: int | None = None,
+              onto: str = "bf16") -> Path:
     """Merge a LoRA/QLoRA run's adapter into its base (bf16 by default, never 4-bit) and save a plain HF model dir.
 
     `checkpoint` says which adapter (`choose_checkpoint`): by default the checkpoint with the best dev EX.
@@ -79,7 +82,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     `<out>/parity.json`. Returns the merged dir (default `<run_dir>/merged`). `dtype` (bfloat16 or
     float32) is the dtype of the merge, the parity check and the saved weights. `parity_prompts` checks
     only the first N held prompts (default all of them; the CPU demo checks fewer). An existing `out` is
-    replaced only with `force`.
+    replaced only with `force`. `onto="nf4"` first puts every weight that QLoRA quantizes through NF4 and back
+    (`nf4_round_trip`): a QLoRA adapter was trained, and its checkpoint chosen by dev EX, against those weights.
 
     Raises:
         ModelError: not a run dir with an adapter, its base model is missing, or `out` exists (without `force`).
@@ -92,6 +96,10 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
 
     if dtype not in DTYPES:
         raise ModelError(f"merge dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if onto not in ONTO:
+        raise ModelError(f"merge onto {onto!r} is not one of {', '.join(ONTO)}")
+    if onto == "nf4":
+        require_all(("bitsandbytes",), "train")
     run_dir = Path(run_dir)
     adapter_dir = choose_checkpoint(run_dir, checkpoint)
     base_dir = adapter_base(adapter_dir)
@@ -105,6 +113,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else run_dir)
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype).to(device)
+    if onto == "nf4":
+        nf4_round_trip(base)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     set_end_of_turn(tokenizer, model)
     adapter_replies = greedy_replies(model, tokenizer, held, PARITY_MAX_NEW_TOKENS)
@@ -124,7 +134,7 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch_dtype).to(device).eval()
         merged_replies = greedy_replies(reloaded, AutoTokenizer.from_pretrained(tmp), held, PARITY_MAX_NEW_TOKENS)
         same = [a == m for a, m in zip(adapter_replies, merged_replies)]
-        merged_from = {"checkpoint": adapter_dir.name if adapter_dir != run_dir else "last",
+        merged_from = {"checkpoint": adapter_dir.name if adapter_dir != run_dir else "last", "onto": onto,
                        **{k: v for k, v in read_json_or_empty(adapter_dir / "dev_ex.json").items() if k in ("step", "dev_ex")}}
         if (tmp / MERGED_MANIFEST).is_file():
             manifest = {**json.loads((tmp / MERGED_MANIFEST).read_text()), "merged_from": merged_from}
@@ -135,6 +145,7 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
             "agreement": (sum(same) / len(same)) if same else None,
             "max_new_tokens": PARITY_MAX_NEW_TOKENS,
             "dtype": dtype,
+            "onto": onto,
             "items": [{"adapter": a, "merged": m, "same": s} for a, m, s in zip(adapter_replies, merged_replies, same)],
         }
         write_atomic(tmp / PARITY_FILE, json.dumps(parity, indent=2) + "\n")
@@ -144,6 +155,24 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def nf4_round_trip(model: Any) -> int:
+    """Replace each linear weight that a QLoRA load quantizes (all but the output head) by its NF4 round trip, as
+    `train` quantizes it (bf16 weights, double quantization, bitsandbytes' block size). Returns how many."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+    head = model.get_output_embeddings()
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                weight = module.weight
+                packed, state = quantize_4bit(weight.to(torch.bfloat16), quant_type="nf4", compress_statistics=True)
+                weight.copy_(dequantize_4bit(packed, state).to(weight.dtype))
+                count += 1
+    return count
 
 
 def greedy_replies(model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
