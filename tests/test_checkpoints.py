@@ -73,7 +73,7 @@ def test_merge_takes_the_checkpoint_with_the_higher_dev_ex(scored_run, tmp_path)
         by_name = merge_run(run, tmp_path / "three", dtype="float32", checkpoint="checkpoint-3")
         last = merge_run(run, tmp_path / "last", dtype="float32", checkpoint="last")
     assert json.loads((merged / "parity.json").read_text())["merged_from"] == {"checkpoint": "checkpoint-3", "step": 3,
-                                                                              "dev_ex": 1.0}
+                                                                              "dev_ex": 1.0, "onto": "bf16"}
     assert json.loads((merged / "run_manifest.json").read_text())["merged_from"]["checkpoint"] == "checkpoint-3"
     best_weights, three, final = (load_file(d / "model.safetensors") for d in (merged, by_name, last))
     assert all((best_weights[k] == three[k]).all() for k in best_weights)
