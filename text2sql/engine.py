@@ -55,7 +55,7 @@ heads directly (`_packed_sdpa`)."""
 PACKED_GQA = os.environ.get("T2S_PACKED_GQA", "0") == "1"
 """Whether engines built from now on use PACKED_ATTENTION: opt-in (`T2S_PACKED_GQA=1`). On the H200 (v0.10) the
 compiled static step with it did not finish within minutes where transformers' own took seconds, so it stays off
-until `bench/generate_throughput.py --decoding static-repeat,static` shows it finishing and winning."""
+until `bench/generate_throughput.py --decoding static-repeat,static-packed` shows it finishing and winning."""
 
 
 def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

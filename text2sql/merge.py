@@ -19,7 +19,7 @@ from text2sql.errors import MODEL_PACKAGES, ModelError, require_all
 from text2sql.files import read_json_or_empty, write_atomic
 from text2sql.models import adapter_base, set_end_of_turn
 from text2sql.prompt import PROMPT_FILE, render_prompt
-from text2sql.train import HELD_PROMPTS, MANIFEST
+from text2sql.train import HELD_PROMPTS, MANIFEST, QLORA_DOUBLE_QUANT, QLORA_QUANT_TYPE
 
 if TYPE_CHECKING:
     from text2sql.config import Config
@@ -159,7 +159,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, dtype: str = "
 
 def nf4_round_trip(model: Any) -> int:
     """Replace each linear weight that a QLoRA load quantizes (all but the output head) by its NF4 round trip, as
-    `train` quantizes it (bf16 weights, double quantization, bitsandbytes' block size). Returns how many."""
+    `train` quantizes it (bf16 weights, QLORA_QUANT_TYPE, QLORA_DOUBLE_QUANT, bitsandbytes' block size).
+    Returns how many."""
     import torch
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
@@ -169,7 +170,8 @@ def nf4_round_trip(model: Any) -> int:
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and module is not head:
                 weight = module.weight
-                packed, state = quantize_4bit(weight.to(torch.bfloat16), quant_type="nf4", compress_statistics=True)
+                packed, state = quantize_4bit(weight.to(torch.bfloat16), quant_type=QLORA_QUANT_TYPE,
+                                              compress_statistics=QLORA_DOUBLE_QUANT)
                 weight.copy_(dequantize_4bit(packed, state).to(weight.dtype))
                 count += 1
     return count

@@ -70,6 +70,9 @@ LOG_FILE = "log.jsonl"
 TRAIN_SAMPLE = "train_sample.json"
 """The first training sequence as the trainer feeds it: token ids, labels (-100 = no loss) and both decoded."""
 HELD_PROMPT_COUNT = 8
+QLORA_QUANT_TYPE = "nf4"
+QLORA_DOUBLE_QUANT = True
+"""How `qlora` quantizes the base (bitsandbytes); `merge --onto nf4` rebuilds the same weights."""
 _PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "bitsandbytes")
 
 
@@ -295,7 +298,7 @@ def _load_model(base_dir: Path, method: str, cuda: bool):
 
         fsdp = fsdp_enabled()
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True, bnb_4bit_quant_type=QLORA_QUANT_TYPE, bnb_4bit_use_double_quant=QLORA_DOUBLE_QUANT,
             bnb_4bit_compute_dtype=torch.bfloat16,
             # FSDP shards float tensors only: pack the 4-bit weights into the compute dtype (= the model dtype).
             bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
