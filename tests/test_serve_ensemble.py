@@ -207,3 +207,129 @@ def test_load_bench_serves_an_ensemble(tmp_path, lakehouse_project, tiny_model):
     report = json.loads(out.read_text())
     assert report["statuses"] == {"200": 8} and report["models"] == [str(tiny_model)] * 2
     assert report["server"] == f"local {tiny_model}+{tiny_model}"
+
+
+# ---------------------------------------------------------------- the chosen SQL runs once a request
+
+
+from text2sql.warehouse import QueryRunner  # noqa: E402
+
+ROWS = "SELECT store_id FROM core.stores ORDER BY store_id"
+"""More rows than the counted runner's cap (warehouse.max_rows=5)."""
+
+
+class CountingRunner(QueryRunner):
+    """The real sandboxed runner, recording the SQL of every query its workers run: `run` (and so `run_many`)
+    and the SQL a `judge_and_run` ran (none when the reply was refused)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ran: list[str] = []
+
+    def run(self, sql, max_rows=None, checked=False):
+        self.ran.append(sql)
+        return super().run(sql, max_rows, checked)
+
+    def judge_and_run(self, reply, max_rows=None):
+        sql, check, result = super().judge_and_run(reply, max_rows)
+        if result is not None:
+            self.ran.append(sql)
+        return sql, check, result
+
+
+@pytest.fixture(scope="module")
+def counted(lakehouse_project, engines):
+    """`pipeline(mode)`: a serve pipeline over the scripted engines (an ensemble of the three, engine 0 with 3
+    candidates, or engine 0 alone), built as `create_app` builds it, with one CountingRunner (rows capped at 5)."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.generate import Sampling
+    from text2sql.serve.app import _upstream_members
+    from text2sql.serve.pipeline import _Pipeline
+
+    cfg = config(lakehouse_project / "text2sql.yaml", "warehouse.max_rows=5", "serve.retries=0")
+    snapshot = load_snapshot(cfg)
+    with CountingRunner.from_config(cfg, workers=2, snapshot=snapshot) as runner:
+        def pipeline(mode):
+            urls = [e.url for e in engines] if mode == "ensemble" else [engines[0].url]
+            built = _Pipeline(snapshot, _upstream_members(cfg, urls, [], False), runner, 0, 2)
+            if mode == "candidates":
+                built.num_candidates, built.sampling = 3, Sampling(0.9, 1.0, 5)
+            return built
+
+        yield pipeline, runner
+
+
+def answer(pipeline, max_rows=0):
+    """`pipeline.answer` with execution, its backends started and closed around it."""
+    import asyncio
+
+    async def go():
+        for m in pipeline.members:
+            await m.backend.start()
+        try:
+            return await pipeline.answer("How many stores?", 64, execute=True, max_rows=max_rows)
+        finally:
+            for m in pipeline.members:
+                await m.backend.close()
+
+    return asyncio.run(go())
+
+
+def script(engines, mode, replies):
+    """Each member one reply (ensemble), or engine 0 the greedy reply then the samples (candidates, greedy)."""
+    if mode == "ensemble":
+        for engine, reply in zip(engines, replies):
+            engine.script(reply)
+    else:
+        engines[0].script(*replies)
+
+
+@pytest.mark.parametrize("mode", ["ensemble", "candidates", "greedy"])
+def test_the_chosen_sql_runs_once_and_its_rows_are_the_answer(counted, engines, mode):
+    """Selection runs each distinct candidate once; the chosen one's result is the answer's, not run again."""
+    pipeline, runner = counted
+    script(engines, mode, [PRODUCTS, *STORES] if mode != "greedy" else [STORES[0]])
+    runner.ran.clear()
+    got = answer(pipeline(mode))
+    assert got.valid is True and got.retried is False and got.sql in STORES
+    assert runner.ran.count(got.sql) == 1
+    assert sorted(runner.ran) == sorted([PRODUCTS, *STORES] if mode != "greedy" else [STORES[0]])
+    direct = runner.run(got.sql)
+    assert got.result.columns == direct.columns and got.result.rows == direct.rows and direct.rows[0][0] > 0
+    assert got.result.truncated is False and got.to_json()["rows"] == [list(r) for r in direct.rows]
+
+
+@pytest.mark.parametrize("mode", ["ensemble", "candidates"])
+def test_the_reused_result_is_cut_to_max_rows_as_a_run_would_be(counted, engines, mode):
+    """max_rows below the runner's cap cuts the reused rows and flags them; at the cap (max_rows 0) they are the
+    run's; above it (only a direct caller can ask: serve caps max_rows) selection's cut-short rows are too few,
+    so the SQL runs again."""
+    pipeline, runner = counted
+    for max_rows, runs in ((2, 1), (0, 1), (5, 1), (7, 2)):
+        script(engines, mode, [ROWS] * 3)
+        runner.ran.clear()
+        got = answer(pipeline(mode), max_rows)
+        assert got.sql == ROWS and runner.ran == [ROWS] * runs, max_rows
+        direct = runner.run(ROWS, max_rows or None)
+        assert (got.result.rows, got.result.truncated) == (direct.rows, direct.truncated), max_rows
+        assert len(direct.rows) == min(max_rows or 5, 5 if runs == 1 else 7) and direct.truncated is True
+
+
+@pytest.mark.parametrize("mode", ["ensemble", "candidates"])
+def test_a_destructive_reply_is_still_refused_and_runs_nothing(counted, engines, mode):
+    pipeline, runner = counted
+    destructive = f"DROP TABLE core.stores; {STORES[0]}"
+    script(engines, mode, [destructive] * 3)
+    runner.ran.clear()
+    got = answer(pipeline(mode))
+    assert (got.valid, got.error_kind, got.result) == (False, "refused", None) and runner.ran == []
+    # Even with selection's valid result for the query inside it, the reply judged whole is refused, not run.
+    from text2sql.select import StoredCandidate, select_candidate
+
+    built = pipeline(mode)
+    ran = select_candidate([StoredCandidate(STORES[0])], runner, built.snapshot).result
+    assert ran is not None and not ran.error_kind
+    runner.ran.clear()
+    sql, check, result = built._judge_and_reuse(destructive, 0, STORES[0], ran)
+    assert (check.ok, check.kind, result) == (False, "refused", None) and runner.ran == []
+    assert runner.run("SELECT count(*) FROM core.stores").rows[0][0] > 0  # the table is still there

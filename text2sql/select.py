@@ -55,6 +55,9 @@ class Selection:
     """majority | likelihood (a tie between groups) | single | no valid candidate."""
     errors: list[str] = field(default_factory=list)
     """Why each dropped candidate was dropped (error kind), in candidate order."""
+    result: QueryResult | None = field(default=None, compare=False, repr=False)
+    """The chosen candidate's result from its run here (None when none is valid), so that serve need not run
+    the same SQL again; not part of `to_json`, so eval's output is unchanged."""
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "votes": self.votes, "valid": self.valid, "candidates": self.candidates,
@@ -127,7 +130,8 @@ def _select(candidates: Sequence[CandidateLike], checked: dict[str, str | None],
     tied = len(ranked) > 1 and len(ranked[1]) == len(best)
     reason = "single" if len(ranked) == 1 and valid == 1 else "likelihood" if tied else "majority"
     index = likeliest(best)
-    return Selection(index, candidates[index].sql, len(best), valid, len(candidates), reason, errors)
+    return Selection(index, candidates[index].sql, len(best), valid, len(candidates), reason, errors,
+                     results[candidates[index].sql])
 
 
 def _logprob(candidate: CandidateLike) -> float:

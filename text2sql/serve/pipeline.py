@@ -5,7 +5,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -13,7 +13,7 @@ from text2sql.errors import ModelError
 from text2sql.models import resolve_model_dir
 from text2sql.prompt import PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, worth_retrying
 from text2sql.select import StoredCandidate, select_candidate
-from text2sql.warehouse import QueryResult, QueryRunner, check_sql, extract_sql, judge_reply
+from text2sql.warehouse import QueryResult, QueryRunner, SQLCheck, check_sql, extract_sql, judge_reply
 
 if TYPE_CHECKING:
     from text2sql.catalog import SchemaSnapshot
@@ -122,13 +122,14 @@ class _Pipeline:
         for attempt in range(self.retries + 1):
             if on_text is not None and attempt:
                 on_text("\n")
+            ran = None  # the result of `sql` when candidate selection has run it
             if attempt == 0 and len(self.members) > 1:
-                member, ensemble, done, sql = await self._ensemble(chats, max_new_tokens)
+                member, ensemble, done, sql, ran = await self._ensemble(chats, max_new_tokens)
                 messages = chats[member]  # the retries go to the member that won, in its prompt
                 if on_text is not None:
                     on_text(done.text)
             elif attempt == 0 and self.num_candidates > 1:
-                done, sql = await self._best_candidate(messages, max_new_tokens)
+                done, sql, ran = await self._best_candidate(messages, max_new_tokens)
                 if on_text is not None:
                     on_text(done.text)
             else:
@@ -138,11 +139,12 @@ class _Pipeline:
             completion_tokens += done.completion_tokens
             # The reply is judged whole, by the function eval judges with: "DROP TABLE t; SELECT ..." is refused.
             # To execute, it is judged and run in a sandbox worker process: sqlglot's Python there does not hold
-            # this process's GIL, which the engine thread needs at every decode step.
+            # this process's GIL, which the engine thread needs at every decode step. SQL that selection has just
+            # run is not run again (`_judge_and_reuse`).
             result = None
             if execute:
                 judged, check, result = await asyncio.get_running_loop().run_in_executor(
-                    self._queries, self.runner.judge_and_run, done.text, max_rows)
+                    self._queries, self._judge_and_reuse, done.text, max_rows, sql, ran)
             else:
                 judged, check = judge_reply(done.text, self.snapshot)
             sql = judged if judged is not None else (sql or done.text.strip())
@@ -156,21 +158,45 @@ class _Pipeline:
         answer.prompt_tokens, answer.completion_tokens = prompt_tokens, completion_tokens
         return answer
 
-    async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[_Completion, str | None]:
-        """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox);
-        the greedy one when none is valid, so the retry loop then corrects it as it would a greedy reply."""
+    def _judge_and_reuse(self, reply: str, max_rows: int, sql: str | None, ran: "QueryResult | None"
+                         ) -> tuple[str | None, SQLCheck, "QueryResult | None"]:
+        """`runner.judge_and_run(reply, max_rows)`, reusing `ran`, the result candidate selection got for `sql`
+        (same runner: same sandbox, timeout, memory), so that the chosen SQL runs once a request.
+
+        The whole reply is still judged: `judge_reply` with the binder (the worker's judgement, or a stricter one
+        when the worker leaves names to the run; DuckDB only, well under a millisecond). Only a reply that passes
+        and yields exactly `sql` reuses `ran`; anything else, a refusal included, goes to `judge_and_run` as
+        before, so the verdict and what runs are unchanged."""
+        cap = self.runner.max_rows  # selection's run (`run_many`, no max_rows) fetched at most this many rows
+        limit = max_rows or cap  # the rows `judge_and_run` would keep
+        # A request wanting more rows than that run fetched, when it was cut short, runs again to get them.
+        if ran is not None and not ran.error_kind and (limit <= cap or not ran.truncated):
+            judged, check = judge_reply(reply, self.runner.snapshot)
+            if check.ok and judged == sql:
+                # The worker's cut: the first `limit` rows, flagged when the query had more.
+                rows = ran.rows[:limit]
+                return judged, check, replace(ran, rows=rows, truncated=ran.truncated or len(ran.rows) > limit)
+        return self.runner.judge_and_run(reply, max_rows)
+
+    async def _best_candidate(self, messages: list[dict[str, str]], max_new_tokens: int
+                              ) -> tuple[_Completion, str | None, "QueryResult | None"]:
+        """The candidate most of `num_candidates` agree on by result (each one checked and run in the sandbox),
+        with that result; the greedy one (and None) when none is valid, so the retry loop then corrects it as it
+        would a greedy reply."""
         done, candidates = await self.members[0].backend.candidates(messages, max_new_tokens, self.num_candidates,
                                                                     self.sampling)
         loop = asyncio.get_running_loop()
         selection = await loop.run_in_executor(self._queries, select_candidate, candidates, self.runner, self.snapshot)
         chosen = candidates[selection.index]
-        return _Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql
+        return (_Completion(chosen.raw, done.prompt_tokens, done.completion_tokens, done.batch_size), chosen.sql,
+                selection.result)
 
     async def _ensemble(self, chats: list[list[dict[str, str]]], max_new_tokens: int
-                        ) -> tuple[int, dict[str, int], _Completion, str | None]:
-        """(the winning member, the reply's `ensemble` field, its reply, its SQL): every member answers its chat
-        at once; the reply whose result most replies share wins, a tie goes to the earliest member (all
-        log-probabilities equal), and with no valid reply the first member's is kept for the retry loop to correct.
+                        ) -> tuple[int, dict[str, int], _Completion, str | None, "QueryResult | None"]:
+        """(the winning member, the reply's `ensemble` field, its reply, its SQL, that SQL's result from selection
+        or None): every member answers its chat at once; the reply whose result most replies share wins, a tie goes
+        to the earliest member (all log-probabilities equal), and with no valid reply the first member's is kept
+        (with no result) for the retry loop to correct.
         A member that fails (its engine down, its queue full) is left out of the vote; all failing fails."""
         replies = await asyncio.gather(*(m.backend.complete(chat, max_new_tokens)
                                          for m, chat in zip(self.members, chats)), return_exceptions=True)
@@ -189,7 +215,8 @@ class _Pipeline:
         member, sql = answered[selection.index], candidates[selection.index].sql
         done = _Completion(replies[member].text, sum(replies[i].prompt_tokens for i in answered),
                            sum(replies[i].completion_tokens for i in answered), replies[member].batch_size)
-        return member, {"member": member, "votes": selection.votes, "members": len(self.members)}, done, sql
+        return member, {"member": member, "votes": selection.votes, "members": len(self.members)}, done, sql, \
+            selection.result
 
     async def validate(self, sql: str) -> str:
         """Why `sql` cannot be kept ('' when it passes the check and runs in the sandbox)."""
