@@ -19,6 +19,7 @@ from tinymodel import pair_records
 from tests.test_serve import ScriptedEngine, captured_logs, config, requests_logged, serving, wait_until
 
 from text2sql.prompt import RETRY_PROMPT
+from text2sql.warehouse import QueryRunner
 
 STORES = ["SELECT count(*) AS n FROM core.stores", "SELECT count(store_id) AS stores FROM core.stores"]
 PRODUCTS = "SELECT count(*) AS n FROM core.products"
@@ -211,8 +212,6 @@ def test_load_bench_serves_an_ensemble(tmp_path, lakehouse_project, tiny_model):
 
 # ---------------------------------------------------------------- the chosen SQL runs once a request
 
-
-from text2sql.warehouse import QueryRunner  # noqa: E402
 
 ROWS = "SELECT store_id FROM core.stores ORDER BY store_id"
 """More rows than the counted runner's cap (warehouse.max_rows=5)."""
