@@ -30,6 +30,7 @@ from text2sql.data import (
     validate_pairs,
 )
 from text2sql.data.split import assign_splits
+from text2sql.data.stats import held_out_distance
 from text2sql.data.store import load_dataset, new_pair, pair_id
 from text2sql.errors import DataError
 
@@ -513,6 +514,33 @@ def test_stats_counts_tables_joins_features_and_highlights_gaps(cfg):
     assert json.loads(result.output)["highlights"]["sparse_features"]["window"] == 0
     result = cli(cfg, "data", "stats")
     assert result.exit_code == 0 and "fewer than 5 pairs" in result.output and "marketing.promotions" in result.output
+
+
+def test_stats_distance_measures_how_far_dev_and_test_sit_from_train(cfg):
+    """A dev pair that repeats a train question and template is counted and scores 1.0; test's new question does not."""
+    train_sql = "SELECT COUNT(*) FROM sales.orders WHERE status = 'completed'"
+    write_pairs(cfg, [
+        {"id": "t1", "question": "How many completed orders are there?", "split": "train", "sql": train_sql},
+        {"id": "t2", "question": "Total refund amount per return reason", "split": "train",
+         "sql": "SELECT reason, SUM(refund_amount) FROM sales.returns GROUP BY reason"},
+        {"id": "d1", "question": "How many completed orders are there?", "split": "dev",
+         "sql": train_sql.replace("'completed'", "'cancelled'")},
+        {"id": "x1", "question": "Which stores opened most recently?", "split": "test",
+         "sql": "SELECT store_name FROM core.stores ORDER BY opened_on DESC LIMIT 3"},
+    ])
+    far = held_out_distance(cfg)
+    assert set(far) == {"dev", "test"} and far["dev"]["pairs"] == far["test"]["pairs"] == 1
+    assert far["dev"]["template_in_train"] == 1 and far["test"]["template_in_train"] == 0
+    assert far["dev"]["nearest_train_similarity"]["max"] == pytest.approx(1.0, abs=1e-3)
+    assert far["dev"]["at_or_above_threshold"] == 1 and far["test"]["at_or_above_threshold"] == 0
+    assert far["test"]["nearest_train_similarity"]["max"] < 0.8
+    result = cli(cfg, "data", "stats", "--distance", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["held_out_distance"] == far
+    result = cli(cfg, "data", "stats", "--distance")
+    assert result.exit_code == 0 and "held-out splits against train" in result.output
+    write_pairs(cfg, [{"id": "d1", "question": "How many orders?", "split": "dev", "sql": train_sql}])
+    result = cli(cfg, "data", "stats", "--distance")
+    assert result.exit_code == 1 and "has no pairs" in result.output and "Traceback" not in result.output
 
 
 def test_data_commands_do_not_import_torch():

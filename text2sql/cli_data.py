@@ -120,15 +120,21 @@ def data_dedup(dataset, config_path, overrides, threshold, apply_, exact_only, a
 @config_option
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_stats(dataset, config_path, overrides, as_json):
+@click.option("--distance", is_flag=True,
+              help="Also how far dev and test are from train: shared SQL templates, question similarity (embed extra).")
+def data_stats(dataset, config_path, overrides, as_json, distance):
     """Coverage: tables, columns, join paths, SQL features, difficulty, question length."""
-    from text2sql.data.stats import dataset_stats, render_stats
+    from text2sql.data.stats import dataset_stats, held_out_distance, render_distance, render_stats
 
-    stats = dataset_stats(load(config_path, overrides), dataset)
+    cfg = load(config_path, overrides)
+    stats = dataset_stats(cfg, dataset)
+    far = held_out_distance(cfg, dataset) if distance else None
     if as_json:
-        echo_json(stats.to_json())
+        echo_json(stats.to_json() | ({"held_out_distance": far} if distance else {}))
     else:
         click.echo(render_stats(stats))
+        if far:
+            click.echo(render_distance(far, cfg.data.dedup_threshold))
 
 
 @data.command("split")
