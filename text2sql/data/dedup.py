@@ -145,3 +145,10 @@ def embed_questions(texts: list[str], model_path: str):
                                        convert_to_numpy=True, show_progress_bar=False))
             advance(len(chunks[-1]))
     return np.concatenate(chunks) if chunks else np.zeros((0, model.get_sentence_embedding_dimension()))
+
+
+def nearest_similarity(questions: list[str], reference: list[str], cfg: Config):
+    """For each question, the cosine similarity of its nearest question in `reference` (numpy, one per question),
+    both normalized as `data dedup` compares them, embedded with `data.embedding_model`."""
+    vectors = embed_questions([normalize_question(q) for q in questions + reference], _model_path(cfg))
+    return (vectors[:len(questions)] @ vectors[len(questions):].T).max(axis=1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from text2sql.catalog import SchemaSnapshot, load_snapshot
-from text2sql.data.analysis import FEATURES, normalize_question, query_refs, sql_features, sql_template
+from text2sql.data.analysis import FEATURES, query_refs, sql_features, sql_template
 from text2sql.data.store import Pair, load_dataset, load_pairs
 from text2sql.errors import DataError, Text2SQLError
 from text2sql.vocab import DIFFICULTIES, SPLITS
@@ -129,7 +129,7 @@ def held_out_distance(cfg: Config, dataset: str | None = None, pairs: list[Pair]
     """
     import numpy as np
 
-    from text2sql.data.dedup import _model_path, embed_questions
+    from text2sql.data.dedup import nearest_similarity
 
     pairs = load_pairs(cfg, dataset) if pairs is None else pairs
     train = [p for p in pairs if p.split == "train"]
@@ -141,8 +141,7 @@ def held_out_distance(cfg: Config, dataset: str | None = None, pairs: list[Pair]
         return {}
     templates = {sql_template(p.sql) for p in train}
     questions = [p for ps in held.values() for p in ps]
-    vectors = embed_questions([normalize_question(p.question) for p in questions + train], _model_path(cfg))
-    nearest = (vectors[:len(questions)] @ vectors[len(questions):].T).max(axis=1)
+    nearest = nearest_similarity([p.question for p in questions], [p.question for p in train], cfg)
     out, start = {}, 0
     for split, ps in held.items():
         sims = nearest[start:start + len(ps)]

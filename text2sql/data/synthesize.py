@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.analysis import normalize_question, normalize_sql, parse_sql, sql_template
-from text2sql.data.dedup import _model_path, embed_questions
+from text2sql.data.analysis import normalize_sql, parse_sql, sql_template
+from text2sql.data.dedup import nearest_similarity
 from text2sql.data.mutate import MUTATIONS, MutationContext, load_dataset_definitions
 from text2sql.data.store import (
     Dataset, Pair, _locked, load_dataset, pair_from_record, read_pairs_file, write_text_atomic,
@@ -236,9 +236,7 @@ def question_guard(cfg: Config, candidates: list[Candidate], held_out: list[Pair
     if not candidates or not held_out:
         return candidates
 
-    texts = [normalize_question(c.question) for c in candidates] + [normalize_question(p.question) for p in held_out]
-    embeddings = embed_questions(texts, _model_path(cfg))
-    similarity = (embeddings[:len(candidates)] @ embeddings[len(candidates):].T).max(axis=1)
+    similarity = nearest_similarity([c.question for c in candidates], [p.question for p in held_out], cfg)
     kept = [c for c, s in zip(candidates, similarity) if s < cfg.data.dedup_threshold - 1e-6]
     report.dropped["question_leak"] += len(candidates) - len(kept)
     return kept
