@@ -57,6 +57,25 @@ def test_predict_writes_one_record_per_question_in_split_order(tiny_project):
         assert "<|im_end|>" not in r["raw"]
 
 
+def test_predict_counts_and_reports_replies_cut_at_the_reply_budget(tiny_project):
+    """A reply that used every generate.max_new_tokens token is counted, in the stats and on stderr; a shorter one
+    (it ended with its end-of-turn token) is not."""
+    from text2sql.generate import replies_at_limit, stats_path
+
+    out = tiny_project.parent / "cut.jsonl"
+    result = CliRunner().invoke(main, ["predict", "--config", str(tiny_project), "--model", str(load_config(tiny_project).model.base),
+                                       "--split", "test", "--out", str(out), "--set", "generate.max_new_tokens=3"])
+    assert result.exit_code == 0, result.output
+    gen = load_generator(load_config(tiny_project).model.base, load_config(tiny_project, ["generate.max_new_tokens=3"]))
+    raws = [json.loads(line)["raw"] for line in out.read_text().splitlines()]
+    lengths = [len(gen.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in raws]
+    cut = sum(n >= 3 for n in lengths)
+    assert cut >= 1  # an untrained model does not stop within 3 tokens
+    assert json.loads(stats_path(out).read_text())["cut_at_max_new_tokens"] == cut
+    assert f"{cut} of {len(raws)} replies used all generate.max_new_tokens=3 tokens" in result.stderr
+    assert replies_at_limit(gen, ["", raws[0]]) == (lengths[0] >= 3)
+
+
 def test_batched_generation_equals_one_at_a_time(tiny_project):
     from text2sql.catalog import load_snapshot
     from text2sql.prompt import build_messages

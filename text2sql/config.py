@@ -293,8 +293,9 @@ class TrainConfig(_Section):
 class GenerateConfig(_Section):
     section: ClassVar[str] = "generate"
 
-    max_new_tokens: int = 256
-    """Longest generated reply."""
+    max_new_tokens: int = 512
+    """Longest generated reply, in tokens: above the dataset's longest SQL (the demo's reaches 394 tokens; at 256, the
+    v0.12 model's longest dev replies were cut mid-query). `train` warns when a train answer is longer."""
     batch_size: int = 16
     """Prompts per generation batch."""
     prefix_cache: bool = True

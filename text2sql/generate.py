@@ -43,7 +43,7 @@ class Generator:
     dataset: str | None = None
     """Dataset whose train split supplied k-shot examples in training."""
     batch_size: int = 16
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     prefix_cache: bool = True
     settings: PromptSettings | None = None
     """What the model's prompt is made of (`prompt.model_prompt_settings`); `prompt` and `dataset` are parts of it."""
@@ -420,6 +420,10 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
             replies = generate(gen, messages, on_batch=advance)
         records = [{"id": pair.id, "sql": extract_sql(raw), "raw": raw} for pair, raw in zip(pairs, replies)]
     s = dict(gen.stats)
+    cut = replies_at_limit(gen, [r["raw"] for r in records])
+    if cut:
+        print(f"predict: {cut} of {len(records)} replies used all generate.max_new_tokens={gen.max_new_tokens} tokens "
+              "and may be cut off mid-query: raise generate.max_new_tokens", file=sys.stderr)
     if retries:
         retried = _self_correct(cfg, gen, pairs, messages, records, dataset, retries)
         s["seconds"] += gen.stats["retry_seconds"]
@@ -430,7 +434,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
     stats = {"questions": s["prompts"], "num_candidates": n, "seconds": round(s["seconds"], 3),
              "predictions_per_s": round(s["prompts"] / s["seconds"], 3) if s["seconds"] else None,
-             "new_tokens_per_s": round(s["new_tokens"] / s["seconds"], 1) if s["seconds"] else None}
+             "new_tokens_per_s": round(s["new_tokens"] / s["seconds"], 1) if s["seconds"] else None,
+             "cut_at_max_new_tokens": cut}
     warmup = s.get("warmup_seconds", 0.0)
     if warmup:  # compiling the decode step is a process's one-time cost: say what decoding itself runs at
         stats.update(warmup_seconds=round(warmup, 3),
@@ -446,6 +451,13 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
              if warmup else "") + ")", file=sys.stderr)
     gen.unload()  # the next model of an ensemble gets the memory
     return out
+
+
+def replies_at_limit(gen: Generator, replies: list[str]) -> int:
+    """How many replies used the whole reply budget (`gen.max_new_tokens`): stopped by the limit, not by the model.
+    A finished reply ends with its end-of-turn token, which decoding drops, so it re-encodes to fewer tokens."""
+    encode = gen.tokenizer
+    return sum(len(encode(r, add_special_tokens=False)["input_ids"]) >= gen.max_new_tokens for r in replies)
 
 
 def stats_path(predictions: str | Path) -> Path:
