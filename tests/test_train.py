@@ -298,6 +298,86 @@ def test_resume_after_kill_continues_from_last_complete_checkpoint(tiny_project)
     assert [r["step"] for r in logged if "loss" in r][-2:] == [step + 1, step + 2]
 
 
+def _out_of_memory_at_step(step: int):
+    """A TrainerCallback that raises CUDA's out-of-memory error as optimizer step `step` + 1 begins."""
+    import torch
+    from transformers import TrainerCallback
+
+    class OutOfMemory(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 370.00 MiB. GPU 0 has a total "
+                                             "capacity of 139.80 GiB of which 98.00 MiB is free.\nOf the allocated ...")
+
+    return OutOfMemory()
+
+
+def test_out_of_memory_in_training_is_a_one_line_error_and_the_run_can_resume(tiny_project):
+    """CUDA out of memory in step 1 is a ConfigError of one line naming the settings that make it fit; the run dir
+    stays, its manifest says `failed`; after a checkpoint, the error points to --resume, which continues."""
+    from text2sql.train import train
+
+    settings = ["train.run_name=oom", "train.save_steps=2", "train.eval_steps=0"]
+    with pytest.raises(ConfigError) as raised:
+        train(load_config(tiny_project, settings), callbacks=[_out_of_memory_at_step(0)])
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("out of GPU memory at micro-batch 4 (gradient checkpointing off; "
+                              "tried to allocate 370.00 MiB): set train.max_memory_gb (")
+    assert "or a lower train.micro_batch_size; no checkpoint was saved, so train again" in message
+    run = tiny_project.parent / "runs" / "oom"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert (manifest["status"], manifest["global_step"], manifest["error"]) == ("failed", 0, message)
+    assert (run / "prompt.json").exists() and not (run / "adapter_model.safetensors").exists()
+
+    with pytest.raises(ConfigError, match=r"; --resume continues from checkpoint-2$"):
+        train(load_config(tiny_project, settings), callbacks=[_out_of_memory_at_step(2)], force=True)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+    done = train(load_config(tiny_project, [*settings, "train.max_steps=3"]), resume=True)
+    manifest = json.loads((done / "manifest.json").read_text())
+    assert (done, manifest["status"], manifest["global_step"]) == (run, "completed", 3)
+    assert manifest["resumed"][-1]["from"] == "checkpoint-2"
+
+
+def test_out_of_memory_in_the_cli_is_an_error_line_not_a_traceback(tiny_project, monkeypatch):
+    """`text2sql train` running out of GPU memory: `error: ...` and exit code 1. The CLI takes its callbacks from
+    text2sql.checkpoints.dev_ex_callbacks: that is where the out-of-memory callback goes in; train runs for real."""
+    import text2sql.checkpoints
+
+    monkeypatch.setattr(text2sql.checkpoints, "dev_ex_callbacks", lambda cfg: [_out_of_memory_at_step(0)])
+    result = CliRunner().invoke(main, ["train", "--config", str(tiny_project), "--set", "train.eval_steps=0"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: out of GPU memory at micro-batch 4")
+    assert "train.max_memory_gb" in errors[0]
+
+
+def test_answers_longer_than_max_new_tokens_are_warned_about_and_counted(tiny_project, capsys):
+    """A train answer longer than generate.max_new_tokens would be cut off in predict and serve: one warning line,
+    and the count and the longest answer in the manifest."""
+    from transformers import AutoTokenizer
+
+    from text2sql.train import train
+
+    tokenizer = AutoTokenizer.from_pretrained(load_config(tiny_project).model.base)
+    train_sql = [s for _, s, split in PAIRS if split == "train"]
+    tokens = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in train_sql]
+    assert min(tokens) > 4 and max(tokens) < 512  # so 4 cuts every answer and 512 none
+    quick = ["train.max_steps=1", "train.save_steps=1000", "train.eval_steps=0"]
+
+    run = train(load_config(tiny_project, [*quick, "train.run_name=short", "generate.max_new_tokens=4"]))
+    assert (f"train: 8 of 8 train answers are longer than generate.max_new_tokens=4 tokens (longest {max(tokens)}): "
+            "predict and serve would cut them off; raise generate.max_new_tokens\n") in capsys.readouterr().err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert (manifest["answers_over_max_new_tokens"], manifest["longest_answer_tokens"]) == (8, max(tokens))
+
+    run = train(load_config(tiny_project, [*quick, "train.run_name=long", "generate.max_new_tokens=512"]))
+    assert "train answers are longer" not in capsys.readouterr().err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert (manifest["answers_over_max_new_tokens"], manifest["longest_answer_tokens"]) == (0, max(tokens))
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_project):
     with pytest.raises(ModelError, match="nothing to resume"):
         from text2sql.train import train
@@ -417,9 +497,10 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
     cpu = train_module.speed_settings(cfg, "lora", False, tmp_path, short)
     assert cpu == {"packing": False, "micro_batch_size": 16, "gradient_accumulation_steps": 1,
                    "gradient_checkpointing": False, "group_by_length": False, "liger": False, "compile": False,
-                   "drop_padding_mask": True, "mean_example_tokens": 600.0}
+                   "drop_padding_mask": True, "mean_example_tokens": 600.0, "gpu_total_gib": None,
+                   "gpu_in_use_gib": None, "memory_budget_gib": None}
 
-    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
+    monkeypatch.setattr(train_module, "_gpu_free_and_total", lambda: (141 * 2**30, 141 * 2**30))
     big = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
     assert not big["packing"] and not big["gradient_checkpointing"]
     assert big["micro_batch_size"] * big["gradient_accumulation_steps"] == 16 and big["micro_batch_size"] < 16
@@ -431,7 +512,7 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
     assert packed["micro_batch_size"] * packed["gradient_accumulation_steps"] == 5
     monkeypatch.undo()
 
-    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr(train_module, "_gpu_free_and_total", lambda: (16 * 2**30, 16 * 2**30))
     small = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
     assert small["gradient_checkpointing"] and small["micro_batch_size"] * small["gradient_accumulation_steps"] == 16
 
@@ -442,9 +523,53 @@ def test_speed_settings_fit_memory_and_keep_the_optimizer_batch(tmp_path, monkey
             fixed["gradient_checkpointing"]) == (False, 2, 8, True)
 
     # train.max_memory_gb replaces 80 % of the device's memory: 8 GiB on the 141 GiB GPU needs checkpointing.
-    monkeypatch.setattr(train_module, "_gpu_memory_bytes", lambda: 141 * 2**30)
+    monkeypatch.setattr(train_module, "_gpu_free_and_total", lambda: (141 * 2**30, 141 * 2**30))
     cfg = load_config(tmp_path / "text2sql.yaml", ["train.max_length=2048", "train.max_memory_gb=8"])
     assert train_module.speed_settings(cfg, "qlora", True, tmp_path, long)["gradient_checkpointing"]
+
+
+def test_memory_budget_is_the_device_share_or_what_other_processes_left():
+    """80 % of the GPU alone on it; what is free less 1 GiB when another process holds more than the other 20 %."""
+    from text2sql.train_speed import memory_budget
+
+    gib = 2**30
+    assert memory_budget(141 * gib, 140.5 * gib, 0) == pytest.approx(0.8 * 141 * gib)  # only our CUDA context
+    assert memory_budget(141 * gib, 29.2 * gib, 0) == pytest.approx(28.2 * gib)  # 0.8 x total exceeds the free part
+    assert memory_budget(141 * gib, 0.5 * gib, 0) == 0  # nothing left: the micro-batch falls to one, checkpointed
+    # train.max_memory_gb wins, above or below what is free
+    assert memory_budget(141 * gib, 29.2 * gib, 60) == 60 * gib
+    assert memory_budget(141 * gib, 140.5 * gib, 8) == 8 * gib
+
+
+def test_speed_settings_fit_what_another_training_left_and_say_so(tmp_path, monkeypatch, capsys):
+    """Two trainings on one H200, 40 s apart: the second's micro-batch fits the 64 GiB the first left, not 80 % of
+    the GPU, and stderr says why; train.max_memory_gb still decides when it is set."""
+    from transformers import LlamaConfig
+
+    from text2sql import train_speed as train_module
+
+    LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256).save_pretrained(tmp_path)
+    (tmp_path / "text2sql.yaml").write_text("")
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.max_length=2048"])
+    long = [1900] * 10
+    gib = 2**30
+    monkeypatch.setattr(train_module, "_gpu_free_and_total", lambda: (141 * gib, 141 * gib))
+    alone = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
+    assert "in use by other processes" not in capsys.readouterr().err
+    assert alone["memory_budget_gib"] == pytest.approx(112.8) and alone["gpu_in_use_gib"] == 0
+
+    monkeypatch.setattr(train_module, "_gpu_free_and_total", lambda: (64 * gib, 141 * gib))
+    shared = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
+    assert capsys.readouterr().err == ("train: 77.0 GiB of this GPU are in use by other processes: the auto micro-batch "
+                                       "fits the 63.0 GiB left (train.max_memory_gb sets it)\n")
+    assert (alone["micro_batch_size"], shared["micro_batch_size"]) == (4, 2)
+    assert shared["micro_batch_size"] * shared["gradient_accumulation_steps"] == 16  # the same optimizer step
+    assert (shared["gpu_total_gib"], shared["gpu_in_use_gib"], shared["memory_budget_gib"]) == (141.0, 77.0, 63.0)
+
+    cfg = load_config(tmp_path / "text2sql.yaml", ["train.max_length=2048", "train.max_memory_gb=100"])
+    explicit = train_module.speed_settings(cfg, "qlora", True, tmp_path, long)
+    assert explicit["memory_budget_gib"] == 100 and capsys.readouterr().err == ""
 
 
 def test_micro_batch_estimate_fits_the_budget():

@@ -244,7 +244,7 @@ class TrainConfig(_Section):
     micro_batch_size: int = 0
     """Rows per forward pass; 0 = auto: the largest that fits the GPU's memory, the rest of an optimizer step (per_device_train_batch_size examples) by gradient accumulation."""
     max_memory_gb: float = 0.0
-    """GPU memory (GiB) the auto micro_batch_size and gradient_checkpointing fit under; 0 = 80 % of the device's. A small value (8) is a memory mode: checkpointing on, micro-batch to match."""
+    """GPU memory (GiB) the auto micro_batch_size and gradient_checkpointing fit under; 0 = 80 % of the device's, or what other processes left free of it (less 1 GiB) if that is less. A small value (8) is a memory mode: checkpointing on, micro-batch to match."""
     compile: bool | str = False
     """Regional compilation: torch.compile each decoder layer (dynamic shapes) once PEFT has wrapped the model; skipped where torch.compile cannot build kernels. auto = on a CUDA GPU when gradient checkpointing and Liger are off; true with either is refused (Liger's Triton RMSNorm fails under torch.compile, H200, torch 2.11)."""
     lora_r: int = 16

@@ -17,7 +17,9 @@ Features and knobs (the `train` section of text2sql.yaml):
 - `drop_padding_mask`: right-padded (unpacked) batches train without their padding mask, so SDPA takes its
   causal flash kernel; `liger`: Liger's RMSNorm/SwiGLU/RoPE kernels when installed (CUDA); `compile`: regional
   compilation (each decoder layer torch.compiled); `max_memory_gb`: the budget the auto micro-batch fits under
-  (`text2sql.train_speed` resolves these).
+  (0: 80 % of the GPU, or what other processes left free of it; `text2sql.train_speed` resolves these). CUDA
+  running out of memory in training is a one-line ConfigError naming these settings, the manifest says `failed`.
+- answers longer than `generate.max_new_tokens` tokens: a warning, and their count in the manifest.
 - `gradient_checkpointing`, eval loss on dev every `eval_steps` (when the dataset has a dev split; 0 = none),
   checkpoints every `save_steps` (`--resume` continues from the last complete one), logs to
   TensorBoard (`<run>/runs/`) and `<run>/log.jsonl`, a progress bar.
@@ -84,7 +86,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
 
     Raises:
         ConfigError: unknown method, qlora or FSDP without CUDA, packing without max_length, `resume` on
-            another number of processes than the run was trained on.
+            another number of processes than the run was trained on; CUDA ran out of memory while training (the
+            manifest then says `failed`; train.max_memory_gb or train.micro_batch_size make it fit).
         DataError: the dataset has no train split, or its definitions.yaml names a column schemas/ lacks.
         ModelError: the base model cannot be resolved; `resume` finds no checkpoint; the run dir exists
             (without `force`).
@@ -111,6 +114,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     prompts = PromptBuilder.for_training(cfg, tokenizer, train_pairs, dataset)
     train_records, dev_records = [prompts.record(p) for p in train_pairs], [prompts.record(p) for p in dev_pairs]
     lengths = _check_lengths(train_records + dev_records, tokenizer, cfg.train.max_length)
+    over, longest = _answers_over(train_pairs, tokenizer, cfg.generate.max_new_tokens)
     speed = speed_settings(cfg, method, cuda, base_dir, lengths)
     # Rank 0 picks (or finds) the run dir; every rank gets its answer, or its error.
     run_dir, checkpoint = from_rank_zero(rank, world_size, _prepare_run_dir, cfg, resume, world_size, force)
@@ -130,6 +134,11 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
         manifest = _manifest(cfg, method, base_dir, train_pairs, dev_pairs, schemas, device, run_dir, checkpoint)
         manifest["resolved_train"] = speed
         manifest["world_size"] = world_size  # `--resume` needs the same number of processes
+        manifest.update(answers_over_max_new_tokens=over, longest_answer_tokens=longest)
+        if over:  # the model would learn them whole, then predict and serve would stop it mid-query
+            print(f"train: {over} of {len(train_pairs)} train answers are longer than generate.max_new_tokens="
+                  f"{cfg.generate.max_new_tokens} tokens (longest {longest}): predict and serve would cut them off; "
+                  "raise generate.max_new_tokens", file=sys.stderr)
         print(f"train: speed settings {speed}", file=sys.stderr)
         _write_json(run_dir / MANIFEST, manifest)
         _write_json(run_dir / HELD_PROMPTS, [r["prompt"] for r in (dev_records or train_records)[:HELD_PROMPT_COUNT]])
@@ -142,12 +151,24 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     trainer = _trainer(cfg, method, cuda, model, tokenizer, run_dir, train_records, dev_records, speed, callbacks or [])
     if main:
         _write_json(run_dir / TRAIN_SAMPLE, _sample(trainer.train_dataset[0], tokenizer))
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics = dict(result.metrics)
-    if dev_records and cfg.train.eval_steps:  # the Trainer has evaluated the last step if eval_steps divides it: not twice
-        last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), {})
-        done = last.get("step") == trainer.state.global_step
-        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if done else trainer.evaluate())
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        metrics = dict(result.metrics)
+        if dev_records and cfg.train.eval_steps:  # the Trainer has evaluated the last step if eval_steps divides it: not twice
+            last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), {})
+            done = last.get("step") == trainer.state.global_step
+            metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if done else trainer.evaluate())
+    except torch.cuda.OutOfMemoryError as exc:  # = torch.OutOfMemoryError (torch >= 2.5); this name works from 2.4 on
+        message = out_of_memory_message(str(exc), speed, last_checkpoint(run_dir))
+        for callback in trainer.callback_handler.callbacks:  # end the Trainer's tqdm line: the error gets its own
+            for bar in (getattr(callback, "prediction_bar", None), getattr(callback, "training_bar", None)):
+                if bar is not None:
+                    bar.close()
+        if main:  # the run dir stays as it is, checkpoints and all; its manifest says how it ended
+            manifest = {**read_json_or_empty(run_dir / MANIFEST), **manifest}
+            manifest.update(status="failed", failed=_now(), global_step=trainer.state.global_step, error=message)
+            _write_json(run_dir / MANIFEST, manifest)
+        raise ConfigError(message) from exc
 
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded (fast to resume); the run dir needs a loadable adapter
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -174,6 +195,34 @@ def resolve_method(method: str, cuda: bool) -> str:
     if method == "auto":
         return "qlora" if cuda else "lora"
     return method
+
+
+def out_of_memory_message(error: str, speed: dict, checkpoint: Path | None) -> str:
+    """One line for CUDA running out of memory in training: at what micro-batch, whether other processes held
+    GPU memory at start (`speed` is `speed_settings`'s answer), and the settings that make it fit.
+
+    >>> speed = {"micro_batch_size": 8, "gradient_checkpointing": False, "gpu_total_gib": 139.7, "gpu_in_use_gib": 75.2}
+    >>> print(out_of_memory_message("CUDA out of memory. Tried to allocate 370.00 MiB. GPU 0 has", speed, None))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    out of GPU memory at micro-batch 8 (gradient checkpointing off; tried to allocate 370.00 MiB); 75.2 of 139.7 GiB
+    of the GPU were in use by other processes at start: set train.max_memory_gb (e.g. 55 each when two trainings share
+    this GPU) or a lower train.micro_batch_size; no checkpoint was saved, so train again
+    """
+    import re
+
+    tried = re.search(r"Tried to allocate ([\d.]+ \w+)", error)
+    what = f"out of GPU memory at micro-batch {speed['micro_batch_size']} (gradient checkpointing " + (
+        "on" if speed["gradient_checkpointing"] else "off") + (f"; tried to allocate {tried.group(1)})" if tried else ")")
+    total, in_use = speed.get("gpu_total_gib"), speed.get("gpu_in_use_gib")
+    if in_use is None:
+        others, share = "", "e.g. 40 % of the GPU each when two trainings share it"
+    else:  # below 1 GiB it is this process's own CUDA context
+        others = (f"; {in_use:g} of {total:g} GiB of the GPU were in use by other processes at start" if in_use > 1
+                  else "; no other process held GPU memory at start")
+        # 80 % is the auto budget of a training alone on the GPU: two side by side get half of it each
+        share = f"e.g. {int(0.4 * total)} each when two trainings share this GPU"
+    resume = f"--resume continues from {checkpoint.name}" if checkpoint else "no checkpoint was saved, so train again"
+    return f"{what}{others}: set train.max_memory_gb ({share}) or a lower train.micro_batch_size; {resume}"
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -220,6 +269,12 @@ def _check_lengths(records: list[dict], tokenizer, max_length: int) -> list[int]
             f"(longest {max(too_long)}): raise train.max_length or lower prompt.max_schema_tokens"
         )
     return lengths
+
+
+def _answers_over(pairs, tokenizer, max_new_tokens: int) -> tuple[int, int]:
+    """(how many pairs' SQL is longer than `max_new_tokens` tokens, the longest in tokens): generation stops there."""
+    lengths = [len(tokenizer(p.sql.strip(), add_special_tokens=False)["input_ids"]) for p in pairs]
+    return sum(n > max_new_tokens for n in lengths), max(lengths, default=0)
 
 
 def _prepare_run_dir(cfg: Config, resume: bool, world_size: int = 1, force: bool = False) -> tuple[Path, Path | None]:

@@ -1,7 +1,8 @@
 """How `text2sql.train` runs fast on this machine: the `auto` train.* settings resolved, and what carries them out.
 
 `speed_settings` picks packing, micro-batch, accumulation, gradient checkpointing, Liger and regional compilation;
-`fit_micro_batch` is its memory estimate (a pure function of the model's shape and the memory budget);
+`fit_micro_batch` is its memory estimate (a pure function of the model's shape and the memory budget), `memory_budget`
+that budget (what train.max_memory_gb says, else what the GPU has, or what other processes left of it);
 `compile_decoder_layers` compiles the decoder layers in place; `set_expandable_segments` tunes the CUDA allocator.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from text2sql.config import Config
@@ -24,6 +26,10 @@ _CKPT_BYTES_PER_HIDDEN = 2
 _WEIGHT_BYTES = {"qlora": 0.56, "lora": 2.0, "full": 16.0}  # per parameter: NF4 + double-quant scales; bf16; fp32 + Adam
 _RESERVED_BYTES = 2 * 2**30  # CUDA workspaces, the optimizer's LoRA state, fragmentation
 _DEVICE_SHARE = 0.8  # of the GPU's memory, when train.max_memory_gb is 0
+# Kept back when free memory sets the budget (another training holds part of the GPU): the other process's allocator
+# may still grow a little. This process's own CUDA context (~0.5 GiB) is already counted as used.
+_FREE_MARGIN_BYTES = 2**30
+_GIB = 2**30
 # No vocab-sized bytes per token: TRL's SFTTrainer (>= 1.16, the [train] extra's pin) scores the loss through its own
 # fused LM head, projecting a chunk of completion positions at a time, never the whole batch's logits. It turns Liger's
 # fused linear cross-entropy off for that reason, so with or without Liger no vocab-sized tensor per token is held.
@@ -34,7 +40,8 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
 
     Explicit `train.*` values win; `auto` ones are chosen here. An optimizer step always sees about
     `per_device_train_batch_size * gradient_accumulation_steps` examples (packed rows are counted by the
-    examples they hold), so the loss curve does not depend on what fits in memory.
+    examples they hold), so the loss curve does not depend on what fits in memory. On a GPU another process
+    already uses, the auto micro-batch fits what it left (`memory_budget`), and says so on stderr.
 
     Raises:
         ConfigError: train.compile true with gradient checkpointing on (set, or needed to fit the memory budget), or
@@ -54,8 +61,13 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
     row_tokens = t.max_length if packing else max(lengths, default=t.max_length)
     checkpointing = t.gradient_checkpointing if isinstance(t.gradient_checkpointing, bool) else False
     micro = t.micro_batch_size or rows
+    free, total = _gpu_free_and_total() if cuda else (None, None)  # at start: the OOM error says what others held
+    memory = None
     if cuda and (t.micro_batch_size <= 0 or t.gradient_checkpointing == "auto"):
-        memory = t.max_memory_gb * 2**30 if t.max_memory_gb > 0 else _DEVICE_SHARE * _gpu_memory_bytes()
+        memory = memory_budget(total, free, t.max_memory_gb)
+        if t.max_memory_gb <= 0 and memory < _DEVICE_SHARE * total:
+            print(f"train: {(total - free) / _GIB:.1f} GiB of this GPU are in use by other processes: the auto "
+                  f"micro-batch fits the {memory / _GIB:.1f} GiB left (train.max_memory_gb sets it)", file=sys.stderr)
         micro, checkpointing = fit_micro_batch(_model_shape(base_dir), method, rows, row_tokens, memory,
                                                t.micro_batch_size, t.gradient_checkpointing)
     accumulation = math.ceil(rows / micro) * t.gradient_accumulation_steps
@@ -76,7 +88,27 @@ def speed_settings(cfg: Config, method: str, cuda: bool, base_dir: Path, lengths
     return {"packing": packing, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
             "gradient_checkpointing": checkpointing, "group_by_length": group_by_length, "liger": liger,
             "compile": compiled, "drop_padding_mask": t.drop_padding_mask and not packing,
-            "mean_example_tokens": round(mean_len, 1)}
+            "mean_example_tokens": round(mean_len, 1),
+            # GiB, None on a CPU; the budget only when the auto micro-batch or checkpointing was fitted to it
+            "gpu_total_gib": _gib(total), "gpu_in_use_gib": _gib(total - free) if cuda else None,
+            "memory_budget_gib": _gib(memory)}
+
+
+def memory_budget(total_bytes: float, free_bytes: float, max_memory_gb: float) -> float:
+    """Bytes the auto micro-batch fits under: train.max_memory_gb when set, else the smaller of 80 % of the GPU and
+    what is free at start less 1 GiB (another training may hold part of the GPU), never below 0.
+
+    >>> gib = 2**30
+    >>> memory_budget(140 * gib, 139.5 * gib, 0) / gib  # the GPU to itself
+    112.0
+    >>> memory_budget(140 * gib, 65 * gib, 0) / gib  # another training holds 75 GiB
+    64.0
+    >>> memory_budget(140 * gib, 65 * gib, 100) / gib  # train.max_memory_gb wins
+    100.0
+    """
+    if max_memory_gb > 0:
+        return max_memory_gb * _GIB
+    return max(0.0, min(_DEVICE_SHARE * total_bytes, free_bytes - _FREE_MARGIN_BYTES))
 
 
 def fit_micro_batch(shape: tuple[int, int, int, int], method: str, rows: int, row_tokens: int, memory_bytes: float,
@@ -186,7 +218,12 @@ def _model_shape(base_dir: Path) -> tuple[int, int, int, int]:
     return layers, hidden, vocab, params
 
 
-def _gpu_memory_bytes() -> int:
+def _gpu_free_and_total() -> tuple[int, int]:
+    """(free, total) bytes of this process's GPU, as the driver sees it: other processes' memory is not free."""
     import torch
 
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return torch.cuda.mem_get_info(torch.cuda.current_device())
+
+
+def _gib(n: float | None) -> float | None:
+    return None if n is None else round(n / _GIB, 1)
