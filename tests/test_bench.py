@@ -50,3 +50,26 @@ def test_train_bench_runs_only_the_variants_with_no_defaults(tmp_path):
             "--no-baseline", "--no-defaults", "--variant", "mb1:train.micro_batch_size=1"]
     done = run_bench(args, tmp_path)
     assert "| tiny/text2sql-mb1 |" in done.stdout and "| tiny/text2sql |" not in done.stdout
+
+
+def test_gpu_session_scripts_parse_and_plan_steps_run_once(tmp_path):
+    """bench/gpu: every script parses; a plan's steps (lib.sh) are marked done, so a relaunched plan (go.sh poll)
+    skips what finished and retries what failed. `t2s` is replaced by a recorder: the steps' bookkeeping is tested
+    here, the commands they run are the CLI's own tests' business."""
+    for script in ("stage.sh", "go.sh", "lib.sh", "plan_example.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "bench/gpu" / script)], check=True)
+    w = tmp_path / "w"
+    for d in ("src", "log", "done", "pred", "runs/a"):
+        (w / d).mkdir(parents=True)
+    (w / "t0").write_text("0\n")
+    plan = (f"source {REPO / 'bench/gpu/lib.sh'}\n"
+            "t2s() { echo \"$*\" | cut -d' ' -f1 >> $W/calls; [ \"$1\" != model ] || [ -f $W/pull-ok ]; }\n"
+            "pull m || true\ntrain a 0\nfinish\n")
+    run = lambda: subprocess.run(["bash", "-c", plan], env={**os.environ, "W": str(w)}, capture_output=True, text=True)
+    assert run().returncode == 0
+    assert (w / "calls").read_text().split() == ["model", "train", "merge"]  # `model pull`, `train`, `merge`
+    assert "pull m FAILED" in (w / "log/plan.log").read_text() and (w / "done/ALL").exists()
+    (w / "pull-ok").touch()
+    assert run().returncode == 0
+    assert (w / "calls").read_text().split() == ["model", "train", "merge", "model"]  # only the failed step again
+    assert {p.name for p in (w / "done").iterdir()} >= {"pull-m", "train-a", "ALL"}

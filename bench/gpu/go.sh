@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The entry of each GPU call once bench/gpu/stage.sh's folders are carried: `bash .gpu/whl/go.sh start|poll LIMIT_S`.
+# start: assemble the embedding model, copy the tree to /root/w/src (outside the carried tree, which the next call
+#   replaces), launch plan.sh detached; then poll.
+# poll: relaunch plan.sh if it is not running (its steps are idempotent: bench/gpu/lib.sh), wait until it ends or
+#   LIMIT_S; pack the plan's predictions, logs and run manifests into $OUT/results.tgz.
+set -u
+W=/root/w; mkdir -p $W/log $W/pred $W/done $W/bench
+source .gpu/whl/env.sh >/dev/null 2>&1
+LIMIT=${2:-540}; T=$(date +%s)
+launch() { setsid nohup bash $W/src/plan.sh > $W/log/plan.out 2>&1 < /dev/null & }
+if [ "$1" = start ]; then
+  [ -f $W/t0 ] || date +%s > $W/t0
+  if [ ! -d /root/gpu/minilm ]; then
+    mkdir -p /root/gpu/minilm && tar xf /root/gpu/minilm-small.tar -C /root/gpu/minilm
+    cat /root/gpu/st.part? > /root/gpu/minilm/model.safetensors
+    echo "$(cat /root/gpu/st.sha256)  /root/gpu/minilm/model.safetensors" | sha256sum -c --quiet || echo "minilm sha256 mismatch"
+  fi
+  rm -rf $W/src && mkdir -p $W/src && tar cf - --exclude=./.gpu --exclude=./.git --exclude=./.venv . | tar xf - -C $W/src
+  cp .gpu/whl/plan.sh $W/src/plan.sh
+  python3 -c "import duckdb, trl, sqlglot, datasets, gguf, bitsandbytes, liger_kernel; print('imports ok')" || exit 1
+  launch
+fi
+if [ "$1" = poll ] && ! pgrep -f "$W/src/plan.sh" >/dev/null && [ ! -f $W/done/ALL ]; then echo "relaunching plan.sh"; launch; fi
+while [ ! -f $W/done/ALL ] && [ $(( $(date +%s) - T )) -lt $LIMIT ]; do sleep 10; done
+cat $W/log/plan.log; tail -3 $W/log/gpu.log 2>/dev/null; tail -20 $W/log/pred-times.txt 2>/dev/null
+for r in $W/runs/*/; do [ -d "$r" ] || continue; n=$(basename $r); mkdir -p $W/m/$n
+  cp $r/*.json $r/*.jsonl $W/m/$n/ 2>/dev/null; cp $r/merged/*.json $W/m/$n/ 2>/dev/null; done
+tar czf $OUT/results.tgz -C $W pred log bench m done 2>/dev/null; ls -la $OUT
