@@ -456,8 +456,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
 def replies_at_limit(gen: Generator, replies: list[str]) -> int:
     """How many replies used the whole reply budget (`gen.max_new_tokens`): stopped by the limit, not by the model.
     A finished reply ends with its end-of-turn token, which decoding drops, so it re-encodes to fewer tokens."""
-    encode = gen.tokenizer
-    return sum(len(encode(r, add_special_tokens=False)["input_ids"]) >= gen.max_new_tokens for r in replies)
+    tok = gen.tokenizer
+    return sum(len(tok(r, add_special_tokens=False)["input_ids"]) >= gen.max_new_tokens for r in replies)
 
 
 def stats_path(predictions: str | Path) -> Path:
