@@ -165,9 +165,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
                 if bar is not None:
                     bar.close()
         if main:  # the run dir stays as it is, checkpoints and all; its manifest says how it ended
-            manifest = {**read_json_or_empty(run_dir / MANIFEST), **manifest}
-            manifest.update(status="failed", failed=_now(), global_step=trainer.state.global_step, error=message)
-            _write_json(run_dir / MANIFEST, manifest)
+            _end_manifest(run_dir, manifest, status="failed", failed=_now(), global_step=trainer.state.global_step,
+                          error=message)
         raise ConfigError(message) from exc
 
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded (fast to resume); the run dir needs a loadable adapter
@@ -176,12 +175,16 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     # shards); the Trainer writes on rank 0 only.
     trainer.save_model(str(run_dir))
     if main:
-        # Keep what callbacks wrote into the manifest meanwhile (the dev-EX curve of text2sql.checkpoints).
-        manifest = {**read_json_or_empty(run_dir / MANIFEST), **manifest}
-        manifest.update(status="completed", finished=_now(), global_step=trainer.state.global_step, metrics=metrics)
-        _write_json(run_dir / MANIFEST, manifest)
+        _end_manifest(run_dir, manifest, status="completed", finished=_now(), global_step=trainer.state.global_step,
+                      metrics=metrics)
     trainer.accelerator.wait_for_everyone()  # no rank returns before the run dir is complete
     return run_dir
+
+
+def _end_manifest(run_dir: Path, manifest: dict, **ending: Any) -> None:
+    """Write the manifest as the run ended (`ending`: status and the rest), keeping what callbacks wrote into it
+    meanwhile (the dev-EX curve of text2sql.checkpoints)."""
+    _write_json(run_dir / MANIFEST, {**read_json_or_empty(run_dir / MANIFEST), **manifest, **ending})
 
 
 def resolve_method(method: str, cuda: bool) -> str:
