@@ -378,6 +378,35 @@ def test_answers_longer_than_max_new_tokens_are_warned_about_and_counted(tiny_pr
     assert (manifest["answers_over_max_new_tokens"], manifest["longest_answer_tokens"]) == (0, max(tokens))
 
 
+def test_train_plus_dev_fits_dev_too_scores_no_checkpoint_on_it_and_predict_says_so(tiny_project, tmp_path, capsys):
+    """train.splits: train+dev trains the release model on dev as well: dev then neither gives eval loss nor picks
+    checkpoints, the manifest says which splits were fitted, and predicting dev with that model is flagged."""
+    from text2sql.checkpoints import dev_ex_callbacks
+    from text2sql.generate import predict
+    from text2sql.train import train
+
+    quick = ["train.max_steps=1", "train.save_steps=1000", "train.run_name=all", "train.splits=train+dev"]
+    cfg = load_config(tiny_project, quick)
+    counts = {s: sum(split == s for *_, split in PAIRS) for s in ("train", "dev")}
+    assert counts["dev"] > 0
+    with pytest.raises(ConfigError, match=r"train.select_by: dev_ex needs a dev split the model does not train on"):
+        dev_ex_callbacks(load_config(tiny_project, [*quick, "train.select_by=dev_ex"]))
+    assert dev_ex_callbacks(cfg) == []
+    with pytest.raises(ConfigError, match=r"train.splits: 'all' is not one of train, train\+dev"):
+        load_config(tiny_project, ["train.splits=all"])
+
+    run = train(cfg)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["dataset"] | {"sha256": None} == {"name": "demo", "sha256": None, "splits": "train+dev",
+                                                       "train": counts["train"] + counts["dev"], "dev": 0}
+    assert not [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval_loss" in r]
+    capsys.readouterr()
+    predict(cfg, run, split="dev", out=tmp_path / "dev.jsonl")
+    assert f"predict: WARNING: {run} was trained on the dev split: its dev EX measures nothing" in capsys.readouterr().err
+    predict(cfg, run, split="test", out=tmp_path / "test.jsonl")
+    assert "WARNING" not in capsys.readouterr().err
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_project):
     with pytest.raises(ModelError, match="nothing to resume"):
         from text2sql.train import train

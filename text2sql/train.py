@@ -123,7 +123,7 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     manifest: dict = {}
     if main:
         print(f"train: method {method} on {device}" + (f" x {world_size} processes" if world_size > 1 else "") +
-              f"; {len(train_records)} train / {len(dev_records)} dev examples; base {base_dir}; run dir {run_dir}",
+              f"; {len(train_records)} train ({cfg.train.splits}) / {len(dev_records)} dev examples; base {base_dir}; run dir {run_dir}",
               file=sys.stderr)
         if cfg.train.method == "auto" and not cuda:
             print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
@@ -325,12 +325,14 @@ def _load_splits(cfg: Config, dataset: str) -> tuple[list, list]:
         raise DataError(f"dataset {dataset!r} has no usable train split ({exc}); run `text2sql data split`") from exc
     if not train_pairs:
         raise DataError(f"dataset {dataset!r} has no train split: run `text2sql data split`")
-    if cfg.data.synthetic != "exclude":  # unreviewed `data synthesize` candidates, train split only
-        train_pairs = train_pairs + load_synthetic(cfg, dataset, train_pairs)
     try:
         dev_pairs = load_pairs(cfg, dataset, "dev")
     except DataError:
         dev_pairs = []  # eval loss is optional
+    if cfg.train.splits == "train+dev":  # the release model: dev chose the recipe, now it is more examples
+        train_pairs, dev_pairs = train_pairs + dev_pairs, []
+    if cfg.data.synthetic != "exclude":  # unreviewed `data synthesize` candidates, beside the curated pairs only
+        train_pairs = train_pairs + load_synthetic(cfg, dataset, train_pairs)
     return train_pairs, dev_pairs
 
 
@@ -493,6 +495,7 @@ def _manifest(cfg: Config, method, base_dir, train_pairs, dev_pairs, schemas, de
         "dataset": {
             "name": cfg.data.dataset,
             "sha256": _pairs_sha256(train_pairs + dev_pairs),
+            "splits": cfg.train.splits,
             "train": len(train_pairs),
             "dev": len(dev_pairs),
         },
