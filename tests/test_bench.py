@@ -73,3 +73,23 @@ def test_gpu_session_scripts_parse_and_plan_steps_run_once(tmp_path):
     assert run().returncode == 0
     assert (w / "calls").read_text().split() == ["model", "train", "merge", "model"]  # only the failed step again
     assert {p.name for p in (w / "done").iterdir()} >= {"pull-m", "train-a", "ALL"}
+
+
+def test_gpu_session_fails_at_once_on_a_machine_that_cannot_run_the_plan(tmp_path):
+    """go.sh exits 3 with one line, before waiting or installing anything: `start` when a carry has not arrived,
+    `poll` on a fresh machine (the one that ran the plan was given back after ~30 s idle and its work is gone)."""
+    tree, w, g = tmp_path / "tree", tmp_path / "w", tmp_path / "gpu"
+    (tree / ".gpu/whl").mkdir(parents=True)
+    g.mkdir()
+    (tree / ".gpu/whl/carried.txt").write_text("demo.duckdb\nm.gguf.part00\nm.gguf.part01\n")
+    (g / "demo.duckdb").touch()
+    (g / "m.gguf.part00").touch()
+    go = lambda step: subprocess.run(["bash", str(REPO / "bench/gpu/go.sh"), step, "5"], cwd=tree, capture_output=True,
+                                     text=True, env={**os.environ, "W": str(w), "G": str(g), "OUT": str(tmp_path)},
+                                     timeout=30)
+    started = go("start")
+    assert (started.returncode, started.stderr) == (3, "go.sh: not on this machine: m.gguf.part01 (carry their .gpu "
+                                                       "folders first)\n")
+    polled = go("poll")
+    assert polled.returncode == 3 and polled.stderr.startswith(f"go.sh: a fresh machine (no {w}/src/plan.sh)")
+    assert not w.exists()  # nothing was set up, installed or launched

@@ -4,17 +4,28 @@
 #   replaces), launch plan.sh detached; then poll.
 # poll: relaunch plan.sh if it is not running (its steps are idempotent: bench/gpu/lib.sh), wait until it ends or
 #   LIMIT_S; pack the plan's predictions, logs and run manifests into $OUT/results.tgz.
+# Both fail at once (exit 3) on a machine that cannot run the plan: a machine left idle ~30 s is given back and the
+# next call gets a bare one, whose poll would otherwise wait LIMIT_S for nothing.
 set -u
-W=/root/w; mkdir -p $W/log $W/pred $W/done $W/bench
-source .gpu/whl/env.sh >/dev/null 2>&1
+W=${W:-/root/w}; G=${G:-/root/gpu}
 LIMIT=${2:-540}; T=$(date +%s)
+if [ "$1" = poll ] && [ ! -f $W/src/plan.sh ]; then
+  echo "go.sh: a fresh machine (no $W/src/plan.sh): the one that ran the plan was given back, and its work with it;" \
+    "carry the folders of .gpu/CARRIES again, then go.sh start" >&2; exit 3
+fi
+if [ "$1" = start ]; then  # stage.sh listed every file the carries before this one bring
+  missing=$(while read -r f; do [ -e "$G/$f" ] || printf "%s " "$f"; done < .gpu/whl/carried.txt)
+  [ -z "$missing" ] || { echo "go.sh: not on this machine: ${missing}(carry their .gpu folders first)" >&2; exit 3; }
+fi
+mkdir -p $W/log $W/pred $W/done $W/bench
+source .gpu/whl/env.sh >/dev/null 2>&1
 launch() { setsid nohup bash $W/src/plan.sh > $W/log/plan.out 2>&1 < /dev/null & }
 if [ "$1" = start ]; then
   [ -f $W/t0 ] || date +%s > $W/t0
-  if [ ! -d /root/gpu/minilm ]; then
-    mkdir -p /root/gpu/minilm && tar xf /root/gpu/minilm-small.tar -C /root/gpu/minilm
-    cat /root/gpu/st.part? > /root/gpu/minilm/model.safetensors
-    echo "$(cat /root/gpu/st.sha256)  /root/gpu/minilm/model.safetensors" | sha256sum -c --quiet || echo "minilm sha256 mismatch"
+  if [ ! -d $G/minilm ]; then
+    mkdir -p $G/minilm && tar xf $G/minilm-small.tar -C $G/minilm
+    cat $G/st.part? > $G/minilm/model.safetensors
+    echo "$(cat $G/st.sha256)  $G/minilm/model.safetensors" | sha256sum -c --quiet || echo "minilm sha256 mismatch"
   fi
   rm -rf $W/src && mkdir -p $W/src && tar cf - --exclude=./.gpu --exclude=./.git --exclude=./.venv . | tar xf - -C $W/src
   cp .gpu/whl/plan.sh $W/src/plan.sh

@@ -39,4 +39,5 @@ for f in .gpu/"$model".gguf.part*; do n=${f##*.part}; mkdir -p ".gpu/r$n" && mv 
 rm ".gpu/$model.gguf"
 cp "$here/go.sh" .gpu/whl/ && cp "$plan" .gpu/whl/plan.sh
 (cd .gpu && printf "%s\n" m2q e? r?? whl) > .gpu/CARRIES
+(cd .gpu && for d in m2q e? r??; do ls "$d"; done) > .gpu/whl/carried.txt   # go.sh start checks they all came
 echo "staged $(wc -l < .gpu/CARRIES) carries (pieces of $(( piece / 2**20 )) MiB beside a $(( tree / 2**20 )) MiB tree): $(tr '\n' ' ' < .gpu/CARRIES)"
