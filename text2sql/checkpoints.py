@@ -107,7 +107,7 @@ def record_dev_ex(run_dir: Path, checkpoint: str, entry: dict[str, Any]) -> dict
 def _why_not(cfg: Config) -> str:
     """What dev EX needs and lacks here ('' when it can run): a dev split, DuckDB, the schema snapshot, the warehouse."""
     if cfg.train.splits == "train+dev":
-        return "a dev split the model does not train on (train.splits is train+dev)"
+        return "a dev split the model does not train on, and train.splits is train+dev"
     try:
         if not load_pairs(cfg, cfg.data.dataset, "dev"):
             return f"a dev split in dataset {cfg.data.dataset!r} (`text2sql data split`)"
