@@ -141,6 +141,26 @@ def test_definitions_follow_the_schema_in_the_system_message(snapshot):
     assert off.endswith(snapshot.ddl()) and "Business definitions" not in off
 
 
+def test_a_train_plus_dev_model_retrieves_its_k_shot_examples_from_train_and_dev_at_inference(tiny_project, tmp_path):
+    """train.splits: train+dev trains with dev pairs in the k-shot pool; predict and serve rebuild that pool (saved in
+    prompt.json), so a question near a dev pair is shown that pair, as in training."""
+    from text2sql.data import load_pairs
+
+    cfg = load_config(tiny_project, ["prompt.k_shot=1", "train.splits=train+dev"])
+    pool = load_pairs(cfg, "demo", "train") + load_pairs(cfg, "demo", "dev")
+    dev_pair = next(p for p in load_pairs(cfg, "demo", "dev") if "gold tier" in p.question)
+    builder = PromptBuilder.for_training(cfg, None, pool)
+    question = "Count the customers in the gold tier."
+    trained = builder.messages(question)
+    assert trained[2]["content"] == dev_pair.sql  # the dev pair is the nearest example
+    run = tmp_path / "run"
+    run.mkdir()
+    builder.save(run)
+    settings = model_prompt_settings(run, load_config(tiny_project).prompt)
+    assert settings.example_splits == ("train", "dev")
+    assert PromptBuilder.for_model(load_config(tiny_project), settings, None).messages(question) == trained
+
+
 def test_a_run_keeps_its_instructions_and_definitions_when_the_sources_change(tiny_project, tmp_path, monkeypatch):
     from text2sql import prompt as prompt_module
     from text2sql.data import load_pairs

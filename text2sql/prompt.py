@@ -3,8 +3,8 @@
 `PromptBuilder` is the only place model input is built: training records (`record`), `predict` and
 `eval --model` (`generate.prompts_for`) and `serve` all call it, and render with `render_prompt`, so the
 model sees at inference exactly the text it was trained on. A training run saves what its prompt is
-made of in `prompt.json` (`save_prompt_settings`: the prompt section, the instructions, the dataset,
-the business definitions themselves); `model_prompt_settings` reads them back for a model dir, so an
+made of in `prompt.json` (`save_prompt_settings`: the prompt section, the instructions, the dataset and the
+splits its k-shot examples come from, the business definitions themselves); `model_prompt_settings` reads them back for a model dir, so an
 edit to `INSTRUCTIONS`, to the config or to definitions.yaml never changes an old run's prompt.
 
 A training record is TRL's conversational prompt-completion format; TRL applies the chat template,
@@ -280,10 +280,12 @@ class PromptSettings:
     """The prompt.json these came from; None = the project config."""
     schema_fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
     """Schema fingerprint per pair db ("None" = schemas/) the model was trained on, from the run manifest."""
+    example_splits: tuple[str, ...] = ("train",)
+    """The splits the model was trained on (`train.splits`): the k-shot examples come from them, as in training."""
 
 
-def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str,
-                         definitions: Definitions | None = None, instructions: str | None = None) -> Path:
+def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str, definitions: Definitions | None = None,
+                         instructions: str | None = None, example_splits: tuple[str, ...] = ("train",)) -> Path:
     """Write prompt.json into a run dir: the prompt section, the instructions, the dataset the k-shot examples
     come from, and the business definitions themselves (with their file and fingerprint), so that predict and
     serve rebuild the training prompt byte for byte even after definitions.yaml or `INSTRUCTIONS` change."""
@@ -291,7 +293,7 @@ def save_prompt_settings(directory: Path, cfg: PromptConfig, dataset: str,
     defs = definitions if (definitions is not None and cfg.definitions) else Definitions()
     payload = {"prompt": dataclasses.asdict(cfg), "instructions": instructions or INSTRUCTIONS, "dataset": dataset,
                "definitions": defs.to_json(), "definitions_file": defs.source,
-               "definitions_fingerprint": defs.fingerprint}
+               "definitions_fingerprint": defs.fingerprint, "example_splits": list(example_splits)}
     write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -324,7 +326,7 @@ def load_prompt_settings(directory: Path, default: PromptConfig) -> PromptSettin
                 pass
             break
     return PromptSettings(prompt, payload.get("instructions") or INSTRUCTIONS, payload.get("dataset"), definitions,
-                          path, fingerprints)
+                          path, fingerprints, tuple(payload.get("example_splits") or ("train",)))
 
 
 def model_prompt_settings(model_dir: Path, default: PromptConfig) -> PromptSettings:
@@ -386,7 +388,8 @@ class PromptBuilder:
             problems = check_definitions(definitions, schema_for(None))
             if problems:
                 raise DataError("; ".join(problems) + " (fix them, or train with --set prompt.definitions=false)")
-        settings = PromptSettings(cfg.prompt, INSTRUCTIONS, dataset, definitions)
+        settings = PromptSettings(cfg.prompt, INSTRUCTIONS, dataset, definitions,
+                                  example_splits=tuple(cfg.train.splits.split("+")))
         return cls(settings, tokenizer, schema_for, train_pairs)
 
     @classmethod
@@ -406,7 +409,8 @@ class PromptBuilder:
         if settings.source is not None:
             _report_overrides(cfg.prompt, settings, who)
             check_schema_unchanged(settings, schema_for, strict, who)
-        examples = load_pairs(cfg, settings.dataset or dataset, "train") if settings.prompt.k_shot > 0 else ()
+        examples = [p for split in settings.example_splits if settings.prompt.k_shot > 0
+                    for p in load_pairs(cfg, settings.dataset or dataset, split)]
         definitions = None
         if settings.definitions is None and settings.prompt.definitions:
             definitions = load_definitions(cfg, settings.dataset or dataset)
@@ -433,7 +437,7 @@ class PromptBuilder:
     def save(self, directory: Path) -> Path:
         """Write these settings as the run's prompt.json (`save_prompt_settings`)."""
         return save_prompt_settings(directory, self.prompt, self.settings.dataset or "", self.definitions,
-                                    self.settings.instructions)
+                                    self.settings.instructions, self.settings.example_splits)
 
 
 def check_schema_unchanged(settings: PromptSettings, schema_for: Callable[[str | None], SchemaSnapshot],
