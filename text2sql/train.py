@@ -123,7 +123,8 @@ def train(cfg: Config, resume: bool = False, callbacks: list | None = None, forc
     manifest: dict = {}
     if main:
         print(f"train: method {method} on {device}" + (f" x {world_size} processes" if world_size > 1 else "") +
-              f"; {len(train_records)} train ({cfg.train.splits}) / {len(dev_records)} dev examples; base {base_dir}; run dir {run_dir}",
+              f"; {len(train_records)} train ({cfg.train.splits}) / {len(dev_records)} dev examples; base {base_dir}; "
+              f"run dir {run_dir}",
               file=sys.stderr)
         if cfg.train.method == "auto" and not cuda:
             print("train: no CUDA GPU, so method auto trains LoRA in float32 on the CPU (slow; for small budgets)",
