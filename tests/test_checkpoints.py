@@ -80,6 +80,23 @@ def test_merge_takes_the_checkpoint_with_the_higher_dev_ex(scored_run, tmp_path)
     assert any(not (best_weights[k] == final[k]).all() for k in best_weights)
 
 
+@pytest.mark.slow
+def test_saves_before_select_from_are_kept_but_not_scored(tmp_path, lakehouse_project, tiny_model):
+    """train.select_from 0.5 of 6 steps, a save every 2: checkpoint-2 stays for --resume, unscored; 4 and 6 are scored."""
+    from text2sql.checkpoints import dev_ex_callbacks
+    from text2sql.train import train
+
+    path = lakehouse_tiny_project(tmp_path / "proj", lakehouse_project, tiny_model,
+                                  {"train": {"select_by": "dev_ex", "save_steps": 2, "select_from": 0.5}})
+    cfg = load_config(path)
+    with one_torch_thread():
+        run = train(cfg, callbacks=dev_ex_callbacks(cfg))
+    assert [e["step"] for e in json.loads((run / "manifest.json").read_text())["dev_ex_curve"]] == [4, 6]
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-2" / "dev_ex.json").exists()
+    with pytest.raises(ConfigError, match=r"train.select_from: must be in \[0, 1\), got 1.0"):
+        load_config(path, ["train.select_from=1.0"])
+
+
 def test_select_by_dev_ex_without_a_dev_split_is_a_config_error(tmp_path, lakehouse_project, tiny_model):
     from text2sql.checkpoints import dev_ex_callbacks
 

@@ -1,9 +1,9 @@
 """EX-based checkpoint selection: at each save, score the checkpoint on the dev split by execution; keep the best.
 
 Eval loss is a poor guide to SQL that runs right (a model can lower its loss on dev while its queries get no
-better), so `train.select_by: dev_ex` scores every checkpoint the way `eval` scores a release: greedy
-predictions for the dev split with the model in training (switched to eval mode and back), each checked and run
-in the warehouse sandbox, compared by result (`eval.mode`). Each checkpoint gets `dev_ex.json`; the run dir
+better), so `train.select_by: dev_ex` scores the checkpoints from `train.select_from` of the run on the way `eval`
+scores a release: greedy predictions for the dev split with the model in training (switched to eval mode and back),
+each checked and run in the warehouse sandbox, compared by result (`eval.mode`). Each checkpoint gets `dev_ex.json`; the run dir
 gets `dev_ex.jsonl` (the curve, one line per save) and its manifest `dev_ex_curve` and `best_checkpoint`; the
 Trainer's `best_model_checkpoint` is set so that `save_total_limit` never deletes the best one. `merge` reads
 those JSON files only (`train.choose_checkpoint`).
@@ -144,7 +144,10 @@ def _dev_ex_callback(cfg: Config, pairs: list):
                 return
             run_dir = Path(args.output_dir)
             checkpoint = run_dir / f"checkpoint-{state.global_step}"
-            if not checkpoint.is_dir():
+            # Early saves are kept for --resume, not scored: the best came before train.select_from in 2 of 21 runs
+            # (v0.5-v0.12, by 1-3 dev questions), and each score costs a dev pass (~80 s on the H200).
+            early = state.global_step < cfg.train.select_from * state.max_steps  # never the last step: select_from < 1
+            if not checkpoint.is_dir() or early:
                 return
             entry = {"step": state.global_step, "epoch": state.epoch,
                      **score_dev(cfg, model, processing_class, pairs, dataset)}

@@ -217,13 +217,11 @@ class TrainConfig(_Section):
     run_name: str = ""
     """Run dir name; empty = a timestamp."""
     num_train_epochs: float = 12.0
-    """Passes over the train split. Chosen on dev EX with learning_rate (eval/reports/v0.5-qwen-recipe): Qwen 1.5B QLoRA,
-    lr 5e-4 for 12 epochs, 50.0 % dev EX against 43.2 % for lr 1e-3 and 8. Dev-EX selection keeps the best save."""
+    """Passes over the train split; with learning_rate, chosen on dev EX (eval/reports/v0.5-qwen-recipe: 50.0 % vs 43.2)."""
     max_steps: int = -1
     """Stop after this many optimizer steps; -1 = use num_train_epochs."""
     learning_rate: float = 5e-4
-    """Peak learning rate (cosine schedule with warmup); chosen on dev for LoRA/QLoRA (see num_train_epochs); use ~1e-4
-    with method full."""
+    """Peak learning rate (cosine schedule, warmup); chosen on dev for (Q)LoRA (see num_train_epochs); ~1e-4 for full."""
     warmup_ratio: float = 0.03
     """Fraction of steps spent warming up."""
     per_device_train_batch_size: int = 16
@@ -265,6 +263,8 @@ class TrainConfig(_Section):
     select_by: str = "auto"
     """Which checkpoint `merge` takes: dev_ex = score dev EX (sandboxed, as `eval`) at each save and keep the best; last
     = the final weights; auto = dev_ex when there is a dev split, training does not fit it and the sandbox runs here."""
+    select_from: float = 0.5
+    """dev_ex scores the saves from this fraction of the steps on (and the last); of 21 runs' best saves 2 came earlier."""
     splits: str = "train"
     """Splits the model fits: train | train+dev (a release model once dev chose the recipe: dev then scores nothing)."""
 
@@ -280,7 +280,7 @@ class TrainConfig(_Section):
             problems.append(f"max_steps: set max_steps > 0 or num_train_epochs > 0 (got {self.max_steps} and "
                             f"{self.num_train_epochs})")
         problems += self._positive("learning_rate")
-        for key in ("warmup_ratio", "lora_dropout"):
+        for key in ("warmup_ratio", "lora_dropout", "select_from"):
             if not 0 <= getattr(self, key) < 1:
                 problems.append(f"{key}: must be in [0, 1), got {getattr(self, key)!r}")
         problems += self._one_of("select_by", ("auto", "dev_ex", "last")) + self._one_of("splits", ("train", "train+dev"))
