@@ -54,7 +54,8 @@ def test_run_dir_has_adapter_manifest_logs_and_changed_lora_weights(trained):
     assert manifest["status"] == "completed" and manifest["global_step"] == 6
     assert manifest["method"] == "lora" and manifest["device"] == "cpu"
     assert len(manifest["base_model"]["weights_sha256"]) == 64
-    assert manifest["dataset"] == {"name": "demo", "sha256": manifest["dataset"]["sha256"], "train": 8, "dev": 2}
+    assert manifest["dataset"] == {"name": "demo", "sha256": manifest["dataset"]["sha256"], "splits": "train", "train": 8,
+                                   "dev": 2}
     assert list(manifest["schema_fingerprints"]) == ["None"] and len(manifest["schema_fingerprints"]["None"]) == 64
     assert manifest["config"]["train"]["max_steps"] == 6
     assert manifest["packages"]["trl"] and manifest["packages"]["torch"]
