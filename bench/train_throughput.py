@@ -95,7 +95,7 @@ def main() -> None:
     else:
         # The demo examples carry the whole schema (~2,100 tokens): the project's train.max_length holds them.
         if "135m" in only:
-            plans.append(("smollm2-135m", pull_project_model(), demo_pairs(), args.baseline_batch or 16, project_max_length()))
+            plans.append(("smollm2-135m", pull_project_model("smollm2-135m-instruct"), demo_pairs(), args.baseline_batch or 16, project_max_length()))
         if "qwen15" in only:  # the GPU base model; its padded baseline runs one example per step (what fits anywhere)
             plans.append(("qwen2.5-coder-1.5b", pull_project_model(QWEN15), demo_pairs(), args.baseline_batch or 1, project_max_length()))
         if "8b" in only:

