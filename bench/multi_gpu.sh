@@ -24,8 +24,8 @@ mkdir -p "$out" "$runs"
 # NVLink multicast stays off on shared hosts (the machine's rule); the rest: offline, unbuffered, rank reports.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export T2S_RANK_REPORT=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-common=(--config text2sql.yaml --set model.base=smollm2-135m-instruct --set "train.output_dir=$runs" --set train.logging_steps=1
-        --set train.save_steps=100000 --set train.eval_steps=100000)
+common=(--config text2sql.yaml --set model.base=smollm2-135m-instruct --set "train.output_dir=$runs"
+        --set train.logging_steps=1 --set train.save_steps=100000 --set train.eval_steps=100000)
 one_gpu=0
 if [[ -n "${SMOKE:-}" ]]; then
   export CUDA_VISIBLE_DEVICES=""
@@ -42,7 +42,8 @@ read -r -a extra <<< "${EXTRA:-}"
 
 if [[ $part == ddp || $part == all ]]; then
   # Convert the GGUF base once, before several ranks would race to do it.
-  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull --config text2sql.yaml --set model.base=smollm2-135m-instruct "${extra[@]}"
+  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull --config text2sql.yaml \
+    --set model.base=smollm2-135m-instruct "${extra[@]}"
   rm -rf "$runs/one-gpu" "$runs/ddp-1" "$runs/ddp-2"
   CUDA_VISIBLE_DEVICES=$one_gpu "$py" -m text2sql.cli train "${common[@]}" --set train.max_steps="$steps" \
     --set train.run_name=one-gpu "${extra[@]}"

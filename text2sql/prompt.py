@@ -4,8 +4,9 @@
 `eval --model` (`generate.prompts_for`) and `serve` all call it, and render with `render_prompt`, so the
 model sees at inference exactly the text it was trained on. A training run saves what its prompt is
 made of in `prompt.json` (`save_prompt_settings`: the prompt section, the instructions, the dataset and the
-splits its k-shot examples come from, the business definitions themselves); `model_prompt_settings` reads them back for a model dir, so an
-edit to `INSTRUCTIONS`, to the config or to definitions.yaml never changes an old run's prompt.
+splits its k-shot examples come from, the business definitions themselves); `model_prompt_settings` reads
+them back for a model dir, so an edit to `INSTRUCTIONS`, to the config or to definitions.yaml never changes
+an old run's prompt.
 
 A training record is TRL's conversational prompt-completion format; TRL applies the chat template,
 whose assistant turn ends with the end-of-turn token (`<|im_end|>` for ChatML), so that token lies
