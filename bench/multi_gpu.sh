@@ -42,8 +42,7 @@ read -r -a extra <<< "${EXTRA:-}"
 
 if [[ $part == ddp || $part == all ]]; then
   # Convert the GGUF base once, before several ranks would race to do it.
-  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull --config text2sql.yaml \
-    --set model.base=smollm2-135m-instruct "${extra[@]}"
+  [[ -n "${SMOKE:-}" ]] || "$py" -m text2sql.cli model pull "${common[@]}" "${extra[@]}"
   rm -rf "$runs/one-gpu" "$runs/ddp-1" "$runs/ddp-2"
   CUDA_VISIBLE_DEVICES=$one_gpu "$py" -m text2sql.cli train "${common[@]}" --set train.max_steps="$steps" \
     --set train.run_name=one-gpu "${extra[@]}"

@@ -3,9 +3,9 @@
 Eval loss is a poor guide to SQL that runs right (a model can lower its loss on dev while its queries get no
 better), so `train.select_by: dev_ex` scores the checkpoints from `train.select_from` of the run on the way `eval`
 scores a release: greedy predictions for the dev split with the model in training (switched to eval mode and back),
-each checked and run in the warehouse sandbox, compared by result (`eval.mode`). Each checkpoint gets `dev_ex.json`; the run dir
-gets `dev_ex.jsonl` (the curve, one line per save) and its manifest `dev_ex_curve` and `best_checkpoint`; the
-Trainer's `best_model_checkpoint` is set so that `save_total_limit` never deletes the best one. `merge` reads
+each checked and run in the warehouse sandbox, compared by result (`eval.mode`). Each checkpoint gets `dev_ex.json`;
+the run dir gets `dev_ex.jsonl` (the curve, one line per save) and its manifest `dev_ex_curve` and `best_checkpoint`;
+the Trainer's `best_model_checkpoint` is set so that `save_total_limit` never deletes the best one. `merge` reads
 those JSON files only (`train.choose_checkpoint`).
 
 This module sits above train, generate and evaluate: the CLI and the pipeline pass its callback into

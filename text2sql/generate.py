@@ -381,15 +381,6 @@ def extract_sql(text: str) -> str | None:
     return extract(text)
 
 
-def fitted_splits(model_dir: Path) -> list[str]:
-    """The splits a fine-tuned model was trained on, from its run manifest (none for a base model)."""
-    for name in ("run_manifest.json", "manifest.json"):
-        if (Path(model_dir) / name).is_file():
-            manifest = json.loads((Path(model_dir) / name).read_text())
-            return manifest.get("dataset", {}).get("splits", "train").split("+")
-    return []
-
-
 def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | Path | None = None,
             dataset: str | None = None, strict: bool = False, select: bool = False) -> Path:
     """Generate SQL for every pair of a split (or the subset `eval.max_questions` picks, `data.question_subset`);
@@ -411,7 +402,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     pairs = question_subset(every, cfg.eval.max_questions)
     gen = load_generator(model_dir, cfg)
     messages = prompts_for(cfg, gen, pairs, dataset, strict=strict)
-    if split in fitted_splits(gen.model_dir):  # train.splits: train+dev
+    trained_on = gen.settings.example_splits if gen.settings and gen.settings.source else ()  # a base model: none
+    if split in trained_on:  # train.splits: train+dev
         print(f"predict: WARNING: {gen.model_dir} was trained on the {split} split: its {split} EX measures nothing",
               file=sys.stderr)
     if len(pairs) < len(every):
