@@ -100,6 +100,9 @@ def main() -> None:
         gen.decoding = "static" if decoding.startswith("static") else decoding
         print(f"decoding: {decoding}", file=sys.stderr)
         by_decoding[decoding] = _measure(gen, messages, args)
+        if args.out:  # what is measured so far, should a later path not finish (a timeout, a hang)
+            _write(args.out, "generate_throughput.partial", {"device": device, "model": str(args.model),
+                                                               "by_decoding": _without_replies(by_decoding)})
     model_name = "llama-3.1-8b-shape-random" if args.random_8b else str(gen.model_dir)
     result = {"device": device, "date": dt.date.today().isoformat(), "model": model_name, "kind": gen.kind,
               "params": sum(p.numel() for p in gen.model.parameters()), "questions": len(messages),
@@ -154,15 +157,27 @@ def main() -> None:
     if "end_to_end" in result:
         print(f"predict + evaluate on {args.split}: {result['end_to_end']['seconds']:.1f} s")
     for r in [*batched_runs, single, *result.get("without_prefix_cache", {}).values(),
-              *result.get("with_prefix_cache_again", {}).values(),
-              *(run for m in result.get("by_decoding", {}).values() for run in [*m["batched_runs"], m["one_at_a_time"]])]:
+              *result.get("with_prefix_cache_again", {}).values()]:
         r.pop("replies", None)
+    if "by_decoding" in result:
+        result["by_decoding"] = _without_replies(result["by_decoding"])
     if not args.smoke or args.out:
-        out = args.out or REPO / "bench" / "results"
-        out.mkdir(parents=True, exist_ok=True)
         name = "generate_throughput_8b_random" if args.random_8b else "generate_throughput"
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out / f'{name}.json'}")
+        print(f"wrote {_write(args.out or REPO / 'bench' / 'results', name, result)}")
+
+
+def _without_replies(by_decoding: dict) -> dict:
+    """A copy of each path's measures without the replies (kept in memory to count the same ones)."""
+    strip = lambda run: {k: v for k, v in run.items() if k != "replies"}  # noqa: E731
+    return {name: {**m, "batched": strip(m["batched"]), "batched_runs": [strip(r) for r in m["batched_runs"]],
+                   "one_at_a_time": strip(m["one_at_a_time"])} for name, m in by_decoding.items()}
+
+
+def _write(out: Path, name: str, result: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def _measure(gen, messages, args) -> dict:

@@ -317,6 +317,35 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run
 
 
+def test_compiled_packed_attention_gives_the_uncompiled_replies(tiny_project, monkeypatch):
+    """torch.compile of the engine's step with the packed attention (inductor on the CPU: the same tracing, no CUDA
+    graphs) compiles, and its greedy replies equal those of transformers' own attention, uncompiled."""
+    import torch
+
+    from text2sql import engine
+    from text2sql.engine import DecodeEngine, Request
+    from text2sql.generate import encode_chats
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    ids, shared = encode_chats(gen, [[{"role": "user", "content": q}] for q, _, _ in PAIRS[:3]])
+
+    def replies(packed: bool, compiled: bool) -> list[list[int]]:
+        monkeypatch.setattr(engine, "PACKED_GQA", packed)
+        requests = [Request(i, 12, shared=s) for i, s in zip(ids, shared)]
+        DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, compiled).run(requests)
+        return [r.outputs[0] for r in requests]
+
+    plain = replies(packed=False, compiled=False)  # transformers' own attention
+    torch._dynamo.reset()
+    try:
+        compiled = replies(packed=True, compiled=True)
+    finally:
+        torch._dynamo.reset()  # no compiled step is left for other tests' models
+    assert compiled == plain and any(plain)
+    assert gen.model.config._attn_implementation == engine.PACKED_ATTENTION
+
+
 def test_packed_attention_is_opt_in_through_the_environment():
     """Engines keep transformers' own attention unless `T2S_PACKED_GQA=1` asks for the packed one."""
     import subprocess

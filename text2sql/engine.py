@@ -53,17 +53,21 @@ PACKED_ATTENTION = "text2sql_sdpa"
 """The attention the engine gives a model that uses sdpa: sdpa, but a one-token query attends on the key/value
 heads directly (`_packed_sdpa`)."""
 PACKED_GQA = os.environ.get("T2S_PACKED_GQA", "0") == "1"
-"""Whether engines built from now on use PACKED_ATTENTION: opt-in (`T2S_PACKED_GQA=1`). On the H200 (v0.10) the
-compiled static step with it did not finish within minutes where transformers' own took seconds, so it stays off
-until `bench/generate_throughput.py --decoding static-repeat,static-packed` shows it finishing and winning."""
+"""Whether engines built from now on use PACKED_ATTENTION: opt-in (`T2S_PACKED_GQA=1`). On the H200 its compiled step
+took ~40 s per batch bucket to build (v0.14: recompiles 37-42 s apart; in the same bench transformers' attention built
+all seven buckets of a 64-slot engine and finished its timed runs in ~2.5 minutes, the eager run included), so the
+bench ran out of time before a timed step, and its decode speed is unmeasured. It stays off until `bench/generate_throughput.py --decoding static-repeat,static-packed`
+shows it winning."""
 
 
 def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                  **kwargs):
     """transformers' sdpa attention, except for a one-token query with grouped key/value heads: its heads are
-    packed as (kv heads, group) rows, so every key/value head is read once. transformers packs them so only outside
-    torch.compile; compiled, it repeats the key/value heads first, a copy of the whole static cache per layer and
-    step (at 64 slots of 4k columns, ~45 GB a step for Qwen2.5-1.5B). The same softmax over the same keys."""
+    packed as (kv heads, group) rows and attend through two matmuls, so every key/value head is read once.
+    transformers packs them so only outside torch.compile; compiled, it repeats the key/value heads first, a copy
+    of the whole static cache per layer and step (at 64 slots of 4k columns, ~45 GB a step for Qwen2.5-1.5B). The
+    matmuls rather than sdpa: no attention kernel to pick per shape. Scores in the model's dtype, softmax in float32:
+    the precision of transformers' eager attention."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -74,8 +78,11 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
                                       **kwargs)
     batch, heads, _, dim = query.shape
     packed = query.reshape(batch, heads // groups, groups, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask,
-                                                           dropout_p=dropout, scale=scaling)
+    scores = torch.matmul(packed, key.transpose(-1, -2)) * (dim ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs, value)
     return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
