@@ -29,7 +29,7 @@ if [ "$1" = start ]; then
   fi
   rm -rf $W/src && mkdir -p $W/src && tar cf - --exclude=./.gpu --exclude=./.git --exclude=./.venv . | tar xf - -C $W/src
   cp .gpu/whl/plan.sh $W/src/plan.sh
-  python3 -c "import duckdb, trl, sqlglot, datasets, gguf, bitsandbytes, liger_kernel; print('imports ok')" || exit 1
+  python3 -c "import duckdb, trl, sqlglot, datasets, gguf, bitsandbytes, liger_kernel, fastapi, uvicorn; print('imports ok')" || exit 1
   launch
 fi
 if [ "$1" = poll ] && ! pgrep -f "$W/src/plan.sh" >/dev/null && [ ! -f $W/done/ALL ]; then echo "relaunching plan.sh"; launch; fi

@@ -15,8 +15,11 @@ plan=$(readlink -f "${1:?usage: bench/gpu/stage.sh PLAN.sh [MODEL]}"); model=${2
 here=$(dirname "$(readlink -f "$0")")
 cd "$(git rev-parse --show-toplevel)"
 py=${PYTHON:-.venv/bin/python}
-bash "${STAGE:-../shared/gpu/stage.sh}" --model "$model" duckdb==1.5.5 pytz liger-kernel==0.8.5 > .gpu.stage.log 2>&1 \
-  || { tail -5 .gpu.stage.log >&2; exit 1; }
+# The server's stack too (bench/serve_load.py there): the image has none of it (v0.13's serve runs died on pydantic).
+serve=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+       annotated-doc==0.0.7 typing-inspection==0.4.5 anyio==4.16.0 sniffio==1.3.1 h11==0.16.0 idna==3.20)
+bash "${STAGE:-../shared/gpu/stage.sh}" --model "$model" duckdb==1.5.5 pytz liger-kernel==0.8.5 "${serve[@]}" \
+  > .gpu.stage.log 2>&1 || { tail -5 .gpu.stage.log >&2; exit 1; }
 rm -f .gpu.stage.log
 # What a carry holds beside the tree (tracked and untracked, not ignored), less 1 MiB to spare.
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | awk 'END {print $1}' || true)
