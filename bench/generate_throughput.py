@@ -22,7 +22,10 @@ many replies are the same, and each path reports its batch-1 decode time per tok
 1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
 sdpa (key/value heads repeated for a one-token query when compiled), `static-packed` the same with the engine's
 packed attention (`text2sql.engine.PACKED_GQA`, opt-in), `static` as `generate` runs it:
-`--decoding static-repeat,static-packed`.
+`--decoding static-repeat,static-packed`. A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with symbolic
+sizes (`text2sql.engine.DYNAMIC_SHAPES`, opt-in): one compile for every batch bucket above 1. Each path's warm-up
+(compiling) time is in its `warmup_s`. After each path, what is measured so far is written to
+generate_throughput.partial.json in --out.
 """
 
 from __future__ import annotations
@@ -91,11 +94,13 @@ def main() -> None:
 
     decodings = args.decoding.split(",") if args.decoding else [gen.decoding]
     by_decoding = {}
-    packed_default = engine_module.PACKED_GQA
+    defaults = engine_module.PACKED_GQA, engine_module.DYNAMIC_SHAPES
     for decoding in decodings:
         # static-repeat / static-packed: the static engine with transformers' own attention (key/value heads repeated
-        # when compiled) / with the engine's packed one; static: as generate runs it
-        engine_module.PACKED_GQA = {"static-repeat": False, "static-packed": True}.get(decoding, packed_default)
+        # when compiled) / with the engine's packed one; -dynamic: its step compiled with symbolic sizes (once for
+        # every bucket above 1); static: as generate runs it
+        engine_module.PACKED_GQA = ("packed" in decoding) or (defaults[0] and "repeat" not in decoding)
+        engine_module.DYNAMIC_SHAPES = decoding.endswith("-dynamic") or defaults[1]
         gen._engines.clear()
         gen.decoding = "static" if decoding.startswith("static") else decoding
         print(f"decoding: {decoding}", file=sys.stderr)
@@ -122,7 +127,7 @@ def main() -> None:
         for name, r in by_decoding.items():
             print(f"{name:7s}: batched {r['batched']['predictions_per_s']:7.2f} predictions/s, one at a time "
                   f"{r['one_at_a_time']['predictions_per_s']:6.2f}/s, batch-1 decode "
-                  f"{r['decode_ms_per_token_batch1']:.2f} ms/token")
+                  f"{r['decode_ms_per_token_batch1']:.2f} ms/token, warm-up {r['warmup_s']:.1f} s")
         ratio = result[f"{decodings[-1]}_vs_{decodings[0]}"]
         print(f"{decodings[-1]} / {decodings[0]}: batched {ratio['batched_predictions_per_s']:.2f}x, one at a time "
               f"{ratio['one_at_a_time_predictions_per_s']:.2f}x, same replies {ratio['same_replies']}/{len(messages)}")
@@ -184,12 +189,14 @@ def _measure(gen, messages, args) -> dict:
     """Batched runs, one at a time, and the batch-1 decode time per token, with `gen.decoding` as set."""
     from text2sql.generate import generate
 
+    started = time.perf_counter()
     _warm(gen, messages, args.max_new_tokens, [*(args.batch_size or [gen.batch_size]), 1])
+    warmup_s = time.perf_counter() - started
     generate(gen, messages[:2], args.max_new_tokens)  # warm-up: kernels, allocator
     batched_runs = [_timed(gen, messages, args.max_new_tokens, b) for b in (args.batch_size or [gen.batch_size])]
     single = _timed(gen, messages[: args.single], args.max_new_tokens, 1)
     batched = max(batched_runs, key=lambda r: r["predictions_per_s"])
-    return {"batched": batched, "batched_runs": batched_runs, "one_at_a_time": single,
+    return {"warmup_s": warmup_s, "batched": batched, "batched_runs": batched_runs, "one_at_a_time": single,
             "speedup_predictions_per_s": batched["predictions_per_s"] / single["predictions_per_s"],
             "decode_ms_per_token_batch1": _decode_ms_per_token(gen, messages, args.max_new_tokens)}
 

@@ -23,7 +23,7 @@ STAGES = [
     ("prompt", ["text2sql.prompt"]),
     ("train", ["text2sql.models", "text2sql.train", "text2sql.train_speed", "text2sql.distributed", "text2sql.merge"]),
     ("select", ["text2sql.select"]),  # candidate selection: needs only the sandbox; generate, evaluate, serve use it
-    ("generate", ["text2sql.generate", "text2sql.engine"]),
+    ("generate", ["text2sql.generate", "text2sql.engine", "text2sql.attention"]),
     ("evaluate", ["text2sql.evaluate"]),
     ("checkpoints", ["text2sql.checkpoints"]),  # dev EX at each save: a train callback made of generate + evaluate
     # the serve package (app, openai, pipeline, backends, engine_backend, guard) and the feedback store it writes

@@ -24,7 +24,8 @@ def run_bench(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     (["bench/generate_throughput.py", "--smoke", "--prefix-cache-ablation"], ["same reply 6/6", "same reply 3/3"]),
     (["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"], []),
     # The engine's packed attention against transformers' own: the same replies.
-    (["bench/generate_throughput.py", "--smoke", "--decoding", "static-repeat,static-packed"], ["same replies 6/6"]),
+    (["bench/generate_throughput.py", "--smoke", "--decoding", "static-repeat,static-packed,static-packed-dynamic"],
+     ["same replies 6/6"]),
 ])
 def test_bench_smoke(args, expected, tmp_path):
     done = run_bench(args, tmp_path)

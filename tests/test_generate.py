@@ -294,7 +294,7 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     from transformers.integrations.sdpa_attention import repeat_kv
 
     from text2sql import engine
-    from text2sql.engine import PACKED_ATTENTION, _packed_sdpa
+    from text2sql.attention import PACKED_ATTENTION, packed_sdpa
     from text2sql.generate import decode_engine
 
     class Attention:
@@ -304,7 +304,7 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     query, key, value = torch.randn(5, 6, 1, 16), torch.randn(5, 2, 40, 16), torch.randn(5, 2, 40, 16)
     mask = torch.zeros(5, 1, 1, 40)
     mask[1, :, :, :7] = torch.finfo(torch.float32).min  # a slot whose first columns are not its own
-    packed, _ = _packed_sdpa(Attention(), query, key, value, mask, scaling=0.25)
+    packed, _ = packed_sdpa(Attention(), query, key, value, mask, scaling=0.25)
     repeated = torch.nn.functional.scaled_dot_product_attention(query, repeat_kv(key, 3), repeat_kv(value, 3),
                                                                 attn_mask=mask, scale=0.25).transpose(1, 2)
     assert packed.shape == repeated.shape and torch.allclose(packed, repeated, atol=1e-6)
@@ -317,42 +317,53 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run
 
 
-def test_compiled_packed_attention_gives_the_uncompiled_replies(tiny_project, monkeypatch):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_packed_attention_gives_the_uncompiled_replies(tiny_project, monkeypatch, dynamic):
     """torch.compile of the engine's step with the packed attention (inductor on the CPU: the same tracing, no CUDA
-    graphs) compiles, and its greedy replies equal those of transformers' own attention, uncompiled."""
+    graphs) compiles, and its greedy replies equal those of transformers' own attention, uncompiled. With symbolic
+    sizes one compile serves every bucket above 1 and a longer cache; static sizes compile each."""
     import torch
+    from torch._dynamo.utils import counters
 
-    from text2sql import engine
+    from text2sql import attention, engine
     from text2sql.engine import DecodeEngine, Request
     from text2sql.generate import encode_chats
 
     cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     ids, shared = encode_chats(gen, [[{"role": "user", "content": q}] for q, _, _ in PAIRS[:3]])
+    monkeypatch.setattr(engine, "DYNAMIC_SHAPES", dynamic)
 
-    def replies(packed: bool, compiled: bool) -> list[list[int]]:
-        monkeypatch.setattr(engine, "PACKED_GQA", packed)
+    def replies(decoder: DecodeEngine) -> list[list[int]]:
         requests = [Request(i, 12, shared=s) for i, s in zip(ids, shared)]
-        DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, compiled).run(requests)
+        decoder.run(requests)
         return [r.outputs[0] for r in requests]
 
-    plain = replies(packed=False, compiled=False)  # transformers' own attention
+    plain = replies(DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, False))  # transformers' own attention
+    monkeypatch.setattr(engine, "PACKED_GQA", True)
     torch._dynamo.reset()
     try:
-        compiled = replies(packed=True, compiled=True)
+        compiled = DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, True)
+        before = counters["stats"]["unique_graphs"]
+        compiled.warm(ids[0], shared[0], 12)  # buckets 1, 2 and 4
+        compiled._reserve(compiled.cache_tokens + 1)  # a longer cache
+        assert replies(compiled) == plain and any(plain)
+        graphs = counters["stats"]["unique_graphs"] - before
     finally:
         torch._dynamo.reset()  # no compiled step is left for other tests' models
-    assert compiled == plain and any(plain)
-    assert gen.model.config._attn_implementation == engine.PACKED_ATTENTION
+    assert graphs == (2 if dynamic else 4)  # (bucket 1, the rest) or each of 3 buckets, then bucket 4 again
+    assert gen.model.config._attn_implementation == attention.PACKED_ATTENTION
 
 
-def test_packed_attention_is_opt_in_through_the_environment():
-    """Engines keep transformers' own attention unless `T2S_PACKED_GQA=1` asks for the packed one."""
+@pytest.mark.parametrize("switch, variable", [("PACKED_GQA", "T2S_PACKED_GQA"),
+                                              ("DYNAMIC_SHAPES", "T2S_DYNAMIC_SHAPES")])
+def test_engine_switches_are_opt_in_through_the_environment(switch, variable):
+    """Engines keep transformers' own attention and static compiled sizes unless the environment asks otherwise."""
     import subprocess
     import sys
 
-    probe = "import text2sql.engine as e; print(e.PACKED_GQA)"
+    probe = f"import text2sql.engine as e; print(e.{switch})"
     runs = {value: subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                                  env={**os.environ, "T2S_PACKED_GQA": value}).stdout.strip()
+                                  env={**os.environ, variable: value}).stdout.strip()
             for value in ("", "0", "1")}
     assert runs == {"": "False", "0": "False", "1": "True"}

@@ -8,7 +8,7 @@ token for the occupied slots (rounded up to a power of two, so a lone request do
 the same forward call each time: fixed shapes, cache written in place. On CUDA that step is
 `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA graph per batch bucket and replayed, which
 removes the per-token host overhead of `generate`. A model with grouped key/value heads attends through
-`_packed_sdpa`, which reads each key/value head once where compiled sdpa would copy them per query head.
+`text2sql.attention.packed_sdpa`, which reads each key/value head once where compiled sdpa would copy them per query head.
 
 Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
 slot's tokens end at `t`; each slot's own positions go in `position_ids` and its valid columns in a 4-D
@@ -27,6 +27,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from text2sql.attention import use_packed_attention
 from text2sql.errors import ModelError
 
 MIN_CACHED_PREFIX = 32
@@ -49,56 +50,17 @@ WARMUP_CALLS = 3
 """Calls per shape before serving: compile, then CUDA-graph warm-up and recording (torch's cudagraph trees)."""
 
 
-PACKED_ATTENTION = "text2sql_sdpa"
-"""The attention the engine gives a model that uses sdpa: sdpa, but a one-token query attends on the key/value
-heads directly (`_packed_sdpa`)."""
 PACKED_GQA = os.environ.get("T2S_PACKED_GQA", "0") == "1"
-"""Whether engines built from now on use PACKED_ATTENTION: opt-in (`T2S_PACKED_GQA=1`). On the H200 its compiled step
-took ~40 s per batch bucket to build (v0.14: recompiles 37-42 s apart; in the same bench transformers' attention built
-all seven buckets of a 64-slot engine and finished its timed runs in ~2.5 minutes, the eager run included), so the
-bench ran out of time before a timed step, and its decode speed is unmeasured. It stays off until `bench/generate_throughput.py --decoding static-repeat,static-packed`
-shows it winning."""
-
-
-def _packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                 **kwargs):
-    """transformers' sdpa attention, except for a one-token query with grouped key/value heads: its heads are
-    packed as (kv heads, group) rows and attend through two matmuls, so every key/value head is read once.
-    transformers packs them so only outside torch.compile; compiled, it repeats the key/value heads first, a copy
-    of the whole static cache per layer and step (at 64 slots of 4k columns, ~45 GB a step for Qwen2.5-1.5B). The
-    matmuls rather than sdpa: no attention kernel to pick per shape. Scores in the model's dtype, softmax in float32:
-    the precision of transformers' eager attention."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    groups = getattr(module, "num_key_value_groups", 1)
-    mask_shared = attention_mask is None or attention_mask.shape[1] == 1
-    if query.shape[2] != 1 or groups == 1 or not mask_shared or kwargs.get("position_bias") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    batch, heads, _, dim = query.shape
-    packed = query.reshape(batch, heads // groups, groups, dim)
-    scores = torch.matmul(packed, key.transpose(-1, -2)) * (dim ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs, value)
-    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
-
-
-def _use_packed_attention(model, packed: bool) -> None:
-    """Make a model that attends with sdpa attend with `_packed_sdpa` (registered once, by name), or back."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    config = model.config.get_text_config(decoder=True)
-    now = getattr(config, "_attn_implementation", None)
-    if packed and now == "sdpa":
-        AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
-        AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
-        config._attn_implementation = PACKED_ATTENTION
-    elif not packed and now == PACKED_ATTENTION:
-        config._attn_implementation = "sdpa"
+"""Whether engines built from now on attend with `text2sql.attention.packed_sdpa`: opt-in (`T2S_PACKED_GQA=1`). On the
+H200 its compiled step took ~40 s per batch bucket to build (v0.14: recompiles 37-42 s apart; in the same bench
+transformers' attention built all seven buckets of a 64-slot engine and finished its timed runs in ~2.5 minutes, the
+eager run included), so the bench ran out of time before a timed step, and its decode speed is unmeasured. It stays
+off until `bench/generate_throughput.py --decoding static-repeat,static-packed` shows it winning."""
+DYNAMIC_SHAPES = os.environ.get("T2S_DYNAMIC_SHAPES", "0") == "1"
+"""Whether compiled engines built from now on compile their step with symbolic sizes (`T2S_DYNAMIC_SHAPES=1`): one
+compile serves every batch bucket above 1 and every cache length, where static sizes compile each (bucket, length)
+anew, ~10-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in until
+the H200 shows its steps as fast as the static ones (`bench/generate_throughput.py --decoding static,static-dynamic`)."""
 
 
 @dataclass(eq=False)
@@ -163,11 +125,13 @@ class DecodeEngine:
         self._argument = _cache_argument(self.model)
         self._generator = torch.Generator(self.device).manual_seed(0)
         self._forward = self.model.__call__
+        self.dynamic = compile and DYNAMIC_SHAPES
         if compile:
             # Each batch bucket and cache length is one graph; allow them all without dynamo giving up.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._forward = torch.compile(self.model.__call__, mode="reduce-overhead", fullgraph=False, dynamic=False)
-        _use_packed_attention(self.model, PACKED_GQA)
+            self._forward = torch.compile(self.model.__call__, mode="reduce-overhead", fullgraph=False,
+                                          dynamic=None if self.dynamic else False)
+        use_packed_attention(self.model, PACKED_GQA)
         self._check_layers()
 
     # ------------------------------------------------------------ the caller's side
@@ -304,10 +268,14 @@ class DecodeEngine:
         self._mask[:, :, :, self.t] = 0  # the column this step writes, for every row
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
+        inputs = {"input_ids": self._next[:batch, None], "position_ids": self._positions[:batch, None],
+                  "attention_mask": self._mask[:batch]}
+        if self.dynamic:
+            _symbolic(inputs["attention_mask"], batch, length_dim=3)
+            _symbolic(inputs["input_ids"], batch)
+            _symbolic(inputs["position_ids"], batch)
         with torch.inference_mode():
-            logits = self._forward(input_ids=self._next[:batch, None], position_ids=self._positions[:batch, None],
-                                   attention_mask=self._mask[:batch], use_cache=True,
-                                   **{self._argument: self._caches[batch]}).logits[:, -1]
+            logits = self._forward(**inputs, use_cache=True, **{self._argument: self._caches[batch]}).logits[:, -1]
             chosen = self._pick(logits, batch)
             self._next[:batch] = chosen
             self._positions[:batch] += 1
@@ -519,6 +487,9 @@ class DecodeEngine:
                 if self.compile:
                     torch._dynamo.mark_static_address(layer.keys)
                     torch._dynamo.mark_static_address(layer.values)
+                if self.dynamic:
+                    _symbolic(layer.keys, batch, length_dim=2)
+                    _symbolic(layer.values, batch, length_dim=2)
             self._caches[batch] = view
         self.cache_tokens = size
         self._set_t(self.t)
@@ -567,6 +538,17 @@ class _Call:
             self.future.set_result(self.fn())
         except Exception as exc:
             self.future.set_exception(exc)
+
+
+def _symbolic(tensor, batch: int, length_dim: int | None = None) -> None:
+    """Ask torch.compile to trace this input's batch size (above 1: a size of 1 is specialized anyway) and its cache
+    length as symbols, so other buckets and lengths reuse the compiled step."""
+    import torch
+
+    if batch > 1:
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    if length_dim is not None:
+        torch._dynamo.maybe_mark_dynamic(tensor, length_dim)
 
 
 def common_prefix_len(rows: list[list[int]]) -> int:
