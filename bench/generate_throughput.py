@@ -5,6 +5,7 @@
     python bench/generate_throughput.py --random-8b --max-new-tokens 128   # a Llama-3.1-8B-shaped model, random weights
     python bench/generate_throughput.py --smoke                        # CPU: the tiny test model, 6 prompts
     python bench/generate_throughput.py --model DIR --decoding eager,static --out DIR   # both decoding paths
+    python bench/generate_throughput.py --model qwen2.5-coder-0.5b-instruct --dtype float32,bfloat16 --limit 8
 
 Both ways use `text2sql.generate.generate` on the prompts `predict` builds (`prompts_for`), greedy, the same
 max_new_tokens; one-at-a-time is the same call with batch size 1. Prints predictions/s, new tokens/s and the
@@ -22,7 +23,8 @@ many replies are the same, and each path reports its batch-1 decode time per tok
 1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
 sdpa (key/value heads repeated for a one-token query when compiled), `static-packed` the same with the engine's
 packed attention (`text2sql.engine.PACKED_GQA`, opt-in), `static` as `generate` runs it:
-`--decoding static-repeat,static-packed`. A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with symbolic
+`--decoding static-repeat,static-packed`. `--dtype float32,bfloat16` times each path in each weight dtype (named
+`<path>@<dtype>`; the model is cast from one to the next). A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with symbolic
 sizes (`text2sql.engine.DYNAMIC_SHAPES`, opt-in): one compile for every batch bucket above 1. Each path's warm-up
 (compiling) time is in its `warmup_s`. After each path, what is measured so far is written to
 generate_throughput.partial.json in --out.
@@ -59,6 +61,11 @@ def main() -> None:
     parser.add_argument("--decoding", default=None,
                         help="comma-separated decoding paths to time in turn, e.g. eager,static (default: the "
                              "config's generate.decoding, resolved)")
+    parser.add_argument("--dtype", default=None,
+                        help="comma-separated weight dtypes to time in turn, e.g. float32,bfloat16 (the model is cast "
+                             "between them; default generate.dtype)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="Override a config value (repeatable), as the CLI's --set")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the result JSON (default bench/results; --smoke writes only with --out)")
@@ -71,7 +78,7 @@ def main() -> None:
     from text2sql import engine as engine_module
     from text2sql.generate import generate, load_generator, prompts_for
 
-    cfg = load_config(REPO / "text2sql.yaml")
+    cfg = load_config(REPO / "text2sql.yaml", args.overrides)
     if args.smoke:
         from tests.tinymodel import tiny_model_dir
 
@@ -95,7 +102,13 @@ def main() -> None:
     decodings = args.decoding.split(",") if args.decoding else [gen.decoding]
     by_decoding = {}
     defaults = engine_module.PACKED_GQA, engine_module.DYNAMIC_SHAPES
-    for decoding in decodings:
+    dtypes = args.dtype.split(",") if args.dtype else [None]
+    runs = [(decoding, dtype) for dtype in dtypes for decoding in decodings]
+    decodings = [f"{decoding}@{dtype}" if len(dtypes) > 1 else decoding for decoding, dtype in runs]
+    for name, (decoding, dtype) in zip(decodings, runs):
+        if dtype:  # float32 first, then cast down: a cast up would not bring the precision back
+            gen.model.to(getattr(torch, dtype))
+            gen._prefixes.clear()  # kept prefix KV of the other dtype
         # static-repeat / static-packed: the static engine with transformers' own attention (key/value heads repeated
         # when compiled) / with the engine's packed one; -dynamic: its step compiled with symbolic sizes (once for
         # every bucket above 1); static: as generate runs it
@@ -103,8 +116,8 @@ def main() -> None:
         engine_module.DYNAMIC_SHAPES = decoding.endswith("-dynamic") or defaults[1]
         gen._engines.clear()
         gen.decoding = "static" if decoding.startswith("static") else decoding
-        print(f"decoding: {decoding}", file=sys.stderr)
-        by_decoding[decoding] = _measure(gen, messages, args)
+        print(f"decoding: {name}", file=sys.stderr)
+        by_decoding[name] = {"dtype": str(gen.model.dtype).removeprefix("torch."), **_measure(gen, messages, args)}
         if args.out:  # what is measured so far, should a later path not finish (a timeout, a hang)
             _write(args.out, "generate_throughput.partial", {"device": device, "model": str(args.model),
                                                                "by_decoding": _without_replies(by_decoding)})

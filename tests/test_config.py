@@ -93,6 +93,7 @@ BAD_VALUES = [
     ("train", "learning_rate", 0, "train.learning_rate: must be > 0, got 0.0"),
     ("train", "lora_dropout", 1, "train.lora_dropout: must be in [0, 1), got 1.0"),
     ("train", "save_steps", 0, "train.save_steps: must be >= 1, got 0"),
+    ("generate", "dtype", "float16", "generate.dtype: 'float16' is not one of auto, float32, bfloat16"),
 ]
 
 

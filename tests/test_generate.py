@@ -147,6 +147,25 @@ def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
     assert generate(gen, chats, max_new_tokens=8) == first
 
 
+def test_generation_dtype_is_bfloat16_where_the_hardware_has_it(tiny_project, monkeypatch):
+    """auto: bfloat16 on CUDA and on a CPU with bfloat16 units (AMX or AVX512-BF16), float32 on other CPUs (emulated
+    bfloat16 is slower); a set dtype is loaded as is, by predict too."""
+    import torch
+
+    from text2sql.generate import generation_dtype
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert generation_dtype("auto", "cpu") == torch.float32
+    assert generation_dtype("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert generation_dtype("auto", "cpu") == torch.bfloat16
+    assert generation_dtype("float32", "cpu") == torch.float32 and generation_dtype("bfloat16", "cpu") == torch.bfloat16
+    for dtype in ("float32", "bfloat16"):
+        gen = load_generator(load_config(tiny_project).model.base, load_config(tiny_project, [f"generate.dtype={dtype}"]))
+        assert gen.model.dtype == getattr(torch, dtype)
+
+
 def test_not_a_model_dir_is_a_model_error(tiny_project, tmp_path):
     with pytest.raises(ModelError, match="is not a model dir"):
         load_generator(tmp_path, load_config(tiny_project))

@@ -83,7 +83,7 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
 
     path = resolve_model_dir(cfg, model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = generation_dtype(cfg.generate.dtype, device)
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -103,6 +103,18 @@ def load_generator(model_dir: str | Path, cfg: Config) -> Generator:
         decoding = "static" if device == "cuda" else "eager"
     return Generator(model, tokenizer, path, kind, settings.prompt, settings.dataset, cfg.generate.batch_size,
                      cfg.generate.max_new_tokens, cfg.generate.prefix_cache, settings=settings, decoding=decoding)
+
+
+def generation_dtype(setting: str, device: str):
+    """`generate.dtype` as a torch dtype; auto: bfloat16 on CUDA and on a CPU with bfloat16 units, else float32
+    (emulated bfloat16 is slower than float32)."""
+    import torch
+
+    if setting == "auto":
+        units = any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported",
+                                                                             "_is_avx512_bf16_supported"))
+        setting = "bfloat16" if device == "cuda" or units else "float32"
+    return getattr(torch, setting)
 
 
 def decode_engine(gen: Generator, max_batch_size: int | None = None):
