@@ -1,5 +1,6 @@
 """The benchmarks' CPU smoke modes run (figures are not asserted: they are measured, on a GPU, in bench/results/)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,13 @@ def test_gpu_session_scripts_parse_and_plan_steps_run_once(tmp_path):
     assert run().returncode == 0
     assert (w / "calls").read_text().split() == ["model", "train", "merge", "model"]  # only the failed step again
     assert {p.name for p in (w / "done").iterdir()} >= {"pull-m", "train-a", "ALL"}
+    # `faster A B`: 1 when decoding path B beat A in genbench's partial results, 0 when not or when B is missing
+    (w / "bench/gen").mkdir(parents=True)
+    (w / "bench/gen/generate_throughput.partial.json").write_text(json.dumps({"by_decoding": {
+        "slow": {"batched": {"predictions_per_s": 3.0}}, "fast": {"batched": {"predictions_per_s": 12.0}}}}))
+    faster = lambda a, b: subprocess.run(["bash", "-c", f"source {REPO / 'bench/gpu/lib.sh'}; faster {a} {b}"],
+                                         env={**os.environ, "W": str(w)}, capture_output=True, text=True).stdout.strip()
+    assert (faster("slow", "fast"), faster("fast", "slow"), faster("slow", "absent")) == ("1", "0", "0")
 
 
 def test_gpu_session_fails_at_once_on_a_machine_that_cannot_run_the_plan(tmp_path):

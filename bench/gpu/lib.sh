@@ -1,7 +1,9 @@
 # Steps a GPU plan is made of; a plan (eval/reports/<release>/plan.sh) sources this file, then calls them.
 # Every step is idempotent (a mark in $W/done), so `go.sh poll` can relaunch a plan that was stopped.
 #   pull MODEL; train NAME GPU [--set ...] (then merges onto bf16); merge_nf4 NAME GPU;
-#   pred TAG GPU MODEL_DIR [--set ...] (dev and test); monitor (GPU use every minute); finish.
+#   pred TAG GPU MODEL_DIR [--set ...] (dev and test); genbench MODEL_DIR DECODINGS (generate_throughput, batch 64);
+#   faster A B (prints 1 when decoding path B beat A in genbench); servebench MODEL_DIR (serve_load at 16 clients,
+#   then 1); monitor (GPU use every minute); finish.
 # Runs, models and predictions live under $W=/root/w, outside the carried tree.
 W=${W:-/root/w}; cd $W/src
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -33,6 +35,19 @@ pred() { local tag=$1 gpu=$2 model=$3; shift 3; local s
       predict "${C[@]}" "$@" --model $model --split $s --out $W/pred/$tag-$s.jsonl >> $W/log/pred-$tag.log 2>&1 \
       && mark pred-$tag-$s || say "pred $tag $s FAILED"
   done; say "predicted $tag"; }
+genbench() { local model=$1 decodings=$2; isdone gen && return 0; mkdir -p $W/bench/gen; say "generate_throughput $decodings"
+  timeout 360 python3 bench/generate_throughput.py --model $model --decoding $decodings --batch-size 64 --single 8 \
+    --out $W/bench/gen > $W/log/gen.log 2>&1 || say "generate_throughput rc $?"
+  mark gen; say "generate_throughput done"; }
+faster() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1]))["by_decoding"]
+rate = lambda k: d[k]["batched"]["predictions_per_s"] if k in d else 0
+print(int(rate(sys.argv[3]) > rate(sys.argv[2])))' $W/bench/gen/generate_throughput.partial.json "$1" "$2" 2>/dev/null || echo 0; }
+servebench() { local model=$1; isdone serve && return 0; mkdir -p $W/bench/c16 $W/bench/c1
+  timeout 240 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c16 --requests 960 \
+    --max-seconds 90 --concurrency 16 --execute "${C[@]}" > $W/log/serve-c16.log 2>&1 || say "serve c16 rc $?"
+  timeout 180 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c1 --requests 80 \
+    --max-seconds 40 --concurrency 1 --execute "${C[@]}" > $W/log/serve-c1.log 2>&1 || say "serve c1 rc $?"
+  mark serve; say "serve bench done"; }
 monitor() { ( while true; do sleep 60
   echo "[$(el)s] $(nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader | tr '\n' ' ')" >> $W/log/gpu.log
   done ) & MON=$!; }
