@@ -23,11 +23,11 @@ many replies are the same, and each path reports its batch-1 decode time per tok
 1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
 sdpa (key/value heads repeated for a one-token query when compiled), `static-packed` the same with the engine's
 packed attention (`text2sql.engine.PACKED_GQA`, opt-in), `static` as `generate` runs it:
-`--decoding static-repeat,static-packed`. `--dtype float32,bfloat16` times each path in each weight dtype (named
-`<path>@<dtype>`; the model is cast from one to the next). A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with symbolic
-sizes (`text2sql.engine.DYNAMIC_SHAPES`, opt-in): one compile for every batch bucket above 1. Each path's warm-up
-(compiling) time is in its `warmup_s`. After each path, what is measured so far is written to
-generate_throughput.partial.json in --out.
+`--decoding static-repeat,static-packed`. A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with
+symbolic sizes (`text2sql.engine.DYNAMIC_SHAPES`, opt-in): one compile for every batch bucket above 1. `--dtype
+float32,bfloat16` times each path in each weight dtype (named `<path>@<dtype>`; the model is cast from one to the
+next). Each path's warm-up (compiling) time is in its `warmup_s`. After each path, what is measured so far is written
+to generate_throughput.partial.json in --out.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ running decode batch at the next step; a finished sequence frees its slot at onc
 token for the occupied slots (rounded up to a power of two, so a lone request does not pay for sixteen), with
 the same forward call each time: fixed shapes, cache written in place. On CUDA that step is
 `torch.compile(mode="reduce-overhead")`, i.e. captured in a CUDA graph per batch bucket and replayed, which
-removes the per-token host overhead of `generate`. A model with grouped key/value heads attends through
-`text2sql.attention.packed_sdpa`, which reads each key/value head once where compiled sdpa would copy them per query head.
+removes the per-token host overhead of `generate`. A model with grouped key/value heads can attend through
+`text2sql.attention.packed_sdpa` (`PACKED_GQA`), which reads each key/value head once where compiled sdpa copies
+them per query head.
 
 Layout: all slots write their next token at the same column `t` (the cache's `cumulative_length`), so a
 slot's tokens end at `t`; each slot's own positions go in `position_ids` and its valid columns in a 4-D
@@ -60,7 +61,8 @@ DYNAMIC_SHAPES = os.environ.get("T2S_DYNAMIC_SHAPES", "0") == "1"
 """Whether compiled engines built from now on compile their step with symbolic sizes (`T2S_DYNAMIC_SHAPES=1`): one
 compile serves every batch bucket above 1 and every cache length, where static sizes compile each (bucket, length)
 anew, ~10-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in until
-the H200 shows its steps as fast as the static ones (`bench/generate_throughput.py --decoding static,static-dynamic`)."""
+the H200 shows its steps as fast as the static ones (`bench/generate_throughput.py --decoding
+static,static-dynamic`)."""
 
 
 @dataclass(eq=False)
@@ -270,10 +272,8 @@ class DecodeEngine:
             torch.compiler.cudagraph_mark_step_begin()
         inputs = {"input_ids": self._next[:batch, None], "position_ids": self._positions[:batch, None],
                   "attention_mask": self._mask[:batch]}
-        if self.dynamic:
-            _symbolic(inputs["attention_mask"], batch, length_dim=3)
-            _symbolic(inputs["input_ids"], batch)
-            _symbolic(inputs["position_ids"], batch)
+        for name, tensor in inputs.items() if self.dynamic else ():
+            _symbolic(tensor, batch, length_dim=3 if name == "attention_mask" else None)
         with torch.inference_mode():
             logits = self._forward(**inputs, use_cache=True, **{self._argument: self._caches[batch]}).logits[:, -1]
             chosen = self._pick(logits, batch)
