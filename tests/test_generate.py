@@ -148,8 +148,8 @@ def test_generation_runs_in_eval_mode_even_on_a_model_left_training(tiny_model):
 
 
 def test_generation_dtype_is_bfloat16_where_the_hardware_has_it(tiny_project, monkeypatch):
-    """auto: bfloat16 on CUDA and on a CPU with bfloat16 units (AMX or AVX512-BF16), float32 on other CPUs (emulated
-    bfloat16 is slower); a set dtype is loaded as is, by predict too."""
+    """auto: bfloat16 on CUDA and on a CPU with bfloat16 units (AMX or AVX512-BF16), float32 on other CPUs; a set
+    dtype is loaded as is."""
     import torch
 
     from text2sql.generate import generation_dtype
