@@ -192,10 +192,12 @@ def _without_replies(by_decoding: dict) -> dict:
 
 
 def _write(out: Path, name: str, result: dict) -> Path:
+    """Write `result` as out/name.json atomically: a run stopped by its time limit leaves the last whole file."""
+    from text2sql.files import write_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    write_atomic(out / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    return out / f"{name}.json"
 
 
 def _measure(gen, messages, args) -> dict:
