@@ -52,15 +52,14 @@ WARMUP_CALLS = 3
 
 
 PACKED_GQA = os.environ.get("T2S_PACKED_GQA", "0") == "1"
-"""Whether engines built from now on attend with `text2sql.attention.packed_sdpa`: opt-in (`T2S_PACKED_GQA=1`). On the
-H200 its compiled step took ~40 s per batch bucket to build (v0.14: recompiles 37-42 s apart; in the same bench
-transformers' attention built all seven buckets of a 64-slot engine and finished its timed runs in ~2.5 minutes, the
-eager run included), so the bench ran out of time before a timed step, and its decode speed is unmeasured. It stays
-off until `bench/generate_throughput.py --decoding static-repeat,static-packed` shows it winning."""
+"""Whether engines built from now on attend with `text2sql.attention.packed_sdpa`: opt-in (`T2S_PACKED_GQA=1`) until
+`bench/generate_throughput.py --decoding static-repeat,static-packed` shows it winning on the H200. There, compiling
+the step takes ~25-40 s per batch shape with either attention, and in v0.10 and v0.14 the bench ran out of its limit
+while the packed path was still compiling, so its decode speed is unmeasured."""
 DYNAMIC_SHAPES = os.environ.get("T2S_DYNAMIC_SHAPES", "0") == "1"
 """Whether compiled engines built from now on compile their step with symbolic sizes (`T2S_DYNAMIC_SHAPES=1`): one
 compile serves every batch bucket above 1 and every cache length, where static sizes compile each (bucket, length)
-anew, ~10-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in until
+anew, ~25-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in until
 the H200 shows its steps as fast as the static ones (`bench/generate_throughput.py --decoding
 static,static-dynamic`)."""
 
