@@ -271,8 +271,9 @@ class DecodeEngine:
             torch.compiler.cudagraph_mark_step_begin()
         inputs = {"input_ids": self._next[:batch, None], "position_ids": self._positions[:batch, None],
                   "attention_mask": self._mask[:batch]}
-        for name, tensor in inputs.items() if self.dynamic else ():
-            _symbolic(tensor, batch, length_dim=3 if name == "attention_mask" else None)
+        if self.dynamic:  # the slices are new tensors each step: mark them each step
+            for name, tensor in inputs.items():
+                _symbolic(tensor, batch, length_dim=3 if name == "attention_mask" else None)
         with torch.inference_mode():
             logits = self._forward(**inputs, use_cache=True, **{self._argument: self._caches[batch]}).logits[:, -1]
             chosen = self._pick(logits, batch)
