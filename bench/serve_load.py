@@ -317,15 +317,25 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 def _server_summary(log_file: Path) -> dict:
-    """Generation batch sizes the server reported in its request log."""
-    batches = []
+    """The server's own account in its log: generation batch sizes, where each request's time went (waiting for
+    replies vs judging and running them), and the engine's decode and prefill time (its shutdown line)."""
+    requests, engine = [], None
     for line in log_file.read_text().splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
             if entry.get("event") == "request" and entry.get("batch"):
-                batches.append(entry["batch"])
-    return {"mean_batch": round(statistics.fmean(batches), 2) if batches else None,
-            "max_batch": max(batches) if batches else None}
+                requests.append(entry)
+            elif entry.get("event") == "shutdown":
+                engine = entry.get("engine")
+    batches = [e["batch"] for e in requests]
+    summary = {"mean_batch": round(statistics.fmean(batches), 2) if batches else None,
+               "max_batch": max(batches) if batches else None}
+    for key in ("gen_ms", "run_ms"):
+        values = sorted(e[key] for e in requests if key in e)
+        summary[key] = {"p50": _percentile(values, 50), "mean": round(statistics.fmean(values), 1) if values else None}
+    if engine:
+        summary["engine"] = engine
+    return summary
 
 
 def _gpu_name() -> str | None:

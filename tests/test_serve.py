@@ -471,6 +471,28 @@ def test_static_engine_admits_requests_into_the_running_batch(static_local):
     assert sys.getswitchinterval() == ENGINE_SWITCH_INTERVAL_S  # the server runs in this process's thread
 
 
+def test_the_log_says_where_request_and_engine_time_went(config_path, tiny_model):
+    """Each request's line splits its time into waiting for replies and judging/running them; the shutdown line
+    gives the engine's steps, prefills and time per step (what bench/serve_load.py reports as server_log)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    overrides = ["generate.max_new_tokens=12", "serve.max_batch_size=4", "generate.decoding=static"]
+    with captured_logs() as logs:
+        with serving(config(config_path, *overrides), tiny_model) as url, ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda i: httpx.post(f"{url}/v1/sql", timeout=60, json={
+                "question": f"Orders in week {i}?", "execute": True}).status_code, range(6)))
+            wait_until(lambda: len(requests_logged(logs, "/v1/sql")) == 6)
+        wait_until(lambda: any(e["event"] == "shutdown" for e in logs))
+    assert statuses == [200] * 6
+    for entry in requests_logged(logs, "/v1/sql"):
+        assert entry["gen_ms"] > 0 and entry["run_ms"] > 0, entry
+        assert entry["gen_ms"] + entry["run_ms"] <= entry["latency_ms"], entry
+    engine = next(e for e in logs if e["event"] == "shutdown")["engine"]
+    assert engine["steps"] >= 12 and engine["prefills"] >= 1, engine  # 6 requests, one token per step at most
+    per_step = 1000 * engine["decode_s"] / engine["steps"]  # decode_s is rounded to the millisecond
+    assert engine["decode_s"] > 0 and engine["ms_per_step"] == pytest.approx(per_step, rel=0.05)
+
+
 def test_local_model_answers_sql_and_chat(local):
     body = local.post("/v1/sql", json={"question": "How many stores?", "execute": True}).json()
     assert set(body) >= {"sql", "tables", "valid", "latency_ms", "retried"}
@@ -631,6 +653,7 @@ def test_load_bench_smoke_has_no_5xx(tmp_path, lakehouse_project):
     assert report["requests"] == 64 and report["statuses"] == {"200": 64}
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
     assert report["server_log"]["max_batch"] > 1
+    assert report["server_log"]["gen_ms"]["p50"] > 0 and report["server_log"]["run_ms"]["p50"] is not None
     assert "server ready in" in done.stderr and "/64 answered" in done.stderr, done.stderr[-2000:]
 
 

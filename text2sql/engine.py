@@ -23,6 +23,7 @@ import copy
 import os
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class DecodeEngine:
         self.starts = [0] * max_batch_size  # first column of each slot's tokens
         self.temperatures: list[float] = [0.0] * max_batch_size
         self.steps = self.shifts = self.prefills = 0
+        self.decode_seconds = self.prefill_seconds = 0.0  # wall time in steps and in prefills, warm-up excluded
         self.shapes: set[tuple[int, int]] = set()  # (batch bucket, cache length) decoded: one compiled step each
         self.warmed: set[tuple[int, int]] = set()  # shapes compiled and recorded (by `warm` or `run`)
         self.warmup_seconds = 0.0
@@ -221,8 +223,6 @@ class DecodeEngine:
 
     def _warm_steps(self, buckets: list[int]) -> None:
         """Compile and record the step of each bucket at the current cache length (engine idle), timed."""
-        import time
-
         import torch
 
         todo = [b for b in buckets if (b, self.cache_tokens) not in self.warmed]
@@ -253,7 +253,9 @@ class DecodeEngine:
         if self.t >= self.cache_tokens:
             self._shift(-min(self.starts[s] for s in occupied))
         batch = next(b for b in self.buckets if b > occupied[-1] and b >= self._floor)
-        tokens = self._decode(batch).tolist()
+        started = time.perf_counter()
+        tokens = self._decode(batch).tolist()  # waits for the device
+        self.decode_seconds += time.perf_counter() - started
         self.steps += 1
         self.shapes.add((batch, self.cache_tokens))
         for s in occupied:
@@ -349,6 +351,7 @@ class DecodeEngine:
                 continue
             group = self._group(len(free))
             self._reserve(max(len(r.prompt) + r.max_new_tokens for r in group))
+            started = time.perf_counter()
             with torch.inference_mode():
                 rows, logits = self._prefill(group)
                 self.prefills += 1
@@ -363,6 +366,7 @@ class DecodeEngine:
                         self._place(slot, kv, len(row.prompt), first)
                         self.slots[slot] = (row, i)
                         self._emit(slot, first)  # may finish at once (end of sequence, max_new_tokens 1)
+            self.prefill_seconds += time.perf_counter() - started  # the first tokens were read: the device is done
 
     def _defer(self, free: int) -> bool:
         """Wait for more free slots while the batch decodes: a prefill per freed slot would cost more than the

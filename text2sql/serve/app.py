@@ -118,7 +118,8 @@ def create_app(cfg: "Config", model_dir: str | Path | Sequence[str | Path] | Non
             for b in backends:
                 await b.close()
             await asyncio.to_thread(pipeline.close)
-            log.info("shutdown", extra={"fields": {}})
+            engine = backends[0].stats() if len(backends) == 1 and hasattr(backends[0], "stats") else {}
+            log.info("shutdown", extra={"fields": {"engine": engine} if engine else {}})
 
     app = FastAPI(title="text2sql", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, token=token, max_body_bytes=s.max_body_bytes, max_concurrency=s.max_concurrency)

@@ -120,6 +120,14 @@ class EngineBackend:
 
         return await asyncio.wrap_future(self.engine.submit_call(run))
 
+    def stats(self) -> dict[str, Any]:
+        """Where the engine's time went (the shutdown log line; `bench/serve_load.py` reports it)."""
+        e = self.engine
+        return {"steps": e.steps, "prefills": e.prefills, "decode_s": round(e.decode_seconds, 3),
+                "prefill_s": round(e.prefill_seconds, 3), "warmup_s": round(e.warmup_seconds, 3),
+                "ms_per_step": round(1000 * e.decode_seconds / e.steps, 3) if e.steps else None,
+                "shapes": len(e.shapes)}
+
     async def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

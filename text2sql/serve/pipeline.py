@@ -60,6 +60,10 @@ class _Answer:
     batch_size: int = 1
     ensemble: dict[str, int] | None = None
     """Several members only: `{member, votes, members}`, who answered the first attempt and how many agreed."""
+    gen_ms: float = 0.0
+    """Wall time waiting for replies, all attempts (queue, prefill, decode; candidate selection's runs included)."""
+    run_ms: float = 0.0
+    """Wall time judging replies and running them in the sandbox, all attempts."""
 
     def to_json(self, started: float | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"sql": self.sql, "tables": self.tables, "valid": self.valid, "retried": self.retried}
@@ -76,7 +80,8 @@ class _Answer:
 
     def log_fields(self, question_chars: int) -> dict[str, Any]:
         fields = {"valid": self.valid, "error_kind": self.error_kind, "retried": self.retried, "batch": self.batch_size,
-                  "executed": self.result is not None, "question_chars": question_chars}
+                  "executed": self.result is not None, "question_chars": question_chars,
+                  "gen_ms": round(self.gen_ms, 1), "run_ms": round(self.run_ms, 1)}
         if self.ensemble is not None:
             fields |= {"member": self.ensemble["member"], "votes": self.ensemble["votes"]}
         return fields
@@ -119,9 +124,11 @@ class _Pipeline:
         messages = chats[0]
         prompt_tokens = completion_tokens = 0
         member, ensemble = 0, None
+        gen_s = run_s = 0.0
         for attempt in range(self.retries + 1):
             if on_text is not None and attempt:
                 on_text("\n")
+            started = time.perf_counter()
             ran = None  # the result of `sql` when candidate selection has run it
             if attempt == 0 and len(self.members) > 1:
                 member, ensemble, done, sql, ran = await self._ensemble(chats, max_new_tokens)
@@ -137,6 +144,8 @@ class _Pipeline:
                 sql = None
             prompt_tokens += done.prompt_tokens
             completion_tokens += done.completion_tokens
+            replied = time.perf_counter()
+            gen_s += replied - started
             # The reply is judged whole, by the function eval judges with: "DROP TABLE t; SELECT ..." is refused.
             # To execute, it is judged and run in a sandbox worker process: sqlglot's Python there does not hold
             # this process's GIL, which the engine thread needs at every decode step. SQL that selection has just
@@ -147,6 +156,7 @@ class _Pipeline:
                     self._queries, self._judge_and_reuse, done.text, max_rows, sql, ran)
             else:
                 judged, check = judge_reply(done.text, self.snapshot)
+            run_s += time.perf_counter() - replied
             sql = judged if judged is not None else (sql or done.text.strip())
             answer = _Answer(sql, check.tables, check.ok, check.kind, "" if check.ok else check.message,
                              retried=attempt > 0, batch_size=done.batch_size, ensemble=ensemble)
@@ -156,6 +166,7 @@ class _Pipeline:
                 break
             messages = correction_messages(messages, sql, answer.error_kind, answer.error)
         answer.prompt_tokens, answer.completion_tokens = prompt_tokens, completion_tokens
+        answer.gen_ms, answer.run_ms = 1000 * gen_s, 1000 * run_s
         return answer
 
     def _judge_and_reuse(self, reply: str, max_rows: int, sql: str | None, ran: "QueryResult | None"
