@@ -5,8 +5,9 @@
 #
 #   bench/gpu/stage.sh eval/reports/<release>/plan.sh [qwen2.5-coder-1.5b-instruct]
 #
-# then carry the folders of .gpu/CARRIES one run each, in order (`cp .gpu/<folder>/* /root/gpu/`, the first with
-# `mkdir -p /root/gpu &&` before it), within ~30 s of each other, and start the plan: carry [".gpu/whl"],
+# then carry the folders of .gpu/CARRIES one run each, in order (`mkdir -p /root/gpu && cp .gpu/<folder>/* /root/gpu/`,
+# each with the mkdir: in v0.15 the first call was refused while the machine started, and the copies after it failed
+# for want of the folder), within ~30 s of each other, and start the plan: carry [".gpu/whl"],
 # `bash .gpu/whl/go.sh start 240`, then `bash .gpu/whl/go.sh poll 540` until it ends (see go.sh).
 # The model travels in pieces of what the tree leaves of a carry: move eval/reports/*/predictions aside first
 # and a 1.5B GGUF takes ~20 runs instead of ~27. STAGE: the workplace's stager (default ../shared/gpu/stage.sh).
@@ -15,9 +16,11 @@ plan=$(readlink -f "${1:?usage: bench/gpu/stage.sh PLAN.sh [MODEL]}"); model=${2
 here=$(dirname "$(readlink -f "$0")")
 cd "$(git rev-parse --show-toplevel)"
 py=${PYTHON:-.venv/bin/python}
-# The server's stack too (bench/serve_load.py there): the image has none of it (v0.13's serve runs died on pydantic).
+# The server's stack too (bench/serve_load.py there): the image has none of it (v0.13's serve runs died on pydantic,
+# v0.15's go.sh start on fastapi's import of opentelemetry).
 serve=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
-       annotated-doc==0.0.7 typing-inspection==0.4.5 anyio==4.16.0 sniffio==1.3.1 h11==0.16.0 idna==3.20)
+       annotated-doc==0.0.7 typing-inspection==0.4.5 anyio==4.16.0 sniffio==1.3.1 h11==0.16.0 idna==3.20
+       opentelemetry-api==1.45.2)
 bash "${STAGE:-../shared/gpu/stage.sh}" --model "$model" duckdb==1.5.5 pytz liger-kernel==0.8.5 "${serve[@]}" \
   > .gpu.stage.log 2>&1 || { tail -5 .gpu.stage.log >&2; exit 1; }
 rm -f .gpu.stage.log
