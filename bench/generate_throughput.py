@@ -22,7 +22,7 @@ compiled steps first, untimed), in the same run; `by_decoding` holds each, `stat
 many replies are the same, and each path reports its batch-1 decode time per token (a long reply minus a
 1-token one, over the extra tokens: prefill excluded). `static-repeat` is the static engine with transformers' own
 sdpa (key/value heads repeated for a one-token query when compiled), `static-packed` the same with the engine's
-packed attention (`text2sql.engine.PACKED_GQA`, opt-in), `static` as `generate` runs it:
+packed attention (`text2sql.engine.PACKED_GQA`, on when compiled), `static` as `generate` runs it:
 `--decoding static-repeat,static-packed`. A `-dynamic` suffix (`static-packed-dynamic`) compiles the step with
 symbolic sizes (`text2sql.engine.DYNAMIC_SHAPES`, opt-in): one compile for every batch bucket above 1. `--dtype
 float32,bfloat16` times each path in each weight dtype (named `<path>@<dtype>`; the model is cast from one to the
@@ -112,7 +112,7 @@ def main() -> None:
         # static-repeat / static-packed: the static engine with transformers' own attention (key/value heads repeated
         # when compiled) / with the engine's packed one; -dynamic: its step compiled with symbolic sizes (once for
         # every bucket above 1); static: as generate runs it
-        engine_module.PACKED_GQA = ("packed" in decoding) or (defaults[0] and "repeat" not in decoding)
+        engine_module.PACKED_GQA = True if "packed" in decoding else False if "repeat" in decoding else defaults[0]
         engine_module.DYNAMIC_SHAPES = decoding.endswith("-dynamic") or defaults[1]
         gen._engines.clear()
         gen.decoding = "static" if decoding.startswith("static") else decoding

@@ -330,7 +330,15 @@ def test_the_engine_attends_on_the_key_value_heads_directly_with_the_same_result
     cfg = load_config(tiny_project)
     gen = load_generator(cfg.model.base, cfg)
     assert gen.model.config._attn_implementation == "sdpa"
-    monkeypatch.setattr(engine, "PACKED_GQA", True)  # opt-in
+    monkeypatch.setattr(engine, "PACKED_GQA", None)  # the default: packed where the step is compiled
+    engine.DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, compile=False)
+    assert gen.model.config._attn_implementation == "sdpa"
+    engine.DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, compile=True)  # compiles at its first step
+    assert gen.model.config._attn_implementation == PACKED_ATTENTION
+    monkeypatch.setattr(engine, "PACKED_GQA", False)
+    engine.DecodeEngine(gen.model, gen.tokenizer.eos_token_id, 4, compile=True)
+    assert gen.model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(engine, "PACKED_GQA", True)
     decode_engine(gen)
     assert gen.model.config._attn_implementation == PACKED_ATTENTION
     assert generate(gen, [[{"role": "user", "content": PAIRS[0][0]}]], max_new_tokens=6)  # prefill and decode run
@@ -376,8 +384,9 @@ def test_compiled_packed_attention_gives_the_uncompiled_replies(tiny_project, mo
 
 @pytest.mark.parametrize("switch, variable", [("PACKED_GQA", "T2S_PACKED_GQA"),
                                               ("DYNAMIC_SHAPES", "T2S_DYNAMIC_SHAPES")])
-def test_engine_switches_are_opt_in_through_the_environment(switch, variable):
-    """Engines keep transformers' own attention and static compiled sizes unless the environment asks otherwise."""
+def test_engine_switches_follow_the_environment(switch, variable):
+    """Unset, engines pick the attention by whether they compile (None) and keep static compiled sizes; the
+    environment can force either."""
     import subprocess
     import sys
 
@@ -385,4 +394,5 @@ def test_engine_switches_are_opt_in_through_the_environment(switch, variable):
     runs = {value: subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                   env={**os.environ, variable: value}).stdout.strip()
             for value in ("", "0", "1")}
-    assert runs == {"": "False", "0": "False", "1": "True"}
+    unset = "None" if switch == "PACKED_GQA" else "False"
+    assert runs == {"": unset, "0": "False", "1": "True"}
