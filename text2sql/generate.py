@@ -303,13 +303,15 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     started = time.perf_counter()
     requests = [Request(row, max_new_tokens, shared=n) for row, n in zip(ids, shared)]
     engine = decode_engine(gen)
-    warmed = engine.warmup_seconds
+    warmed, steps, decoding, prefilling = (engine.warmup_seconds, engine.steps, engine.decode_seconds,
+                                           engine.prefill_seconds)
     engine.run(requests)
     tok = gen.tokenizer
     replies = [tok.decode(r.outputs[0], skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in requests]
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": sum(len(r.outputs[0]) for r in requests),
                  "prompts": len(ids), "prompt_tokens": [len(r) for r in ids],
-                 "warmup_seconds": engine.warmup_seconds - warmed}
+                 "warmup_seconds": engine.warmup_seconds - warmed, "decode_steps": engine.steps - steps,
+                 "decode_seconds": engine.decode_seconds - decoding, "prefill_seconds": engine.prefill_seconds - prefilling}
     return replies
 
 
@@ -456,6 +458,9 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     if warmup:  # compiling the decode step is a process's one-time cost: say what decoding itself runs at
         stats.update(warmup_seconds=round(warmup, 3),
                      decode_predictions_per_s=round(s["prompts"] / (s["seconds"] - warmup), 3))
+    if s.get("decode_steps"):  # the engine's account: where decoding's time went
+        stats.update(decode_steps=s["decode_steps"], ms_per_step=round(1000 * s["decode_seconds"] / s["decode_steps"], 3),
+                     prefill_seconds=round(s["prefill_seconds"], 3))
     if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
         stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
     if retries:
