@@ -82,7 +82,8 @@ def test_predict_with_the_static_engine_says_where_decoding_time_went(tiny_proje
     from text2sql.generate import stats_path
 
     out = tiny_project.parent / "static.jsonl"
-    result = CliRunner().invoke(main, ["predict", "--config", str(tiny_project), "--model", str(load_config(tiny_project).model.base),
+    base = str(load_config(tiny_project).model.base)
+    result = CliRunner().invoke(main, ["predict", "--config", str(tiny_project), "--model", base,
                                        "--split", "test", "--out", str(out), "--set", "generate.max_new_tokens=5",
                                        "--set", "generate.decoding=static", "--set", "generate.batch_size=2"])
     assert result.exit_code == 0, result.output

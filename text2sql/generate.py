@@ -311,7 +311,8 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": sum(len(r.outputs[0]) for r in requests),
                  "prompts": len(ids), "prompt_tokens": [len(r) for r in ids],
                  "warmup_seconds": engine.warmup_seconds - warmed, "decode_steps": engine.steps - steps,
-                 "decode_seconds": engine.decode_seconds - decoding, "prefill_seconds": engine.prefill_seconds - prefilling}
+                 "decode_seconds": engine.decode_seconds - decoding,
+                 "prefill_seconds": engine.prefill_seconds - prefilling}
     return replies
 
 
@@ -459,7 +460,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
         stats.update(warmup_seconds=round(warmup, 3),
                      decode_predictions_per_s=round(s["prompts"] / (s["seconds"] - warmup), 3))
     if s.get("decode_steps"):  # the engine's account: where decoding's time went
-        stats.update(decode_steps=s["decode_steps"], ms_per_step=round(1000 * s["decode_seconds"] / s["decode_steps"], 3),
+        per_step = 1000 * s["decode_seconds"] / s["decode_steps"]
+        stats.update(decode_steps=s["decode_steps"], ms_per_step=round(per_step, 3),
                      prefill_seconds=round(s["prefill_seconds"], 3))
     if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
         stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
