@@ -60,9 +60,9 @@ that reruns of either give (eval/reports/v0.15-release-train-dev). Uncompiled, t
 DYNAMIC_SHAPES = os.environ.get("T2S_DYNAMIC_SHAPES", "0") == "1"
 """Whether compiled engines built from now on compile their step with symbolic sizes (`T2S_DYNAMIC_SHAPES=1`): one
 compile serves every batch bucket above 1 and every cache length, where static sizes compile each (bucket, length)
-anew, ~25-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in until
-the H200 shows its steps as fast as the static ones (`bench/generate_throughput.py --decoding
-static,static-dynamic`)."""
+anew, ~25-40 s apiece for Qwen2.5-1.5B on the H200 (v0.14). CUDA graphs are still recorded per shape. Opt-in: in
+v0.15 its steps decoded as fast as static ones there, but its one compile took 68-75 s cold, where `predict`, which
+decodes one shape, compiled in 10-34 s with static sizes; the server, which warms every bucket, is where it pays."""
 
 
 @dataclass(eq=False)
