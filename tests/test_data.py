@@ -182,6 +182,32 @@ def test_add_refuses_duplicates_and_failing_pairs_unless_forced(cfg):
     assert forced.forced and "unknown_column" in forced.notes
 
 
+def test_add_refuses_to_part_an_sql_template_across_splits_unless_forced(cfg):
+    """`data split` keeps pairs of one SQL template (literals masked) in one split; `data add --split` must not part
+    them, or a test question's twin is trained on."""
+    orders_in = lambda year, split=None: new_pair({
+        "question": f"How many orders in {year}?", "split": split,
+        "sql": f"SELECT COUNT(*) FROM sales.orders WHERE EXTRACT(year FROM ordered_at) = {year}"})
+    add_pairs(cfg, [orders_in(2024, "test")])
+    before = load_dataset(cfg).pairs_file.read_bytes()
+    with pytest.raises(DataError, match=r"1 pair\(s\) would put one SQL template .* has the template of p-\w+ \(test\)"):
+        add_pairs(cfg, [orders_in(2025, "train")])
+    stores = new_pair({"question": "How many stores?", "sql": "SELECT COUNT(*) FROM core.stores", "split": "train"})
+    with pytest.raises(DataError, match="would put one SQL template"):  # twins within one batch too
+        add_pairs(cfg, [stores, new_pair({"question": "Stores?", "sql": "select count(*) from core.stores",
+                                          "split": "dev"})])
+    assert load_dataset(cfg).pairs_file.read_bytes() == before
+    add_pairs(cfg, [orders_in(2023, "test"), orders_in(2022), stores])  # its own split; no split yet; a new template
+    add_pairs(cfg, [orders_in(2025, "train")], force=True)
+    forced = load_pairs(cfg)[-1]
+    assert forced.split == "train" and forced.forced and "[forced: the SQL template of" in forced.notes
+    result = cli(cfg, "data", "add", "-q", "Orders in 2021?", "-s", "SELECT COUNT(*) FROM sales.orders WHERE "
+                 "EXTRACT(year FROM ordered_at) = 2021", "--split", "dev")
+    last = result.output.strip().splitlines()[-1]  # after the warehouse's one-time info line, if it was built here
+    assert result.exit_code == 1 and last.startswith("error: ") and "would put one SQL template" in last
+    assert "Traceback" not in result.output
+
+
 def test_add_cli_single_and_from_file(cfg, tmp_path):
     result = cli(cfg, "data", "add", "-q", "How many returns?", "-s", "SELECT COUNT(*) FROM sales.returns",
                  "--tags", "returns,count", "--author", "ana")

@@ -221,15 +221,17 @@ def test_sql_endpoint_reads_json_sent_as_a_form(lakehouse_project):
 
 def test_data_add_from_file_takes_the_options_as_defaults(project):
     new = project / "new.jsonl"
-    new.write_text(json.dumps({"question": "How many marketing promotions exist?",
-                               "sql": "SELECT count(*) FROM marketing.promotions"}) + "\n" +
-                   json.dumps({"question": "How many stores sell online?", "split": "train", "tags": ["mine"],
-                               "sql": "SELECT count(*) FROM core.stores WHERE channel = 'online'"}) + "\n")
+    # SQL templates no pair of the project has (data add keeps a template in one split)
+    new.write_text(json.dumps({"question": "How many marketing promotions have a budget?",
+                               "sql": "SELECT count(*) FROM marketing.promotions WHERE budget IS NOT NULL"}) + "\n" +
+                   json.dumps({"question": "How many online stores have a city?", "split": "train", "tags": ["mine"],
+                               "sql": "SELECT count(*) FROM core.stores WHERE channel = 'online' AND city IS NOT NULL"})
+                   + "\n")
     added = invoke("data", "add", "--from", str(new), "--split", "test", "--tags", "promo,bulk", "--difficulty",
                    "hard", "--notes", "from a file", "--config", str(project / "text2sql.yaml"))
     assert added.exit_code == 0, added.output
     pairs = {p.question: p for p in load_pairs(load_config(project / "text2sql.yaml"))}
-    first, second = pairs["How many marketing promotions exist?"], pairs["How many stores sell online?"]
+    first, second = pairs["How many marketing promotions have a budget?"], pairs["How many online stores have a city?"]
     assert (first.split, first.tags, first.difficulty, first.notes) == ("test", ["bulk", "promo"], "hard", "from a file")
     assert (second.split, second.tags, second.difficulty, second.notes) == ("train", ["mine"], "hard", "from a file")
 

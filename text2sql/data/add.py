@@ -62,10 +62,42 @@ def add_pairs(cfg: Config, pairs: list[Pair], dataset: str | None = None, force:
         clash = [p.id for p in pairs if p.id in existing]
         if clash:
             raise DataError(f"{ds.pairs_file}: id(s) already present: {', '.join(clash)} (the same question and SQL?)")
+        leaks = template_leaks(current, pairs)
+        if leaks and not force:
+            twins = " | ".join(f"{new.id} ({new.split}) has the template of {old.id} ({old.split})" for new, old in leaks)
+            raise DataError(f"{len(leaks)} pair(s) would put one SQL template (literals masked) in two splits, so a "
+                            f"question would be trained on with its held-out twin (give it the other's split, change "
+                            f"what it asks, or --force): {twins}")
+        for new, old in leaks:
+            new.forced = True
+            new.notes = f"{new.notes} [forced: the SQL template of {old.id} ({old.split})]".strip()
         return current + pairs
 
     update_pairs(ds, append, create=True)
     return AddResult(pairs, report)
+
+
+def template_leaks(current: list[Pair], new: list[Pair]) -> list[tuple[Pair, Pair]]:
+    """(new pair, a pair of another split with the same SQL template): `data split` keeps such twins in one split, and
+    `data add --split` must not part them. Pairs without a split are left to `data split`."""
+    from text2sql.data.split import template_key
+
+    if not any(p.split for p in new):
+        return []
+    by_template: dict[str, list[Pair]] = {}
+    for p in current:
+        if p.split:
+            by_template.setdefault(template_key(p), []).append(p)
+    leaks = []
+    for p in new:
+        if not p.split:
+            continue
+        twins = by_template.setdefault(template_key(p), [])
+        other = next((q for q in twins if q.split != p.split), None)
+        if other is not None:
+            leaks.append((p, other))
+        twins.append(p)
+    return leaks
 
 
 def read_pair_file(path: Path) -> list[dict[str, Any]]:

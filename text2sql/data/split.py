@@ -115,10 +115,15 @@ def assign_splits(pairs: list[Pair], ratios: dict[str, float], seed: int, reassi
     return result
 
 
+def template_key(pair: Pair) -> str:
+    """The group a pair belongs to: its database and SQL template (literals masked)."""
+    return f"{pair.db or ''}\x00{sql_template(pair.sql)}"
+
+
 def _groups(pairs: list[Pair]) -> dict[str, list[Pair]]:
     groups: dict[str, list[Pair]] = {}
     for p in pairs:
-        groups.setdefault(f"{p.db or ''}\x00{sql_template(p.sql)}", []).append(p)
+        groups.setdefault(template_key(p), []).append(p)
     return groups
 
 
