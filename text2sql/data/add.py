@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from text2sql.data.store import Pair, load_dataset, update_pairs
+from text2sql.data.store import Pair, load_dataset, load_pairs, update_pairs
 from text2sql.data.validate import ValidationReport, validate_pairs
 from text2sql.errors import DataError
 from text2sql.files import read_text
@@ -57,12 +57,16 @@ def add_pairs(cfg: Config, pairs: list[Pair], dataset: str | None = None, force:
                 failure = "; ".join(str(p) for p in failed[pair.id].errors)
                 pair.notes = f"{pair.notes} [forced: {failure}]".strip()
 
+    # SQL templates of the pairs there now, parsed before the lock is taken (~3 s for a thousand pairs); under it, only
+    # what another writer changed meanwhile is parsed again.
+    known = _template_keys(load_pairs(cfg, dataset)) if any(p.split for p in pairs) and ds.pairs_file.exists() else {}
+
     def append(current: list[Pair]) -> list[Pair]:
         existing = {p.id for p in current}
         clash = [p.id for p in pairs if p.id in existing]
         if clash:
             raise DataError(f"{ds.pairs_file}: id(s) already present: {', '.join(clash)} (the same question and SQL?)")
-        leaks = template_leaks(current, pairs)
+        leaks = template_leaks(current, pairs, known)
         if leaks and not force:
             twins = " | ".join(f"{new.id} ({new.split}) has the template of {old.id} ({old.split})" for new, old in leaks)
             raise DataError(f"{len(leaks)} pair(s) would put one SQL template (literals masked) in two splits, so a "
@@ -77,27 +81,38 @@ def add_pairs(cfg: Config, pairs: list[Pair], dataset: str | None = None, force:
     return AddResult(pairs, report)
 
 
-def template_leaks(current: list[Pair], new: list[Pair]) -> list[tuple[Pair, Pair]]:
+def template_leaks(current: list[Pair], new: list[Pair], known: dict[tuple, str] | None = None
+                   ) -> list[tuple[Pair, Pair]]:
     """(new pair, a pair of another split with the same SQL template): `data split` keeps such twins in one split, and
-    `data add --split` must not part them. Pairs without a split are left to `data split`."""
+    `data add --split` must not part them. Pairs without a split are left to `data split`. `known`: template keys
+    already computed (`_template_keys`)."""
     from text2sql.data.split import template_key
 
     if not any(p.split for p in new):
         return []
+    known = known or {}
+    key = lambda p: known.get((p.id, p.db, p.sql)) or template_key(p)
     by_template: dict[str, list[Pair]] = {}
     for p in current:
         if p.split:
-            by_template.setdefault(template_key(p), []).append(p)
+            by_template.setdefault(key(p), []).append(p)
     leaks = []
     for p in new:
         if not p.split:
             continue
-        twins = by_template.setdefault(template_key(p), [])
+        twins = by_template.setdefault(key(p), [])
         other = next((q for q in twins if q.split != p.split), None)
         if other is not None:
             leaks.append((p, other))
         twins.append(p)
     return leaks
+
+
+def _template_keys(pairs: list[Pair]) -> dict[tuple, str]:
+    """(id, db, sql) -> template key of the pairs that have a split."""
+    from text2sql.data.split import template_key
+
+    return {(p.id, p.db, p.sql): template_key(p) for p in pairs if p.split}
 
 
 def read_pair_file(path: Path) -> list[dict[str, Any]]:
