@@ -197,6 +197,11 @@ class DecodeEngine:
         else:
             self._waiting.append(item)
 
+    def account(self) -> dict[str, float]:
+        """Where the engine's time went so far: steps and prefills, and seconds decoding, prefilling and warming up."""
+        return {"steps": self.steps, "prefills": self.prefills, "decode_s": self.decode_seconds,
+                "prefill_s": self.prefill_seconds, "warmup_s": self.warmup_seconds}
+
     def idle(self) -> bool:
         return not self._waiting and self._incoming.empty() and all(s is None for s in self.slots)
 

@@ -303,16 +303,15 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     started = time.perf_counter()
     requests = [Request(row, max_new_tokens, shared=n) for row, n in zip(ids, shared)]
     engine = decode_engine(gen)
-    warmed, steps, decoding, prefilling = (engine.warmup_seconds, engine.steps, engine.decode_seconds,
-                                           engine.prefill_seconds)
+    before = engine.account()
     engine.run(requests)
+    spent = {key: value - before[key] for key, value in engine.account().items()}
     tok = gen.tokenizer
     replies = [tok.decode(r.outputs[0], skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in requests]
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": sum(len(r.outputs[0]) for r in requests),
                  "prompts": len(ids), "prompt_tokens": [len(r) for r in ids],
-                 "warmup_seconds": engine.warmup_seconds - warmed, "decode_steps": engine.steps - steps,
-                 "decode_seconds": engine.decode_seconds - decoding,
-                 "prefill_seconds": engine.prefill_seconds - prefilling}
+                 "warmup_seconds": spent["warmup_s"], "decode_steps": spent["steps"],
+                 "decode_seconds": spent["decode_s"], "prefill_seconds": spent["prefill_s"]}
     return replies
 
 

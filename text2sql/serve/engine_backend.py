@@ -122,11 +122,9 @@ class EngineBackend:
 
     def stats(self) -> dict[str, Any]:
         """Where the engine's time went (the shutdown log line; `bench/serve_load.py` reports it)."""
-        e = self.engine
-        return {"steps": e.steps, "prefills": e.prefills, "decode_s": round(e.decode_seconds, 3),
-                "prefill_s": round(e.prefill_seconds, 3), "warmup_s": round(e.warmup_seconds, 3),
-                "ms_per_step": round(1000 * e.decode_seconds / e.steps, 3) if e.steps else None,
-                "shapes": len(e.shapes)}
+        spent = {key: round(value, 3) for key, value in self.engine.account().items()}
+        ms_per_step = round(1000 * self.engine.decode_seconds / spent["steps"], 3) if spent["steps"] else None
+        return spent | {"ms_per_step": ms_per_step, "shapes": len(self.engine.shapes)}
 
     async def close(self) -> None:
         self._stop.set()
