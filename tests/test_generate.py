@@ -93,6 +93,30 @@ def test_predict_with_the_static_engine_says_where_decoding_time_went(tiny_proje
     # replies run to the 5-token budget
     assert questions / 2 <= stats["decode_steps"] <= 5 * questions
     assert stats["ms_per_step"] > 0 and stats["prefill_seconds"] > 0
+    assert stats["prefills"] >= 1 and stats["prefill_tokens"] > 0
+    assert 0 < stats["prefill_forward_seconds"] <= stats["prefill_seconds"]
+
+
+def test_the_engine_accounts_each_prompt_token_once_computed_or_read_from_a_kept_prefix(tiny_project):
+    """Three questions through two slots: two prefills at least, the later one starting from the prefix the first
+    kept (the instructions at least: the tiny schema is pruned per question). Every prompt token is either computed
+    in a prefill or read from a kept prefix, once."""
+    from text2sql.catalog import load_snapshot
+    from text2sql.engine import Request
+    from text2sql.generate import decode_engine, encode_chats
+    from text2sql.prompt import build_messages
+
+    cfg = load_config(tiny_project)
+    gen = load_generator(cfg.model.base, cfg)
+    chats = [build_messages(q, load_snapshot(cfg), gen.prompt, gen.tokenizer) for q, _, _ in PAIRS[:3]]
+    ids, shared = encode_chats(gen, chats)
+    engine = decode_engine(gen, 2)
+    engine.run([Request(row, 4, shared=n) for row, n in zip(ids, shared)])
+    spent = engine.account()
+    assert spent["prefills"] >= 2
+    assert spent["prefill_tokens"] + spent["prefill_cached_tokens"] == sum(len(row) for row in ids)
+    assert spent["prefill_cached_tokens"] > 0  # the third question read the kept prefix
+    assert 0 < spent["prefill_forward_s"] <= spent["prefill_s"]
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_project):

@@ -491,6 +491,9 @@ def test_the_log_says_where_request_and_engine_time_went(config_path, tiny_model
     assert engine["steps"] >= 12 and engine["prefills"] >= 1, engine  # 6 requests, one token per step at most
     per_step = 1000 * engine["decode_s"] / engine["steps"]  # decode_s is rounded to the millisecond
     assert engine["decode_s"] > 0 and engine["ms_per_step"] == pytest.approx(per_step, rel=0.05)
+    per_prefill = 1000 * engine["prefill_s"] / engine["prefills"]  # prefill_s too is rounded to the millisecond
+    assert engine["ms_per_prefill"] == pytest.approx(per_prefill, abs=0.5)
+    assert engine["prefill_tokens"] > 0 and 0 < engine["prefill_forward_s"] <= engine["prefill_s"]
 
 
 def test_local_model_answers_sql_and_chat(local):

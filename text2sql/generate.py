@@ -311,7 +311,9 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
     gen.stats = {"seconds": time.perf_counter() - started, "new_tokens": sum(len(r.outputs[0]) for r in requests),
                  "prompts": len(ids), "prompt_tokens": [len(r) for r in ids],
                  "warmup_seconds": spent["warmup_s"], "decode_steps": spent["steps"],
-                 "decode_seconds": spent["decode_s"], "prefill_seconds": spent["prefill_s"]}
+                 "decode_seconds": spent["decode_s"], "prefill_seconds": spent["prefill_s"],
+                 "prefills": spent["prefills"], "prefill_forward_seconds": spent["prefill_forward_s"],
+                 "prefill_tokens": spent["prefill_tokens"]}
     return replies
 
 
@@ -461,7 +463,8 @@ def predict(cfg: Config, model_dir: str | Path, split: str = "test", out: str | 
     if s.get("decode_steps"):  # the engine's account: where decoding's time went
         per_step = 1000 * s["decode_seconds"] / s["decode_steps"]
         stats.update(decode_steps=s["decode_steps"], ms_per_step=round(per_step, 3),
-                     prefill_seconds=round(s["prefill_seconds"], 3))
+                     prefill_seconds=round(s["prefill_seconds"], 3), prefills=s["prefills"],
+                     prefill_forward_seconds=round(s["prefill_forward_seconds"], 3), prefill_tokens=s["prefill_tokens"])
     if s.get("greedy_seconds"):  # the greedy pass alone: what the candidates cost on top of it
         stats["greedy_predictions_per_s"] = round(s["prompts"] / s["greedy_seconds"], 3)
     if retries:

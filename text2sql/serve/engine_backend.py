@@ -124,7 +124,8 @@ class EngineBackend:
         """Where the engine's time went (the shutdown log line; `bench/serve_load.py` reports it)."""
         spent = {key: round(value, 3) for key, value in self.engine.account().items()}
         ms_per_step = round(1000 * self.engine.decode_seconds / spent["steps"], 3) if spent["steps"] else None
-        return spent | {"ms_per_step": ms_per_step, "shapes": len(self.engine.shapes)}
+        ms_per_prefill = round(1000 * self.engine.prefill_seconds / spent["prefills"], 3) if spent["prefills"] else None
+        return spent | {"ms_per_step": ms_per_step, "ms_per_prefill": ms_per_prefill, "shapes": len(self.engine.shapes)}
 
     async def close(self) -> None:
         self._stop.set()
