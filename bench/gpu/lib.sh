@@ -43,8 +43,9 @@ faster() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1]))["by_de
 rate = lambda k: d[k]["batched"]["predictions_per_s"] if k in d else 0
 print(int(rate(sys.argv[3]) > rate(sys.argv[2])))' $W/bench/gen/generate_throughput.partial.json "$1" "$2" 2>/dev/null || echo 0; }
 servebench() { local model=$1; isdone serve && return 0; mkdir -p $W/bench/c16 $W/bench/c1
-  timeout 240 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c16 --requests 960 \
-    --max-seconds 90 --concurrency 16 --execute "${C[@]}" > $W/log/serve-c16.log 2>&1 || say "serve c16 rc $?"
+  # A cold server compiles for ~190 s first (v0.16: a 240 s limit killed the load before it wrote its report).
+  timeout 330 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c16 --requests 960 \
+    --max-seconds 75 --concurrency 16 --execute "${C[@]}" > $W/log/serve-c16.log 2>&1 || say "serve c16 rc $?"
   timeout 180 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c1 --requests 80 \
     --max-seconds 40 --concurrency 1 --execute "${C[@]}" > $W/log/serve-c1.log 2>&1 || say "serve c1 rc $?"
   mark serve; say "serve bench done"; }
