@@ -119,6 +119,45 @@ def test_the_engine_accounts_each_prompt_token_once_computed_or_read_from_a_kept
     assert 0 < spent["prefill_forward_s"] <= spent["prefill_s"]
 
 
+def test_questions_one_at_a_time_share_the_prefix_up_to_their_own_definitions(tiny_project):
+    """The system message ends with the definitions chosen for its question, so a lone request (the server's case)
+    must keep, and find, only the part before them: v0.16's server kept whole system messages no other question
+    starts with, and prefilled every request's ~2.5 k tokens. Same replies as without the prefix cache."""
+    from tests.test_prompt import with_definitions
+
+    from text2sql.catalog import load_snapshot
+    from text2sql.data.definitions import load_definitions
+    from text2sql.engine import Request
+    from text2sql.generate import decode_engine, encode_chats
+    from text2sql.prompt import build_messages
+
+    with_definitions(tiny_project)
+    cfg = load_config(tiny_project, ["prompt.max_schema_tokens=100000", "prompt.max_definition_tokens=300"])
+    gen = load_generator(cfg.model.base, cfg)
+    definitions = load_definitions(cfg, "demo")
+    questions = ["Net sales in FY2025?", "How many cancelled orders?", "Average order value by store?"]
+    chats = [build_messages(q, load_snapshot(cfg), gen.prompt, gen.tokenizer, definitions=definitions)
+             for q in questions]
+    assert len({chat[0]["content"] for chat in chats}) == 3  # each question its own definitions
+    ids, shared = encode_chats(gen, chats)
+    head = gen.tokenizer.decode(ids[0][:shared[0]])
+    assert len(set(shared)) == 1 and "Business definitions (table aliases" in head and "\n- " not in head
+
+    def one_at_a_time(prefix_lengths):
+        engine = decode_engine(gen, 4)
+        requests = [Request(row, 4, shared=n) for row, n in zip(ids, prefix_lengths)]
+        for request in requests:
+            engine.run([request])
+        return [r.outputs[0] for r in requests], engine.account()
+
+    replies, spent = one_at_a_time(shared)
+    assert spent["prefill_cached_tokens"] == 2 * shared[0]  # the 2nd and 3rd read what the 1st kept
+    assert spent["prefill_tokens"] == sum(map(len, ids)) - 2 * shared[0]
+    gen._engines.clear()
+    gen._prefixes.clear()
+    assert one_at_a_time([0] * 3)[0] == replies
+
+
 def test_batched_generation_equals_one_at_a_time(tiny_project):
     from text2sql.catalog import load_snapshot
     from text2sql.prompt import build_messages

@@ -74,7 +74,8 @@ class Request:
     n: int = 1
     temperature: float = 0.0
     shared: int = 0
-    """Leading prompt tokens other prompts share (system message, schema): prefilled once and kept."""
+    """Leading prompt tokens other prompts share (instructions, schema: `text2sql.prompt.shared_system_head`):
+    prefilled once and kept; 0 keeps nothing."""
     on_tokens: Callable[[Request, int], None] | None = None
     """Called in the engine's thread after each step that gave sample i a token."""
     on_done: Callable[[Request], None] | None = None
@@ -405,7 +406,7 @@ class DecodeEngine:
 
         The longest kept prefix every prompt starts with is not computed again. The rest of each prompt is
         left-padded, so every last token sits in the last column; pad columns are masked, then dropped from each
-        KV. The prefix the group shares (one request: its `shared` tokens) is kept for the requests that follow.
+        KV. The prefix the group shares, at most its `shared` tokens, is kept for the requests that follow.
         """
         import torch
         from transformers import DynamicCache
@@ -441,7 +442,11 @@ class DecodeEngine:
         rows = [[(torch.cat([layer.keys[r, :, :done], layer.keys[r, :, done + p:]], dim=1),
                   torch.cat([layer.values[r, :, :done], layer.values[r, :, done + p:]], dim=1))
                  for layer in cache.layers] for r, p in enumerate(pads)]
-        shared = group[0].shared if len(group) == 1 else common_prefix_len(prompts)
+        # What the group shares, up to what every question shares: a longer common prefix (two questions shown
+        # the same first definitions) would be kept where no later question finds it.
+        shared = min(r.shared for r in group)
+        if len(group) > 1:
+            shared = min(shared, common_prefix_len(prompts))
         if MIN_CACHED_PREFIX <= shared and done < shared < min(len(p) for p in prompts):
             self._keep_prefix(tuple(prompts[0][:shared]), cache, pads.index(0))
         return rows, out.logits[:, -1]

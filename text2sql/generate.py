@@ -23,7 +23,7 @@ from text2sql.files import write_atomic
 from text2sql.models import adapter_base, resolve_model_dir, set_end_of_turn
 from text2sql.progress import progress_bar
 from text2sql.prompt import (PromptBuilder, PromptSettings, correction_messages, model_prompt_settings, render_prompt,
-                             worth_retrying)
+                             shared_system_head, worth_retrying)
 from text2sql.select import open_target, select_candidates
 from text2sql.warehouse import QueryRunner, extract_sql as extract
 
@@ -318,12 +318,13 @@ def _generate_static(gen: Generator, messages: list[list[dict[str, str]]], max_n
 
 
 def _question_start(tok, messages: list[dict[str, str]], row: list[int], heads: dict[str, list[int]]) -> int:
-    """How many leading tokens of `row` (these messages, rendered) come before the first question: the system
-    message (instructions, schema), the same for every question, and for a retry of that question too.
-    `heads` keeps the rendered head of each system message seen."""
-    head = messages[:1] if messages and messages[0]["role"] == "system" else []
-    key = head[0]["content"] if head else ""
+    """How many leading tokens of `row` (these messages, rendered) other questions share: the system message up
+    to the definitions chosen for this question (instructions, schema; `shared_system_head`), the same for every
+    question, and for a retry of that question too. `heads` keeps the rendered head of each system message seen."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    key = shared_system_head(system) if system is not None else ""
     if key not in heads:
+        head = [{"role": "system", "content": key}] if system is not None else []
         heads[key] = tok(render_prompt(tok, [*head, {"role": "user", "content": ""}]), add_special_tokens=False)["input_ids"]
     return common_prefix_len([row, heads[key]])
 

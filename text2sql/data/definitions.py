@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from text2sql.config import Config
 
 DEFINITIONS_FILE = "definitions.yaml"
+HEADER = "Business definitions"
+"""How the prompt's definitions block opens (then the table aliases); `text2sql.prompt.shared_system_head` finds it."""
 DEFINITIONS_FORMAT = 1
 KINDS = ("measure", "filter", "dimension", "period", "join", "rule")
 _TOP_KEYS = frozenset({"version", "aliases", "definitions"})
@@ -111,7 +113,7 @@ class Definitions:
 
     def header(self) -> str:
         aliases = ", ".join(f"{a} = {t}" for a, t in self.aliases.items())
-        return "Business definitions" + (f" (table aliases: {aliases})" if aliases else "") + ":"
+        return HEADER + (f" (table aliases: {aliases})" if aliases else "") + ":"
 
     def select(self, question: str, max_tokens: int,
                count_tokens: Callable[[str], int] = lambda text: math.ceil(len(text) / 4)) -> list[Definition]:
