@@ -24,6 +24,8 @@ def run_bench(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     # The prefix cache changes no reply (the smoke model runs in float32 on the CPU).
     (["bench/generate_throughput.py", "--smoke", "--prefix-cache-ablation"], ["same reply 6/6", "same reply 3/3"]),
     (["bench/generate_throughput.py", "--smoke", "--random-8b", "--batch-size", "2", "--batch-size", "4"], []),
+    # Questions one at a time from the shared prefix: the same replies as without it.
+    (["bench/prefix_cache.py", "--smoke"], ["same replies as off 3/3"]),
     # The engine's packed attention against transformers' own: the same replies.
     (["bench/generate_throughput.py", "--smoke", "--decoding", "static-repeat,static-packed,static-packed-dynamic"],
      ["same replies 6/6"]),
