@@ -2,8 +2,8 @@
 # Every step is idempotent (a mark in $W/done), so `go.sh poll` can relaunch a plan that was stopped.
 #   pull MODEL; train NAME GPU [--set ...] (then merges onto bf16); merge_nf4 NAME GPU;
 #   pred TAG GPU MODEL_DIR [--set ...] (dev and test); genbench MODEL_DIR DECODINGS (generate_throughput, batch 64);
-#   faster A B (prints 1 when decoding path B beat A in genbench); servebench MODEL_DIR (serve_load at 16 clients,
-#   then 1); monitor (GPU use every minute); finish.
+#   faster A B (prints 1 when decoding path B beat A in genbench); servebench MODEL_DIR [c16] (serve_load at 16
+#   clients, then 1 unless c16); monitor (GPU use every minute); finish.
 # Runs, models and predictions live under $W=/root/w, outside the carried tree.
 W=${W:-/root/w}; cd $W/src
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -42,10 +42,11 @@ genbench() { local model=$1 decodings=$2; isdone gen && return 0; mkdir -p $W/be
 faster() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1]))["by_decoding"]
 rate = lambda k: d[k]["batched"]["predictions_per_s"] if k in d else 0
 print(int(rate(sys.argv[3]) > rate(sys.argv[2])))' $W/bench/gen/generate_throughput.partial.json "$1" "$2" 2>/dev/null || echo 0; }
-servebench() { local model=$1; isdone serve && return 0; mkdir -p $W/bench/c16 $W/bench/c1
+servebench() { local model=$1 only=${2:-}; isdone serve && return 0; mkdir -p $W/bench/c16 $W/bench/c1
   # A cold server compiles for ~190 s first (v0.16: a 240 s limit killed the load before it wrote its report).
   timeout 330 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c16 --requests 960 \
     --max-seconds 75 --concurrency 16 --execute "${C[@]}" > $W/log/serve-c16.log 2>&1 || say "serve c16 rc $?"
+  [ "$only" = c16 ] && { mark serve; say "serve bench done (16 clients only)"; return 0; }
   timeout 180 python3 bench/serve_load.py --model $model --decoding static --out-dir $W/bench/c1 --requests 80 \
     --max-seconds 40 --concurrency 1 --execute "${C[@]}" > $W/log/serve-c1.log 2>&1 || say "serve c1 rc $?"
   mark serve; say "serve bench done"; }
