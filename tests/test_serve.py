@@ -381,6 +381,19 @@ def test_engine_model_id_generates_from_the_messages_as_given(scripted, engine):
     assert engine.requests[0]["body"]["messages"] == messages and engine.requests[0]["body"]["max_tokens"] == 5
 
 
+def test_a_fresh_server_knows_the_engine_model_id_before_any_completion(config_path, engine):
+    """The engine's id is asked for at start: the first request naming it gets the model's raw reply (it was asked
+    for at the first completion only, so such a request on a fresh server went through the SQL pipeline)."""
+    engine.script("raw reply")
+    with serving(config(config_path), upstream=engine.url) as url:
+        models = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
+        assert "scripted" in [m["id"] for m in models]
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+            "model": "scripted", "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.json()["choices"][0]["message"]["content"] == "raw reply"
+    assert [r["body"]["messages"] for r in engine.requests] == [[{"role": "user", "content": "hi"}]]
+
+
 def test_upstream_mode_against_a_second_instance_gives_the_local_answer(config_path, tiny_model):
     """A front server (upstream mode) over an engine server (tiny model) answers as the engine itself does."""
     engine_cfg = config(config_path, "generate.max_new_tokens=12", "serve.token_env=T2S_ENGINE_TOKEN")

@@ -128,6 +128,11 @@ class _UpstreamBackend:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=self.timeout_s,
                                          limits=httpx.Limits(max_connections=self.max_connections))
+        if not self.engine_id:  # known from the start, a client naming it gets the engine before any completion
+            try:
+                self.engine_id = await self._pick_model(timeout=5.0)
+            except _APIError:
+                pass  # not up yet: asked again at the first completion
 
     async def candidates(self, messages: list[dict[str, str]], max_new_tokens: int, n: int, sampling: Any):
         """The greedy reply, then `n - 1` sampled ones (seeded per sample, in parallel), with their log-probabilities
@@ -166,9 +171,9 @@ class _UpstreamBackend:
             on_text(text)
         return done
 
-    async def _pick_model(self) -> str:
+    async def _pick_model(self, **kwargs) -> str:
         """The first model the engine lists that is not a text2sql pipeline (for vLLM: the one it serves)."""
-        response = await self._call("GET", "/v1/models")
+        response = await self._call("GET", "/v1/models", **kwargs)
         try:
             models = [m for m in response.json()["data"] if m.get("owned_by") != MODEL_ID]
             return models[0]["id"]
