@@ -190,7 +190,8 @@ def test_add_refuses_to_part_an_sql_template_across_splits_unless_forced(cfg):
         "sql": f"SELECT COUNT(*) FROM sales.orders WHERE EXTRACT(year FROM ordered_at) = {year}"})
     add_pairs(cfg, [orders_in(2024, "test")])
     before = load_dataset(cfg).pairs_file.read_bytes()
-    with pytest.raises(DataError, match=r"1 pair\(s\) would put one SQL template .* has the template of p-\w+ \(test\)"):
+    leak = r"1 pair\(s\) would put one SQL template .* has the template of p-\w+ \(test\)"
+    with pytest.raises(DataError, match=leak):
         add_pairs(cfg, [orders_in(2025, "train")])
     stores = new_pair({"question": "How many stores?", "sql": "SELECT COUNT(*) FROM core.stores", "split": "train"})
     with pytest.raises(DataError, match="would put one SQL template"):  # twins within one batch too

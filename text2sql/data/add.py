@@ -68,7 +68,8 @@ def add_pairs(cfg: Config, pairs: list[Pair], dataset: str | None = None, force:
             raise DataError(f"{ds.pairs_file}: id(s) already present: {', '.join(clash)} (the same question and SQL?)")
         leaks = template_leaks(current, pairs, known)
         if leaks and not force:
-            twins = " | ".join(f"{new.id} ({new.split}) has the template of {old.id} ({old.split})" for new, old in leaks)
+            twins = " | ".join(f"{new.id} ({new.split}) has the template of {old.id} ({old.split})"
+                               for new, old in leaks)
             raise DataError(f"{len(leaks)} pair(s) would put one SQL template (literals masked) in two splits, so a "
                             f"question would be trained on with its held-out twin (give it the other's split, change "
                             f"what it asks, or --force): {twins}")
